@@ -1,0 +1,617 @@
+//! Typed messages carried by frames.
+
+use std::fmt;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::Frame;
+
+/// API names used by vigil.
+pub mod api {
+    /// Module family: sync, verify, exec and their responses.
+    pub const MOD: &str = "mod";
+    /// Broadcast: a module was loaded.
+    pub const MODLOAD: &str = "modload";
+    /// Broadcast: a module was reloaded.
+    pub const MODRELOAD: &str = "modreload";
+    /// Broadcast: a module was unloaded.
+    pub const MODUNLOAD: &str = "modunload";
+    /// Connection upkeep: ping and pong.
+    pub const SYS: &str = "sys";
+    /// Errors: `err:<code>:<ref> {"code": ..., "message": ...}`.
+    pub const ERR: &str = "err";
+}
+
+/// A machine-readable error code, sent as the TYPE of an `err` frame and as
+/// its payload's `code`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The frame exceeded the size limit; the connection is closed after it.
+    FrameTooLarge,
+    /// The frame is not valid UTF-8.
+    InvalidUtf8,
+    /// The header is not `API:TYPE:REF`.
+    BadHeader,
+    /// The payload is not a JSON object.
+    BadJson,
+    /// The API is not one this peer serves.
+    UnknownApi,
+    /// The API is known but the TYPE is not.
+    UnknownType,
+    /// The payload lacks a field or has one of the wrong type.
+    BadPayload,
+    /// No module of that name is loaded.
+    UnknownModule,
+    /// The module changed since the client verified it: verify again.
+    StaleSum,
+    /// The module ran and failed.
+    ExecFailed,
+    /// The server is at a limit; try again later.
+    Busy,
+    /// The server failed in a way that is not the request's fault.
+    Internal,
+    /// A code this version does not know.
+    Other(String),
+}
+
+impl ErrorCode {
+    /// The wire form of the code.
+    pub fn as_str(&self) -> &str {
+        match self {
+            ErrorCode::FrameTooLarge => "frame_too_large",
+            ErrorCode::InvalidUtf8 => "invalid_utf8",
+            ErrorCode::BadHeader => "bad_header",
+            ErrorCode::BadJson => "bad_json",
+            ErrorCode::UnknownApi => "unknown_api",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::BadPayload => "bad_payload",
+            ErrorCode::UnknownModule => "unknown_module",
+            ErrorCode::StaleSum => "stale_sum",
+            ErrorCode::ExecFailed => "exec_failed",
+            ErrorCode::Busy => "busy",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Other(s) => s,
+        }
+    }
+
+    /// Reads the wire form; unknown codes become [`ErrorCode::Other`].
+    pub fn parse(s: &str) -> ErrorCode {
+        match s {
+            "frame_too_large" => ErrorCode::FrameTooLarge,
+            "invalid_utf8" => ErrorCode::InvalidUtf8,
+            "bad_header" => ErrorCode::BadHeader,
+            "bad_json" => ErrorCode::BadJson,
+            "unknown_api" => ErrorCode::UnknownApi,
+            "unknown_type" => ErrorCode::UnknownType,
+            "bad_payload" => ErrorCode::BadPayload,
+            "unknown_module" => ErrorCode::UnknownModule,
+            "stale_sum" => ErrorCode::StaleSum,
+            "exec_failed" => ErrorCode::ExecFailed,
+            "busy" => ErrorCode::Busy,
+            "internal" => ErrorCode::Internal,
+            other => ErrorCode::Other(other.to_owned()),
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The body of an `err` frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorBody {
+    /// What kind of error.
+    pub code: ErrorCode,
+    /// What happened, for a person.
+    pub message: String,
+}
+
+impl ErrorBody {
+    /// An error with a code and a message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ErrorBody {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The `err:<code>:<ref>` frame for this error.
+    pub fn to_frame(&self, reference: &str) -> Frame {
+        let mut payload = Map::new();
+        payload.insert("code".into(), Value::String(self.code.as_str().into()));
+        payload.insert("message".into(), Value::String(self.message.clone()));
+        let code = self.code.as_str();
+        // Error codes are tokens; an `Other` code from an embedder that is
+        // not one travels in the payload only.
+        let kind = if crate::frame_token(code) {
+            code.to_owned()
+        } else {
+            "error".to_owned()
+        };
+        Frame::new(api::ERR, kind, reference, payload)
+            .unwrap_or_else(|_| Frame::from_static(api::ERR, "error", reference, Map::new()))
+    }
+}
+
+impl fmt::Display for ErrorBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+/// What the server says about one loaded module.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleInfo {
+    /// File name of the module in the server's mods directory.
+    #[serde(rename = "mod")]
+    pub name: String,
+    /// Lowercase hex SHA-256 of the exact bytes the server loaded.
+    pub sum: String,
+    /// Size of those bytes.
+    pub size: u64,
+    /// The module's own description.
+    #[serde(default)]
+    pub desc: String,
+}
+
+/// Why a well-formed frame is not a message this side understands.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MessageError {
+    /// Unknown API.
+    #[error("unknown API {0:?}")]
+    UnknownApi(String),
+    /// Known API, unknown TYPE.
+    #[error("unknown TYPE {kind:?} for API {api:?}")]
+    UnknownType {
+        /// The API.
+        api: String,
+        /// The TYPE.
+        kind: String,
+    },
+    /// Payload fields missing or of the wrong type.
+    #[error("bad payload for {header}: {detail}")]
+    BadPayload {
+        /// `api:type` of the frame.
+        header: String,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+impl MessageError {
+    /// The error code to send back.
+    pub fn code(&self) -> crate::ErrorCode {
+        match self {
+            MessageError::UnknownApi(_) => ErrorCode::UnknownApi,
+            MessageError::UnknownType { .. } => ErrorCode::UnknownType,
+            MessageError::BadPayload { .. } => ErrorCode::BadPayload,
+        }
+    }
+
+    /// The error as an `err` body.
+    pub fn to_body(&self) -> ErrorBody {
+        ErrorBody::new(self.code(), self.to_string())
+    }
+}
+
+fn payload_of<T: DeserializeOwned>(frame: &Frame) -> Result<T, MessageError> {
+    T::deserialize(Value::Object(frame.payload().clone())).map_err(|e| MessageError::BadPayload {
+        header: format!("{}:{}", frame.api(), frame.kind()),
+        detail: e.to_string(),
+    })
+}
+
+fn object_of<T: Serialize>(value: &T) -> Map<String, Value> {
+    match serde_json::to_value(value) {
+        Ok(Value::Object(map)) => map,
+        // Every type passed here is a struct with string keys.
+        _ => Map::new(),
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct ModRef {
+    #[serde(rename = "mod")]
+    name: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ExecBody {
+    #[serde(rename = "mod")]
+    name: String,
+    #[serde(default)]
+    args: String,
+    sum: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SyncBody {
+    modules: Vec<ModuleInfo>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct VerifyBody {
+    #[serde(rename = "mod")]
+    name: String,
+    content: String,
+    encoding: String,
+    sum: String,
+    #[serde(default)]
+    desc: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ExecRespBody {
+    #[serde(rename = "mod")]
+    name: String,
+    sum: String,
+    result: String,
+}
+
+/// A request from a client to the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientRequest {
+    /// `mod:sync`: list the loaded modules.
+    Sync,
+    /// `mod:verify`: send the bytes of a module.
+    Verify {
+        /// Module file name.
+        module: String,
+    },
+    /// `mod:exec`: run a module the client verified.
+    Exec {
+        /// Module file name.
+        module: String,
+        /// Argument string given to the module.
+        args: String,
+        /// SHA-256 (hex) of the bytes the client verified.
+        sum: String,
+    },
+    /// `sys:ping`: keep the connection alive; answered by `sys:pong`.
+    Ping,
+}
+
+impl ClientRequest {
+    /// The frame for this request.
+    pub fn to_frame(&self, reference: &str) -> Frame {
+        let (api, kind, payload) = match self {
+            ClientRequest::Sync => (api::MOD, "sync", Map::new()),
+            ClientRequest::Verify { module } => (
+                api::MOD,
+                "verify",
+                object_of(&ModRef {
+                    name: module.clone(),
+                }),
+            ),
+            ClientRequest::Exec { module, args, sum } => (
+                api::MOD,
+                "exec",
+                object_of(&ExecBody {
+                    name: module.clone(),
+                    args: args.clone(),
+                    sum: sum.clone(),
+                }),
+            ),
+            ClientRequest::Ping => (api::SYS, "ping", Map::new()),
+        };
+        Frame::from_static(api, kind, reference, payload)
+    }
+
+    /// Reads a request from a frame.
+    pub fn from_frame(frame: &Frame) -> Result<ClientRequest, MessageError> {
+        let unknown_type = || MessageError::UnknownType {
+            api: frame.api().to_owned(),
+            kind: frame.kind().to_owned(),
+        };
+        match frame.api() {
+            api::MOD => match frame.kind() {
+                "sync" => Ok(ClientRequest::Sync),
+                "verify" => {
+                    let b: ModRef = payload_of(frame)?;
+                    Ok(ClientRequest::Verify { module: b.name })
+                }
+                "exec" => {
+                    let b: ExecBody = payload_of(frame)?;
+                    Ok(ClientRequest::Exec {
+                        module: b.name,
+                        args: b.args,
+                        sum: b.sum,
+                    })
+                }
+                _ => Err(unknown_type()),
+            },
+            api::SYS => match frame.kind() {
+                "ping" => Ok(ClientRequest::Ping),
+                _ => Err(unknown_type()),
+            },
+            other => Err(MessageError::UnknownApi(other.to_owned())),
+        }
+    }
+}
+
+/// A message from the server to a client: a response or a broadcast.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServerMessage {
+    /// `mod:sync_resp`: the loaded modules.
+    SyncResp {
+        /// One entry per module.
+        modules: Vec<ModuleInfo>,
+    },
+    /// `mod:verify_resp`: the exact bytes of a module.
+    VerifyResp {
+        /// Module file name.
+        module: String,
+        /// The bytes the server loaded (base64 on the wire).
+        content: Vec<u8>,
+        /// SHA-256 (hex) of `content` as the server computed it.
+        sum: String,
+        /// The module's description.
+        desc: String,
+    },
+    /// `mod:exec_resp`: what a module returned.
+    ExecResp {
+        /// Module file name.
+        module: String,
+        /// SHA-256 (hex) of the module that ran.
+        sum: String,
+        /// The module's result.
+        result: String,
+    },
+    /// `modload:modload`: a new module was loaded.
+    ModLoad(ModuleInfo),
+    /// `modreload:modreload`: a module changed and was loaded again.
+    ModReload(ModuleInfo),
+    /// `modunload:modunload`: a module was removed.
+    ModUnload {
+        /// Module file name.
+        module: String,
+    },
+    /// `sys:pong`: answer to `sys:ping`.
+    Pong,
+    /// `err:<code>`: the request failed.
+    Error(ErrorBody),
+}
+
+impl ServerMessage {
+    /// The frame for this message.
+    pub fn to_frame(&self, reference: &str) -> Frame {
+        let (api, kind, payload) = match self {
+            ServerMessage::SyncResp { modules } => (
+                api::MOD,
+                "sync_resp",
+                object_of(&SyncBody {
+                    modules: modules.clone(),
+                }),
+            ),
+            ServerMessage::VerifyResp {
+                module,
+                content,
+                sum,
+                desc,
+            } => (
+                api::MOD,
+                "verify_resp",
+                object_of(&VerifyBody {
+                    name: module.clone(),
+                    content: BASE64.encode(content),
+                    encoding: "base64".into(),
+                    sum: sum.clone(),
+                    desc: desc.clone(),
+                }),
+            ),
+            ServerMessage::ExecResp {
+                module,
+                sum,
+                result,
+            } => (
+                api::MOD,
+                "exec_resp",
+                object_of(&ExecRespBody {
+                    name: module.clone(),
+                    sum: sum.clone(),
+                    result: result.clone(),
+                }),
+            ),
+            ServerMessage::ModLoad(info) => (api::MODLOAD, "modload", object_of(info)),
+            ServerMessage::ModReload(info) => (api::MODRELOAD, "modreload", object_of(info)),
+            ServerMessage::ModUnload { module } => (
+                api::MODUNLOAD,
+                "modunload",
+                object_of(&ModRef {
+                    name: module.clone(),
+                }),
+            ),
+            ServerMessage::Pong => (api::SYS, "pong", Map::new()),
+            ServerMessage::Error(body) => return body.to_frame(reference),
+        };
+        Frame::from_static(api, kind, reference, payload)
+    }
+
+    /// Reads a server message from a frame.
+    pub fn from_frame(frame: &Frame) -> Result<ServerMessage, MessageError> {
+        let unknown_type = || MessageError::UnknownType {
+            api: frame.api().to_owned(),
+            kind: frame.kind().to_owned(),
+        };
+        match (frame.api(), frame.kind()) {
+            (api::MOD, "sync_resp") => {
+                let b: SyncBody = payload_of(frame)?;
+                Ok(ServerMessage::SyncResp { modules: b.modules })
+            }
+            (api::MOD, "verify_resp") => {
+                let b: VerifyBody = payload_of(frame)?;
+                let bad = |detail: String| MessageError::BadPayload {
+                    header: "mod:verify_resp".into(),
+                    detail,
+                };
+                if b.encoding != "base64" {
+                    return Err(bad(format!("unsupported encoding {:?}", b.encoding)));
+                }
+                let content = BASE64
+                    .decode(b.content.as_bytes())
+                    .map_err(|e| bad(format!("content is not base64: {e}")))?;
+                Ok(ServerMessage::VerifyResp {
+                    module: b.name,
+                    content,
+                    sum: b.sum,
+                    desc: b.desc,
+                })
+            }
+            (api::MOD, "exec_resp") => {
+                let b: ExecRespBody = payload_of(frame)?;
+                Ok(ServerMessage::ExecResp {
+                    module: b.name,
+                    sum: b.sum,
+                    result: b.result,
+                })
+            }
+            (api::MOD, _) => Err(unknown_type()),
+            (api::MODLOAD, "modload") => Ok(ServerMessage::ModLoad(payload_of(frame)?)),
+            (api::MODRELOAD, "modreload") => Ok(ServerMessage::ModReload(payload_of(frame)?)),
+            (api::MODUNLOAD, "modunload") => {
+                let b: ModRef = payload_of(frame)?;
+                Ok(ServerMessage::ModUnload { module: b.name })
+            }
+            (api::MODLOAD | api::MODRELOAD | api::MODUNLOAD, _) => Err(unknown_type()),
+            (api::SYS, "pong") => Ok(ServerMessage::Pong),
+            (api::SYS, _) => Err(unknown_type()),
+            (api::ERR, kind) => {
+                let code = frame
+                    .payload()
+                    .get("code")
+                    .and_then(Value::as_str)
+                    .unwrap_or(kind);
+                let message = frame
+                    .payload()
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                Ok(ServerMessage::Error(ErrorBody::new(
+                    ErrorCode::parse(code),
+                    message,
+                )))
+            }
+            (other, _) => Err(MessageError::UnknownApi(other.to_owned())),
+        }
+    }
+
+    /// Whether this message is a broadcast rather than a response.
+    pub fn is_broadcast(&self) -> bool {
+        matches!(
+            self,
+            ServerMessage::ModLoad(_)
+                | ServerMessage::ModReload(_)
+                | ServerMessage::ModUnload { .. }
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip_server(msg: ServerMessage) {
+        let frame = msg.to_frame("r1");
+        let bytes = frame.to_bytes();
+        let parsed = Frame::parse(&bytes[..bytes.len() - 1]).expect("parse");
+        assert_eq!(ServerMessage::from_frame(&parsed).expect("message"), msg);
+    }
+
+    #[test]
+    fn server_messages_round_trip() {
+        let info = ModuleInfo {
+            name: "hello.so".into(),
+            sum: "ab".repeat(32),
+            size: 12,
+            desc: "says hello".into(),
+        };
+        round_trip_server(ServerMessage::SyncResp {
+            modules: vec![info.clone()],
+        });
+        round_trip_server(ServerMessage::VerifyResp {
+            module: "hello.so".into(),
+            content: vec![0, 1, 2, 255],
+            sum: "cd".repeat(32),
+            desc: String::new(),
+        });
+        round_trip_server(ServerMessage::ModLoad(info.clone()));
+        round_trip_server(ServerMessage::ModReload(info));
+        round_trip_server(ServerMessage::ModUnload {
+            module: "x.so".into(),
+        });
+        round_trip_server(ServerMessage::Pong);
+        round_trip_server(ServerMessage::Error(ErrorBody::new(
+            ErrorCode::UnknownModule,
+            "no module \"x\"",
+        )));
+    }
+
+    #[test]
+    fn wire_forms_match_the_seed() {
+        let f = ClientRequest::Verify {
+            module: "hello.so".into(),
+        }
+        .to_frame("7");
+        assert_eq!(f.to_bytes(), b"mod:verify:7 {\"mod\":\"hello.so\"}\n");
+        let f = ClientRequest::Sync.to_frame("1");
+        assert_eq!(f.to_bytes(), b"mod:sync:1 {}\n");
+        let f = ServerMessage::ModUnload {
+            module: "a.so".into(),
+        }
+        .to_frame("b");
+        assert_eq!(f.to_bytes(), b"modunload:modunload:b {\"mod\":\"a.so\"}\n");
+        let f = ServerMessage::Error(ErrorBody::new(ErrorCode::UnknownApi, "no")).to_frame("q");
+        assert_eq!(
+            f.to_bytes(),
+            b"err:unknown_api:q {\"code\":\"unknown_api\",\"message\":\"no\"}\n"
+        );
+    }
+
+    #[test]
+    fn requests_are_checked() {
+        let check = |line: &str, code: ErrorCode| {
+            let frame = Frame::parse(line.as_bytes()).expect("frame");
+            let err = ClientRequest::from_frame(&frame).expect_err(line);
+            assert_eq!(err.code(), code, "{line}: {err}");
+        };
+        check("foo:sync:1 {}", ErrorCode::UnknownApi);
+        check("mod:nope:1 {}", ErrorCode::UnknownType);
+        check("mod:verify:1 {}", ErrorCode::BadPayload);
+        check("mod:verify:1 {\"mod\":3}", ErrorCode::BadPayload);
+        check("mod:exec:1 {\"mod\":\"a\"}", ErrorCode::BadPayload);
+    }
+
+    #[test]
+    fn exec_args_default_to_empty() {
+        let frame = Frame::parse(br#"mod:exec:1 {"mod":"a.so","sum":"00"}"#).expect("frame");
+        assert_eq!(
+            ClientRequest::from_frame(&frame).expect("request"),
+            ClientRequest::Exec {
+                module: "a.so".into(),
+                args: String::new(),
+                sum: "00".into()
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_error_codes_survive() {
+        let frame =
+            Frame::parse(br#"err:teapot:1 {"code":"teapot","message":"short"}"#).expect("frame");
+        let ServerMessage::Error(body) = ServerMessage::from_frame(&frame).expect("msg") else {
+            panic!("not an error");
+        };
+        assert_eq!(body.code, ErrorCode::Other("teapot".into()));
+    }
+}
