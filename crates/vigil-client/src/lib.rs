@@ -1,1 +1,93 @@
-//! placeholder
+//! The vigil client as a library.
+//!
+//! [`Connection`] is one pinned mutual-TLS connection to a server: it
+//! matches responses to requests by REF, delivers broadcasts separately,
+//! pings when idle and notices a server that went silent. [`Client`] keeps
+//! a connection up: it connects, syncs, reports what it learns as
+//! [`ClientEvent`]s, and reconnects with exponential backoff and jitter when
+//! the connection drops.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use vigil_auth::Identity;
+//! use vigil_client::{ClientConfig, Connection};
+//!
+//! let identity = Identity::load("client.crt".as_ref(), "client.key".as_ref())?;
+//! let pin = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef".parse()?;
+//! let config = ClientConfig::new("127.0.0.1:8443", identity, pin);
+//! let conn = Connection::connect(&config).await?;
+//! for module in conn.sync().await? {
+//!     println!("{} {}", module.name, module.sum);
+//! }
+//! # Ok(())
+//! # }
+//! ```
+#![deny(missing_docs)]
+
+mod connection;
+mod error;
+mod supervisor;
+
+use std::time::Duration;
+
+pub use connection::Connection;
+pub use error::ClientError;
+pub use supervisor::{Backoff, Client, ClientEvent};
+use vigil_auth::{Fingerprint, Identity};
+use vigil_proto::Limits;
+
+/// Default time to connect and to complete the handshake.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time to wait for a response.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default idle time after which the client pings.
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(30);
+/// Default silence from the server after which the connection is given up.
+pub const DEFAULT_LIVENESS_TIMEOUT: Duration = Duration::from_secs(75);
+
+/// Everything a client needs to reach a server.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ClientConfig {
+    /// `HOST:PORT` of the server.
+    pub server: String,
+    /// This client's certificate and key.
+    pub identity: Identity,
+    /// The fingerprint the server's key must have.
+    pub server_fingerprint: Fingerprint,
+    /// Frame size limits.
+    pub limits: Limits,
+    /// Time to connect and to complete the handshake.
+    pub connect_timeout: Duration,
+    /// Time to wait for a response.
+    pub request_timeout: Duration,
+    /// Idle time after which the client pings the server.
+    pub ping_interval: Duration,
+    /// Silence from the server after which the connection is given up; it
+    /// must be longer than `ping_interval` plus a round trip.
+    pub liveness_timeout: Duration,
+    /// Reconnect delays.
+    pub backoff: Backoff,
+}
+
+impl ClientConfig {
+    /// Settings with defaults for everything but the server, the identity
+    /// and the pin.
+    pub fn new(
+        server: impl Into<String>,
+        identity: Identity,
+        server_fingerprint: Fingerprint,
+    ) -> Self {
+        ClientConfig {
+            server: server.into(),
+            identity,
+            server_fingerprint,
+            limits: Limits::default(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            ping_interval: DEFAULT_PING_INTERVAL,
+            liveness_timeout: DEFAULT_LIVENESS_TIMEOUT,
+            backoff: Backoff::default(),
+        }
+    }
+}

@@ -1,1 +1,60 @@
-//! placeholder
+//! The vigil server as a library.
+//!
+//! A [`Server`] accepts mutual-TLS clients that it knows only by the
+//! fingerprint of their key (see [`vigil_auth`]), and serves the vigil
+//! protocol ([`vigil_proto`]) on each connection. Every frame is answered:
+//! a request with its response, anything malformed or not understood with
+//! an `err` frame. Handshakes and silent sessions are bounded in time, the
+//! number of connections is capped, and a client whose fingerprint is
+//! removed from the trust file loses its session at once.
+//!
+//! The binary `vigil-server` only parses flags and calls this crate; other
+//! programs can embed it the same way:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use vigil_auth::{Identity, TrustStore};
+//! use vigil_server::{Server, ServerConfig};
+//!
+//! let identity = Identity::load("server.crt".as_ref(), "server.key".as_ref())?;
+//! let trust = TrustStore::load("trusted-keys.json")?;
+//! let _watch = trust.watch()?;
+//! let server = Server::bind(ServerConfig::new("127.0.0.1:8443".parse()?, identity, trust)).await?;
+//! let handle = server.handle();
+//! tokio::spawn(async move {
+//!     let _ = tokio::signal::ctrl_c().await;
+//!     handle.shutdown();
+//! });
+//! server.run().await?;
+//! # Ok(())
+//! # }
+//! ```
+#![deny(missing_docs)]
+
+mod config;
+mod server;
+mod session;
+
+pub use config::{
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_OUTBOUND_QUEUE, DEFAULT_PORT, ServerConfig,
+};
+pub use server::{Counter, Server, ServerHandle, ServerStats};
+pub use session::SessionInfo;
+
+/// Why the server could not start or run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The listening socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The TLS configuration could not be built.
+    #[error(transparent)]
+    Auth(#[from] vigil_auth::AuthError),
+}

@@ -1,0 +1,343 @@
+//! One live connection to a server: requests matched to responses by REF,
+//! broadcasts delivered separately.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt as _};
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_rustls::TlsConnector;
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
+use vigil_auth::Fingerprint;
+use vigil_proto::{ClientRequest, CodecError, Frame, FrameCodec, ModuleInfo, ServerMessage};
+
+use crate::{ClientConfig, ClientError};
+
+/// How many broadcasts are held for a consumer that has not read them yet.
+const BROADCAST_BUFFER: usize = 1024;
+
+type Pending = Mutex<HashMap<String, oneshot::Sender<ServerMessage>>>;
+
+struct Inner {
+    pending: Pending,
+    /// Set once, when the connection ends.
+    closed: watch::Sender<Option<ClientError>>,
+    cancel: CancellationToken,
+    next_ref: AtomicU64,
+}
+
+impl Inner {
+    fn pending(&self) -> MutexGuard<'_, HashMap<String, oneshot::Sender<ServerMessage>>> {
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn close(&self, reason: ClientError) {
+        self.closed.send_if_modified(|slot| {
+            if slot.is_none() {
+                *slot = Some(reason);
+                true
+            } else {
+                false
+            }
+        });
+        self.cancel.cancel();
+        // Dropping the senders wakes every waiting request.
+        self.pending().clear();
+    }
+
+    fn reason(&self) -> ClientError {
+        self.closed
+            .borrow()
+            .clone()
+            .unwrap_or(ClientError::Disconnected("connection closed".into()))
+    }
+}
+
+/// A connection to a vigil server, admitted by it.
+///
+/// [`Connection::connect`] returns only after the server has answered a
+/// first request, so that a client whose certificate the server refused
+/// learns it here (in TLS 1.3 the refusal arrives after the handshake).
+pub struct Connection {
+    inner: Arc<Inner>,
+    requests: mpsc::Sender<Frame>,
+    broadcasts: mpsc::Receiver<ServerMessage>,
+    server: Fingerprint,
+    peer: SocketAddr,
+    request_timeout: Duration,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("peer", &self.peer)
+            .field("server", &self.server)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.inner.cancel.cancel();
+    }
+}
+
+fn server_name(host: &str) -> ServerName<'static> {
+    ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
+        .unwrap_or_else(|_| ServerName::try_from("vigil").expect("static name is valid"))
+}
+
+impl Connection {
+    /// Connects, completes the TLS handshake with the pinned server, and
+    /// checks that the server admitted this client.
+    pub async fn connect(config: &ClientConfig) -> Result<Connection, ClientError> {
+        let tls = vigil_auth::client_config(&config.identity, config.server_fingerprint)?;
+        let host = config
+            .server
+            .rsplit_once(':')
+            .map(|(h, _)| h)
+            .unwrap_or(&config.server);
+        let tcp = tokio::time::timeout(config.connect_timeout, TcpStream::connect(&config.server))
+            .await
+            .map_err(|_| ClientError::Timeout("TCP connect"))?
+            .map_err(|source| ClientError::Connect {
+                server: config.server.clone(),
+                source: Arc::new(source),
+            })?;
+        let _ = tcp.set_nodelay(true);
+        let peer = tcp.peer_addr().map_err(|source| ClientError::Connect {
+            server: config.server.clone(),
+            source: Arc::new(source),
+        })?;
+        let connector = TlsConnector::from(tls);
+        let stream = tokio::time::timeout(
+            config.connect_timeout,
+            connector.connect(server_name(host), tcp),
+        )
+        .await
+        .map_err(|_| ClientError::Timeout("TLS handshake"))?
+        .map_err(ClientError::from_io)?;
+
+        let (reader, writer) = tokio::io::split(stream);
+        let (closed, _) = watch::channel(None);
+        let inner = Arc::new(Inner {
+            pending: Mutex::new(HashMap::new()),
+            closed,
+            cancel: CancellationToken::new(),
+            next_ref: AtomicU64::new(1),
+        });
+        let (req_tx, req_rx) = mpsc::channel::<Frame>(256);
+        let (bc_tx, bc_rx) = mpsc::channel::<ServerMessage>(BROADCAST_BUFFER);
+        tokio::spawn(read_loop(
+            inner.clone(),
+            FramedRead::new(reader, FrameCodec::client(&config.limits)),
+            bc_tx,
+            config.liveness_timeout,
+        ));
+        tokio::spawn(write_loop(
+            inner.clone(),
+            FramedWrite::new(writer, FrameCodec::client(&config.limits)),
+            req_rx,
+            config.ping_interval,
+        ));
+        let conn = Connection {
+            inner,
+            requests: req_tx,
+            broadcasts: bc_rx,
+            server: config.server_fingerprint,
+            peer,
+            request_timeout: config.request_timeout,
+        };
+        // The first read tells whether the server admitted us.
+        match conn.request(ClientRequest::Ping).await? {
+            ServerMessage::Pong => Ok(conn),
+            other => Err(ClientError::Protocol(format!(
+                "expected sys:pong, got {}",
+                other.to_frame("-")
+            ))),
+        }
+    }
+
+    /// The server's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// The server's (pinned) fingerprint.
+    pub fn server_fingerprint(&self) -> Fingerprint {
+        self.server
+    }
+
+    /// Sends a request and waits for the response with the same REF. An
+    /// `err` response is returned as [`ClientError::Server`].
+    pub async fn request(&self, request: ClientRequest) -> Result<ServerMessage, ClientError> {
+        let reference = format!("c{}", self.inner.next_ref.fetch_add(1, Ordering::Relaxed));
+        let (tx, rx) = oneshot::channel();
+        self.inner.pending().insert(reference.clone(), tx);
+        if self.inner.cancel.is_cancelled() {
+            self.inner.pending().remove(&reference);
+            return Err(self.inner.reason());
+        }
+        if self
+            .requests
+            .send(request.to_frame(&reference))
+            .await
+            .is_err()
+        {
+            self.inner.pending().remove(&reference);
+            return Err(self.inner.reason());
+        }
+        let answer = tokio::time::timeout(self.request_timeout, rx).await;
+        match answer {
+            Ok(Ok(ServerMessage::Error(body))) => Err(ClientError::Server(body)),
+            Ok(Ok(msg)) => Ok(msg),
+            Ok(Err(_)) => Err(self.inner.reason()),
+            Err(_) => {
+                self.inner.pending().remove(&reference);
+                Err(ClientError::Timeout("response"))
+            }
+        }
+    }
+
+    /// Asks for the list of loaded modules.
+    pub async fn sync(&self) -> Result<Vec<ModuleInfo>, ClientError> {
+        match self.request(ClientRequest::Sync).await? {
+            ServerMessage::SyncResp { modules } => Ok(modules),
+            other => Err(ClientError::Protocol(format!(
+                "expected mod:sync_resp, got {}",
+                other.to_frame("-")
+            ))),
+        }
+    }
+
+    /// The next broadcast from the server; `None` once the connection ended
+    /// and every broadcast was read.
+    pub async fn next_broadcast(&mut self) -> Option<ServerMessage> {
+        self.broadcasts.recv().await
+    }
+
+    /// Resolves when the connection ends, with the reason. The future does
+    /// not borrow the connection, so it can be awaited alongside
+    /// [`Connection::next_broadcast`].
+    pub fn closed(&self) -> impl std::future::Future<Output = ClientError> + Send + 'static {
+        let inner = self.inner.clone();
+        let mut rx = inner.closed.subscribe();
+        async move {
+            let _ = rx.wait_for(Option::is_some).await;
+            inner.reason()
+        }
+    }
+
+    /// Closes the connection.
+    pub fn close(&self) {
+        self.inner
+            .close(ClientError::Disconnected("closed by this client".into()));
+    }
+}
+
+async fn read_loop<R>(
+    inner: Arc<Inner>,
+    mut frames: FramedRead<R, FrameCodec>,
+    broadcasts: mpsc::Sender<ServerMessage>,
+    liveness: Duration,
+) where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    let reason = loop {
+        let next = tokio::select! {
+            biased;
+            () = inner.cancel.cancelled() => break ClientError::Disconnected("closed by this client".into()),
+            next = tokio::time::timeout(liveness, frames.next()) => next,
+        };
+        let frame = match next {
+            Err(_) => {
+                break ClientError::Disconnected(format!(
+                    "server silent for {liveness:?}: assuming the connection is dead"
+                ));
+            }
+            Ok(None) => break ClientError::Disconnected("server closed the connection".into()),
+            Ok(Some(Err(CodecError::Io(e)))) => break ClientError::from_io(e),
+            Ok(Some(Err(e))) => break ClientError::Protocol(e.to_string()),
+            Ok(Some(Ok(Err(bad)))) => {
+                tracing::warn!(error = %bad, "malformed frame from server");
+                continue;
+            }
+            Ok(Some(Ok(Ok(frame)))) => frame,
+        };
+        let msg = match ServerMessage::from_frame(&frame) {
+            Ok(msg) => msg,
+            Err(e) => {
+                tracing::warn!(frame = %frame, error = %e, "frame from server not understood");
+                continue;
+            }
+        };
+        if msg.is_broadcast() {
+            if broadcasts.try_send(msg).is_err() {
+                tracing::warn!("broadcast dropped: the consumer is not keeping up");
+            }
+            continue;
+        }
+        let waiter = inner.pending().remove(frame.reference());
+        match waiter {
+            Some(tx) => {
+                let _ = tx.send(msg);
+            }
+            None => match msg {
+                ServerMessage::Pong => {}
+                ServerMessage::Error(body) => {
+                    tracing::warn!(reference = frame.reference(), error = %body, "error from server");
+                }
+                other => {
+                    tracing::debug!(frame = %other.to_frame(frame.reference()), "unsolicited frame")
+                }
+            },
+        }
+    };
+    inner.close(reason);
+}
+
+async fn write_loop<W>(
+    inner: Arc<Inner>,
+    mut sink: FramedWrite<W, FrameCodec>,
+    mut requests: mpsc::Receiver<Frame>,
+    ping_interval: Duration,
+) where
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let mut ping =
+        tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pings = 0u64;
+    loop {
+        let frame = tokio::select! {
+            biased;
+            () = inner.cancel.cancelled() => break,
+            next = requests.recv() => match next {
+                Some(frame) => frame,
+                None => break,
+            },
+            _ = ping.tick() => {
+                pings += 1;
+                ClientRequest::Ping.to_frame(&format!("ping{pings}"))
+            }
+        };
+        if let Err(e) = sink.send(frame).await {
+            let reason = match e {
+                CodecError::Io(e) => ClientError::from_io(e),
+                other => ClientError::Protocol(other.to_string()),
+            };
+            inner.close(reason);
+            return;
+        }
+        ping.reset();
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), SinkExt::<Frame>::close(&mut sink)).await;
+}

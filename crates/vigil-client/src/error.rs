@@ -1,0 +1,91 @@
+//! The error type of this crate.
+
+use std::sync::Arc;
+
+use vigil_auth::PeerRejected;
+use vigil_proto::ErrorBody;
+
+/// What went wrong talking to a server. Cheap to clone.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The TCP connection could not be made.
+    #[error("cannot connect to {server}: {source}")]
+    Connect {
+        /// The server address.
+        server: String,
+        /// The OS error.
+        source: Arc<std::io::Error>,
+    },
+    /// The server refused this client's certificate (a TLS alert on the
+    /// first read after the handshake).
+    #[error(
+        "the server refused our certificate (TLS alert: {alert}); is this client's fingerprint in the server's trusted-keys.json?"
+    )]
+    CertificateRefused {
+        /// The alert the server sent.
+        alert: String,
+    },
+    /// The server's key is not the pinned one.
+    #[error("refusing the server: {0}")]
+    WrongServer(PeerRejected),
+    /// TLS failed for another reason.
+    #[error("TLS: {0}")]
+    Tls(Arc<std::io::Error>),
+    /// An operation took too long.
+    #[error("timed out waiting for the {0}")]
+    Timeout(&'static str),
+    /// The connection ended.
+    #[error("disconnected: {0}")]
+    Disconnected(String),
+    /// The server answered with an `err` frame.
+    #[error("server error {0}")]
+    Server(ErrorBody),
+    /// The server sent something this client does not expect.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The identity or pin could not be turned into a TLS configuration.
+    #[error(transparent)]
+    Auth(Arc<vigil_auth::AuthError>),
+}
+
+impl From<vigil_auth::AuthError> for ClientError {
+    fn from(e: vigil_auth::AuthError) -> Self {
+        ClientError::Auth(Arc::new(e))
+    }
+}
+
+impl ClientError {
+    /// Classifies an I/O error from the TLS stream.
+    pub(crate) fn from_io(e: std::io::Error) -> ClientError {
+        if let Some(alert) = vigil_auth::refused_certificate_alert(&e) {
+            return ClientError::CertificateRefused {
+                alert: format!("{alert:?}"),
+            };
+        }
+        if let Some(rejected) = vigil_auth::wrong_server(&e) {
+            return ClientError::WrongServer(rejected);
+        }
+        if e.get_ref()
+            .is_some_and(|inner| inner.is::<vigil_auth::rustls::Error>())
+        {
+            return ClientError::Tls(Arc::new(e));
+        }
+        match e.kind() {
+            std::io::ErrorKind::UnexpectedEof
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::BrokenPipe
+            | std::io::ErrorKind::ConnectionAborted => ClientError::Disconnected(e.to_string()),
+            _ => ClientError::Tls(Arc::new(e)),
+        }
+    }
+
+    /// Whether retrying cannot help without a change of configuration on
+    /// one side or the other (the reconnect loop retries anyway, more slowly).
+    pub fn is_trust_problem(&self) -> bool {
+        matches!(
+            self,
+            ClientError::CertificateRefused { .. } | ClientError::WrongServer(_)
+        )
+    }
+}

@@ -1,0 +1,64 @@
+//! Server settings.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use vigil_auth::{Identity, TrustStore};
+use vigil_proto::Limits;
+
+/// Default port, as VeriPy's.
+pub const DEFAULT_PORT: u16 = 8443;
+/// Default time a peer has to finish the TLS handshake.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time a session may stay silent before it is closed. Clients ping
+/// well within it.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Default cap on connections, counting those still in the handshake.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
+/// Default number of frames queued for one client before it counts as a
+/// slow consumer and is disconnected.
+pub const DEFAULT_OUTBOUND_QUEUE: usize = 1024;
+/// Default time given to sessions to finish when the server shuts down.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Everything a [`Server`](crate::Server) needs.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ServerConfig {
+    /// Address to listen on for mTLS clients.
+    pub listen: SocketAddr,
+    /// The server's certificate and key.
+    pub identity: Identity,
+    /// Trusted client fingerprints; changes take effect at once.
+    pub trust: TrustStore,
+    /// Frame size limits.
+    pub limits: Limits,
+    /// Time a peer has to complete the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Time a session may stay silent before it is closed.
+    pub idle_timeout: Duration,
+    /// Most connections at once, counting those in the handshake.
+    pub max_connections: usize,
+    /// Frames queued for one client before it is disconnected as too slow.
+    pub outbound_queue: usize,
+    /// Time sessions get to finish at shutdown.
+    pub drain_timeout: Duration,
+}
+
+impl ServerConfig {
+    /// Settings with defaults for everything but the address, the identity
+    /// and the trust store.
+    pub fn new(listen: SocketAddr, identity: Identity, trust: TrustStore) -> Self {
+        ServerConfig {
+            listen,
+            identity,
+            trust,
+            limits: Limits::default(),
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            outbound_queue: DEFAULT_OUTBOUND_QUEUE,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+        }
+    }
+}

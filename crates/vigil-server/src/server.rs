@@ -1,0 +1,351 @@
+//! Accept loop, session registry, revocation and shutdown.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use vigil_auth::peer_fingerprint;
+use vigil_proto::ServerMessage;
+
+use crate::session::{self, SessionHandle, SessionInfo};
+use crate::{ServerConfig, ServerError};
+
+/// A monotonically increasing counter.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub(crate) fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Counters kept by the server.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct ServerStats {
+    /// TCP connections accepted.
+    pub accepted: Counter,
+    /// Connections dropped at once because the limit was reached.
+    pub refused_at_limit: Counter,
+    /// Handshakes completed.
+    pub handshakes_ok: Counter,
+    /// Handshakes that failed (untrusted key, bad TLS, timeout).
+    pub handshakes_failed: Counter,
+    /// Frames answered with an error because they were malformed or not understood.
+    pub bad_frames: Counter,
+    /// Sessions closed because the client's queue was full.
+    pub slow_consumers: Counter,
+}
+
+pub(crate) struct Shared {
+    pub(crate) config: ServerConfig,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) stats: ServerStats,
+    sessions: Mutex<HashMap<u64, SessionHandle>>,
+    next_id: AtomicU64,
+}
+
+impl Shared {
+    fn sessions(&self) -> MutexGuard<'_, HashMap<u64, SessionHandle>> {
+        // A panic while holding this lock cannot leave the map inconsistent
+        // (every operation on it is a single insert, remove or read).
+        self.sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn register(&self, handle: SessionHandle) {
+        self.sessions().insert(handle.info.id, handle);
+    }
+
+    pub(crate) fn deregister(&self, id: u64) {
+        self.sessions().remove(&id);
+    }
+
+    /// Closes every session whose key is no longer trusted.
+    fn sweep_revoked(&self) {
+        let trust = self.config.trust.snapshot();
+        for handle in self.sessions().values() {
+            if !trust.contains(&handle.info.fingerprint) {
+                tracing::warn!(
+                    session = handle.info.id,
+                    client = %handle.info.fingerprint,
+                    peer = %handle.info.peer,
+                    "client key removed from the trust file: closing its session"
+                );
+                handle.cancel.cancel();
+            }
+        }
+    }
+}
+
+/// A cheap, cloneable handle on a running server.
+#[derive(Clone)]
+pub struct ServerHandle {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerHandle")
+            .field("listen", &self.shared.config.listen)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerHandle {
+    /// Asks the server to stop: no new connections, sessions closed, then
+    /// [`Server::run`] returns.
+    pub fn shutdown(&self) {
+        self.shared.shutdown.cancel();
+    }
+
+    /// Whether shutdown was asked for.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shared.shutdown.is_cancelled()
+    }
+
+    /// The connected clients.
+    pub fn sessions(&self) -> Vec<SessionInfo> {
+        let mut list: Vec<SessionInfo> = self
+            .shared
+            .sessions()
+            .values()
+            .map(|h| h.info.clone())
+            .collect();
+        list.sort_by_key(|s| s.id);
+        list
+    }
+
+    /// The server's counters.
+    pub fn stats(&self) -> &ServerStats {
+        &self.shared.stats
+    }
+
+    /// Sends a message to every connected client. The frame is encoded once.
+    /// A client whose queue is full is disconnected as a slow consumer.
+    /// Returns how many clients it was queued for.
+    pub fn broadcast(&self, msg: &ServerMessage, reference: &str) -> usize {
+        let bytes = session::encode(msg, reference);
+        self.send_to_all(&bytes)
+    }
+
+    fn send_to_all(&self, bytes: &Bytes) -> usize {
+        let mut queued = 0;
+        for handle in self.shared.sessions().values() {
+            match handle.tx.try_send(bytes.clone()) {
+                Ok(()) => queued += 1,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    tracing::warn!(
+                        session = handle.info.id,
+                        client = %handle.info.fingerprint.short(),
+                        "client is not reading: outbound queue full, disconnecting"
+                    );
+                    self.shared.stats.slow_consumers.inc();
+                    handle.cancel.cancel();
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        queued
+    }
+}
+
+/// A bound vigil server; [`Server::run`] serves until shutdown.
+pub struct Server {
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("listen", &self.listener.local_addr().ok())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Builds the TLS configuration and binds the listening socket.
+    pub async fn bind(mut config: ServerConfig) -> Result<Server, ServerError> {
+        let tls = vigil_auth::server_config(&config.identity, config.trust.clone())?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        // Port 0 asks the OS for a port: record the one we got.
+        if let Ok(addr) = listener.local_addr() {
+            config.listen = addr;
+        }
+        Ok(Server {
+            listener,
+            acceptor: TlsAcceptor::from(tls),
+            shared: Arc::new(Shared {
+                config,
+                shutdown: CancellationToken::new(),
+                stats: ServerStats::default(),
+                sessions: Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(1),
+            }),
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.config.listen
+    }
+
+    /// The server's fingerprint, for clients to pin.
+    pub fn fingerprint(&self) -> vigil_auth::Fingerprint {
+        self.shared.config.identity.fingerprint()
+    }
+
+    /// A handle to stop the server and look at it while it runs.
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Serves until [`ServerHandle::shutdown`], then closes every session
+    /// and waits for them (at most the drain timeout).
+    pub async fn run(self) -> Result<(), ServerError> {
+        let Server {
+            listener,
+            acceptor,
+            shared,
+        } = self;
+        let tracker = TaskTracker::new();
+        let permits = Arc::new(Semaphore::new(shared.config.max_connections));
+        tracker.spawn(revocation_sweeper(shared.clone()));
+        tracing::info!(
+            listen = %shared.config.listen,
+            fingerprint = %shared.config.identity.fingerprint(),
+            trusted = shared.config.trust.snapshot().len(),
+            "vigil server listening"
+        );
+        let mut last_limit_log: Option<Instant> = None;
+        loop {
+            let (tcp, peer) = tokio::select! {
+                biased;
+                () = shared.shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // Out of file descriptors, say: back off instead of spinning.
+                        tracing::error!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            shared.stats.accepted.inc();
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                shared.stats.refused_at_limit.inc();
+                if last_limit_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                    tracing::warn!(
+                        %peer,
+                        limit = shared.config.max_connections,
+                        refused = shared.stats.refused_at_limit.get(),
+                        "connection limit reached: refusing new connections"
+                    );
+                    last_limit_log = Some(Instant::now());
+                }
+                drop(tcp);
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            tracker.spawn(connection(
+                shared.clone(),
+                acceptor.clone(),
+                tcp,
+                peer,
+                permit,
+            ));
+        }
+        drop(listener);
+        tracing::info!(
+            sessions = shared.sessions().len(),
+            "shutting down: closing sessions"
+        );
+        tracker.close();
+        if tokio::time::timeout(shared.config.drain_timeout, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some sessions did not finish within the drain timeout");
+        }
+        tracing::info!("server stopped");
+        Ok(())
+    }
+}
+
+async fn connection(
+    shared: Arc<Shared>,
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    _permit: OwnedSemaphorePermit,
+) {
+    let handshake = tokio::time::timeout(shared.config.handshake_timeout, acceptor.accept(tcp));
+    let tls = tokio::select! {
+        () = shared.shutdown.cancelled() => return,
+        result = handshake => match result {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                shared.stats.handshakes_failed.inc();
+                tracing::warn!(%peer, error = %e, "handshake refused");
+                return;
+            }
+            Err(_) => {
+                shared.stats.handshakes_failed.inc();
+                tracing::warn!(%peer, timeout = ?shared.config.handshake_timeout, "handshake timed out");
+                return;
+            }
+        },
+    };
+    let Some(fingerprint) = peer_fingerprint(tls.get_ref().1.peer_certificates()) else {
+        // Client authentication is mandatory, so this does not happen.
+        shared.stats.handshakes_failed.inc();
+        tracing::error!(%peer, "handshake completed without a client certificate");
+        return;
+    };
+    shared.stats.handshakes_ok.inc();
+    let info = SessionInfo {
+        id: shared.next_id.fetch_add(1, Ordering::Relaxed),
+        fingerprint,
+        peer,
+        connected_at: SystemTime::now(),
+    };
+    session::run(shared, tls, info).await;
+}
+
+async fn revocation_sweeper(shared: Arc<Shared>) {
+    let mut rx = shared.config.trust.subscribe();
+    loop {
+        tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            changed = rx.changed() => if changed.is_err() { return },
+        }
+        rx.borrow_and_update();
+        shared.sweep_revoked();
+    }
+}

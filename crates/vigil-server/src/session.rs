@@ -1,0 +1,246 @@
+//! One client connection: read frames, answer them, write through a bounded
+//! queue.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt as _;
+use tokio::io::{AsyncWrite, AsyncWriteExt as _};
+use tokio::sync::mpsc;
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+use vigil_auth::Fingerprint;
+use vigil_proto::{
+    ClientRequest, CodecError, ErrorBody, ErrorCode, Frame, FrameCodec, ServerMessage,
+};
+
+use crate::server::Shared;
+
+/// Most bytes gathered into one write.
+const WRITE_BATCH: usize = 64 * 1024;
+
+/// What the server knows about a connected client.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    /// Server-unique session number.
+    pub id: u64,
+    /// Fingerprint of the client's key.
+    pub fingerprint: Fingerprint,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// When the handshake completed.
+    pub connected_at: SystemTime,
+}
+
+/// The registry's handle on a live session.
+#[derive(Debug)]
+pub(crate) struct SessionHandle {
+    pub(crate) info: SessionInfo,
+    pub(crate) tx: mpsc::Sender<Bytes>,
+    pub(crate) cancel: CancellationToken,
+}
+
+/// Why a session ended.
+#[derive(Debug)]
+enum End {
+    PeerClosed,
+    Cancelled,
+    Idle,
+    TooLarge(usize),
+    Io(std::io::Error),
+    WriterGone,
+}
+
+pub(crate) fn encode(msg: &ServerMessage, reference: &str) -> Bytes {
+    Bytes::from(msg.to_frame(reference).to_bytes())
+}
+
+/// Runs a session on an established TLS stream until it ends.
+pub(crate) async fn run<S>(shared: Arc<Shared>, stream: S, info: SessionInfo)
+where
+    S: tokio::io::AsyncRead + AsyncWrite + Send + 'static,
+{
+    let span = tracing::info_span!(
+        "session",
+        id = info.id,
+        client = %info.fingerprint.short(),
+        peer = %info.peer
+    );
+    async move {
+        let (reader, writer) = tokio::io::split(stream);
+        let (tx, rx) = mpsc::channel::<Bytes>(shared.config.outbound_queue);
+        let cancel = shared.shutdown.child_token();
+        let writer_task = tokio::spawn(write_loop(rx, writer, cancel.clone()).in_current_span());
+
+        shared.register(SessionHandle {
+            info: info.clone(),
+            tx: tx.clone(),
+            cancel: cancel.clone(),
+        });
+        // The fingerprint may have been revoked between the handshake and
+        // the registration: the revocation sweep may have missed us.
+        let end = if shared.config.trust.is_trusted(&info.fingerprint) {
+            tracing::info!("client connected");
+            read_loop(&shared, reader, &tx, &cancel).await
+        } else {
+            End::Cancelled
+        };
+        shared.deregister(info.id);
+        match &end {
+            End::PeerClosed => tracing::info!("client disconnected"),
+            End::Cancelled if !shared.config.trust.is_trusted(&info.fingerprint) => {
+                tracing::warn!("session closed: client key no longer trusted")
+            }
+            End::Cancelled => tracing::info!("session closed by server"),
+            End::Idle => tracing::info!(
+                timeout = ?shared.config.idle_timeout,
+                "session closed: client silent past the idle timeout"
+            ),
+            End::TooLarge(limit) => {
+                tracing::warn!(limit, "session closed: client sent an oversized frame")
+            }
+            End::Io(e) => tracing::info!(error = %e, "session ended by transport error"),
+            End::WriterGone => tracing::info!("session ended: could not write to client"),
+        }
+        // Let the writer send what is queued (an error frame, say), but not
+        // for longer than the drain timeout.
+        drop(tx);
+        if matches!(end, End::Cancelled) {
+            cancel.cancel();
+        }
+        let mut writer_task = writer_task;
+        if tokio::time::timeout(shared.config.drain_timeout, &mut writer_task)
+            .await
+            .is_err()
+        {
+            writer_task.abort();
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn read_loop<R>(
+    shared: &Shared,
+    reader: R,
+    tx: &mpsc::Sender<Bytes>,
+    cancel: &CancellationToken,
+) -> End
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    let mut frames = FramedRead::new(reader, FrameCodec::server(&shared.config.limits));
+    loop {
+        let next = tokio::select! {
+            biased;
+            () = cancel.cancelled() => return End::Cancelled,
+            next = tokio::time::timeout(shared.config.idle_timeout, frames.next()) => next,
+        };
+        let reply = match next {
+            Err(_) => return End::Idle,
+            Ok(None) => return End::PeerClosed,
+            Ok(Some(Err(CodecError::FrameTooLarge { limit }))) => {
+                let body = ErrorBody::new(
+                    ErrorCode::FrameTooLarge,
+                    format!("frame exceeds the limit of {limit} bytes; closing the connection"),
+                );
+                let _ = tx.send(encode(&ServerMessage::Error(body), "-")).await;
+                return End::TooLarge(limit);
+            }
+            Ok(Some(Err(CodecError::Io(e)))) => return End::Io(e),
+            Ok(Some(Err(other))) => return End::Io(std::io::Error::other(other)),
+            Ok(Some(Ok(Err(bad)))) => {
+                tracing::debug!(error = %bad, "malformed frame");
+                shared.stats.bad_frames.inc();
+                let body = ErrorBody::new(bad.code(), bad.to_string());
+                encode(&ServerMessage::Error(body), bad.reference().unwrap_or("-"))
+            }
+            Ok(Some(Ok(Ok(frame)))) => handle(shared, &frame),
+        };
+        if tx.send(reply).await.is_err() {
+            return End::WriterGone;
+        }
+    }
+}
+
+/// Answers one well-formed frame.
+fn handle(shared: &Shared, frame: &Frame) -> Bytes {
+    let reference = frame.reference();
+    let request = match ClientRequest::from_frame(frame) {
+        Ok(request) => request,
+        Err(e) => {
+            tracing::debug!(frame = %frame, error = %e, "request not understood");
+            shared.stats.bad_frames.inc();
+            return encode(&ServerMessage::Error(e.to_body()), reference);
+        }
+    };
+    let reply = match request {
+        ClientRequest::Sync => ServerMessage::SyncResp {
+            modules: Vec::new(),
+        },
+        ClientRequest::Verify { module } | ClientRequest::Exec { module, .. } => {
+            ServerMessage::Error(ErrorBody::new(
+                ErrorCode::UnknownModule,
+                format!("no module named {module:?} is loaded"),
+            ))
+        }
+        ClientRequest::Ping => ServerMessage::Pong,
+        // A request type added to the protocol but not served here.
+        _ => ServerMessage::Error(ErrorBody::new(
+            ErrorCode::UnknownType,
+            format!(
+                "{}:{} is not served by this server",
+                frame.api(),
+                frame.kind()
+            ),
+        )),
+    };
+    encode(&reply, reference)
+}
+
+async fn write_loop<W>(mut rx: mpsc::Receiver<Bytes>, mut writer: W, cancel: CancellationToken)
+where
+    W: AsyncWrite + Unpin,
+{
+    let mut batch = BytesMut::with_capacity(4096);
+    loop {
+        let first = tokio::select! {
+            biased;
+            () = cancel.cancelled() => break,
+            next = rx.recv() => match next {
+                Some(bytes) => bytes,
+                None => break,
+            },
+        };
+        batch.extend_from_slice(&first);
+        while batch.len() < WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(more) => batch.extend_from_slice(&more),
+                Err(_) => break,
+            }
+        }
+        let written = tokio::select! {
+            biased;
+            () = cancel.cancelled() => break,
+            res = async {
+                writer.write_all(&batch).await?;
+                writer.flush().await
+            } => res,
+        };
+        batch.clear();
+        if let Err(e) = written {
+            tracing::debug!(error = %e, "write failed");
+            return;
+        }
+        // Do not keep a large buffer around for an idle connection.
+        if batch.capacity() > WRITE_BATCH * 2 {
+            batch = BytesMut::with_capacity(4096);
+        }
+    }
+    // Send TLS close_notify; a peer that does not read gets no say in how
+    // long this takes.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), writer.shutdown()).await;
+}
