@@ -1,1 +1,210 @@
-fn main() {}
+//! `vigil-client`: connect to a pinned vigil server and stay connected.
+//!
+//! Reads flags, `VIGIL_*` environment variables and an optional TOML file
+//! (in that order of precedence), then runs [`vigil_client::Client`] until
+//! SIGINT or SIGTERM, or runs one command against the server.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+use vigil_auth::{Fingerprint, Identity};
+use vigil_client::{Client, ClientConfig, Connection};
+
+const AFTER_HELP: &str = "\
+Precedence: command-line flags, then VIGIL_* environment variables, then the
+--config file, then the defaults shown. Relative paths in the config file are
+relative to the file's directory.
+
+The server is trusted only if its key has the --server-fingerprint given
+(the hex SHA-256 that `vigilctl fingerprint server.crt` prints). The server,
+in turn, admits this client only if its own fingerprint is in the server's
+trusted-keys.json.
+
+Logging: VIGIL_LOG (or RUST_LOG) sets the filter, e.g. VIGIL_LOG=debug.
+
+Exit status: 0 on success or after SIGINT/SIGTERM, 1 if a one-shot command
+failed (server unreachable, certificate refused), 2 for bad usage or
+configuration.";
+
+/// Connect to a vigil server over pinned mutual TLS.
+#[derive(Debug, Parser)]
+#[command(version, about, after_help = AFTER_HELP)]
+struct Cli {
+    /// TOML configuration file.
+    #[arg(long, env = "VIGIL_CONFIG", value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
+    /// Server address [default: 127.0.0.1:8443].
+    #[arg(long, env = "VIGIL_SERVER", value_name = "HOST:PORT", global = true)]
+    server: Option<String>,
+    /// Client certificate, PEM [default: client.crt].
+    #[arg(long, env = "VIGIL_CERT", value_name = "FILE", global = true)]
+    cert: Option<PathBuf>,
+    /// Client private key, PEM [default: client.key].
+    #[arg(long, env = "VIGIL_KEY", value_name = "FILE", global = true)]
+    key: Option<PathBuf>,
+    /// SHA-256 fingerprint (hex) the server's key must have. Required.
+    #[arg(
+        long,
+        env = "VIGIL_SERVER_FINGERPRINT",
+        value_name = "HEX",
+        global = true
+    )]
+    server_fingerprint: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Stay connected: sync, follow broadcasts, reconnect with backoff (the default).
+    Run,
+    /// Connect once, list the server's modules as JSON, and exit.
+    Sync,
+}
+
+/// The TOML file: the same settings as the flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    server: Option<String>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    server_fingerprint: Option<String>,
+}
+
+fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
+}
+
+fn resolve(cli: &Cli) -> anyhow::Result<ClientConfig> {
+    let (file, base) = match &cli.config {
+        Some(path) => (
+            load_file(path)?,
+            path.parent().map(Path::to_path_buf).unwrap_or_default(),
+        ),
+        None => (FileConfig::default(), PathBuf::new()),
+    };
+    let from_file = |p: Option<PathBuf>| p.map(|p| base.join(p));
+    let server = cli
+        .server
+        .clone()
+        .or(file.server)
+        .unwrap_or_else(|| "127.0.0.1:8443".into());
+    anyhow::ensure!(
+        server
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()),
+        "server address {server:?} is not HOST:PORT"
+    );
+    let cert = cli
+        .cert
+        .clone()
+        .or(from_file(file.cert))
+        .unwrap_or_else(|| "client.crt".into());
+    let key = cli
+        .key
+        .clone()
+        .or(from_file(file.key))
+        .unwrap_or_else(|| "client.key".into());
+    let pin = cli
+        .server_fingerprint
+        .clone()
+        .or(file.server_fingerprint)
+        .context(
+            "no server fingerprint: give --server-fingerprint, VIGIL_SERVER_FINGERPRINT \
+             or server_fingerprint in the config file",
+        )?;
+    let pin: Fingerprint = pin.parse().context("bad server fingerprint")?;
+    let identity = Identity::load(&cert, &key).context("cannot load the client identity")?;
+    Ok(ClientConfig::new(server, identity, pin))
+}
+
+fn init_logging() {
+    let filter = std::env::var("VIGIL_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}
+
+async fn run(config: ClientConfig) -> anyhow::Result<()> {
+    tracing::info!(
+        server = %config.server,
+        pin = %config.server_fingerprint,
+        client = %config.identity.fingerprint(),
+        "vigil client starting"
+    );
+    let client = Client::new(config);
+    let stop = CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            wait_for_signal().await;
+            tracing::info!("signal received, disconnecting");
+            stop.cancel();
+        }
+    });
+    client.run(stop).await;
+    Ok(())
+}
+
+async fn sync(config: ClientConfig) -> anyhow::Result<()> {
+    let conn = Connection::connect(&config).await?;
+    let modules = conn.sync().await?;
+    let json = serde_json::to_string_pretty(&modules)?;
+    println!("{json}");
+    conn.close();
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let config = match resolve(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("vigil-client: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vigil-client: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command.unwrap_or(Command::Run) {
+        Command::Run => runtime.block_on(run(config)),
+        Command::Sync => runtime.block_on(sync(config)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vigil-client: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,207 @@
-fn main() {}
+//! `vigil-server`: serve pinned mutual-TLS clients.
+//!
+//! Reads flags, `VIGIL_*` environment variables and an optional TOML file
+//! (in that order of precedence), loads the identity and the trust file,
+//! and runs [`vigil_server::Server`] until SIGINT or SIGTERM.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use serde::Deserialize;
+use vigil_auth::{Identity, TrustStore};
+use vigil_server::{Server, ServerConfig};
+
+const AFTER_HELP: &str = "\
+Precedence: command-line flags, then VIGIL_* environment variables, then the
+--config file, then the defaults shown. Relative paths in the config file are
+relative to the file's directory.
+
+Trust: only clients whose key fingerprint is listed in the trust file
+({\"trusted_fingerprints\": [\"<sha256 hex>\", ...]}) can connect. Edits take
+effect at once; removing a fingerprint closes that client's sessions.
+
+Logging: VIGIL_LOG (or RUST_LOG) sets the filter, e.g. VIGIL_LOG=debug.
+
+Exit status: 0 after a clean shutdown, 1 if the server could not listen or
+failed while running,
+2 for bad usage or configuration (unreadable certificate, key or trust file).";
+
+/// Serve vigil clients over pinned mutual TLS.
+#[derive(Debug, Parser)]
+#[command(version, about, after_help = AFTER_HELP)]
+struct Cli {
+    /// TOML configuration file.
+    #[arg(long, env = "VIGIL_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1].
+    #[arg(long, env = "VIGIL_INTERFACE", value_name = "IP")]
+    interface: Option<IpAddr>,
+    /// Port to listen on [default: 8443].
+    #[arg(long, env = "VIGIL_PORT")]
+    port: Option<u16>,
+    /// Server certificate, PEM [default: server.crt].
+    #[arg(long, env = "VIGIL_CERT", value_name = "FILE")]
+    cert: Option<PathBuf>,
+    /// Server private key, PEM [default: server.key].
+    #[arg(long, env = "VIGIL_KEY", value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// Trusted client fingerprints [default: trusted-keys.json].
+    #[arg(long, env = "VIGIL_TRUSTED_KEYS", value_name = "FILE")]
+    trusted_keys: Option<PathBuf>,
+    /// Most connections at once, counting handshakes [default: 16384].
+    #[arg(long, env = "VIGIL_MAX_CONNECTIONS", value_name = "N")]
+    max_connections: Option<usize>,
+    /// Seconds a peer has to finish the TLS handshake [default: 10].
+    #[arg(long, env = "VIGIL_HANDSHAKE_TIMEOUT", value_name = "SECS")]
+    handshake_timeout: Option<f64>,
+    /// Seconds a client may stay silent before it is disconnected [default: 90].
+    #[arg(long, env = "VIGIL_IDLE_TIMEOUT", value_name = "SECS")]
+    idle_timeout: Option<f64>,
+}
+
+/// The TOML file: the same settings as the flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    interface: Option<IpAddr>,
+    port: Option<u16>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    trusted_keys: Option<PathBuf>,
+    max_connections: Option<usize>,
+    handshake_timeout: Option<f64>,
+    idle_timeout: Option<f64>,
+}
+
+fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
+}
+
+fn seconds(name: &str, value: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(value)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .with_context(|| format!("{name} must be a positive number of seconds, got {value}"))
+}
+
+/// Flags and environment over file over defaults.
+fn resolve(cli: Cli) -> anyhow::Result<(ServerConfig, Option<vigil_auth::TrustWatcher>)> {
+    let (file, base) = match &cli.config {
+        Some(path) => (
+            load_file(path)?,
+            path.parent().map(Path::to_path_buf).unwrap_or_default(),
+        ),
+        None => (FileConfig::default(), PathBuf::new()),
+    };
+    let from_file = |p: Option<PathBuf>| p.map(|p| base.join(p));
+    let cert = cli
+        .cert
+        .or(from_file(file.cert))
+        .unwrap_or_else(|| "server.crt".into());
+    let key = cli
+        .key
+        .or(from_file(file.key))
+        .unwrap_or_else(|| "server.key".into());
+    let trusted = cli
+        .trusted_keys
+        .or(from_file(file.trusted_keys))
+        .unwrap_or_else(|| "trusted-keys.json".into());
+    let interface = cli
+        .interface
+        .or(file.interface)
+        .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    let port = cli.port.or(file.port).unwrap_or(vigil_server::DEFAULT_PORT);
+
+    let identity = Identity::load(&cert, &key).context("cannot load the server identity")?;
+    let trust = TrustStore::load(&trusted).context("cannot load the trust file")?;
+    let watcher = match trust.watch() {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "trust file changes will not be noticed");
+            None
+        }
+    };
+    let mut config = ServerConfig::new(SocketAddr::new(interface, port), identity, trust);
+    if let Some(n) = cli.max_connections.or(file.max_connections) {
+        anyhow::ensure!(n > 0, "max_connections must be at least 1");
+        config.max_connections = n;
+    }
+    if let Some(s) = cli.handshake_timeout.or(file.handshake_timeout) {
+        config.handshake_timeout = seconds("handshake_timeout", s)?;
+    }
+    if let Some(s) = cli.idle_timeout.or(file.idle_timeout) {
+        config.idle_timeout = seconds("idle_timeout", s)?;
+    }
+    Ok((config, watcher))
+}
+
+fn init_logging() {
+    let filter = std::env::var("VIGIL_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn wait_for_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers, only the process's death stops us.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
+
+async fn serve(config: ServerConfig) -> anyhow::Result<()> {
+    let server = Server::bind(config).await?;
+    let handle = server.handle();
+    tokio::spawn(async move {
+        let signal = wait_for_signal().await;
+        tracing::info!(signal, "shutting down (send it again to exit at once)");
+        handle.shutdown();
+        wait_for_signal().await;
+        std::process::exit(130);
+    });
+    server.run().await?;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let (config, _watcher) = match resolve(cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("vigil-server: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vigil-server: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vigil-server: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,353 @@
+//! The three binaries as a user runs them: real processes, real files,
+//! real TLS on loopback.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Path of a workspace binary, building the server and client binaries if
+/// this test was run on its own (`cargo test -p vigilctl`).
+fn bin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    let dir = Path::new(env!("CARGO_BIN_EXE_vigilctl"))
+        .parent()
+        .expect("bin dir")
+        .to_owned();
+    let path = dir.join(name);
+    if !path.exists() {
+        BUILT.get_or_init(|| {
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "-p", "vigil-server-bin", "-p", "vigil-client-bin"])
+                .status()
+                .expect("cargo build");
+            assert!(status.success(), "building the binaries failed");
+        });
+    }
+    path
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.env_remove("VIGIL_LOG").env_remove("RUST_LOG");
+    let out = cmd.output().expect("spawn");
+    eprintln!(
+        "$ {cmd:?}\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A `vigil-server` process, killed on drop.
+struct ServerProcess(Child);
+
+impl ServerProcess {
+    /// Starts the server and waits until its log says it listens.
+    fn start(args: &[&str], envs: &[(&str, &str)]) -> ServerProcess {
+        let mut child = Command::new(bin("vigil-server"))
+            .args(args)
+            .envs(envs.iter().copied())
+            .env("VIGIL_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn vigil-server");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("server| {line}");
+                if line.contains("vigil server listening") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(20))
+            .expect("server started listening");
+        ServerProcess(child)
+    }
+
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.0.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.0.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn init(dir: &Path, port: u16) -> String {
+    let out = run(Command::new(bin("vigilctl"))
+        .arg("init")
+        .arg(dir)
+        .args(["--port", &port.to_string()]));
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).expect("utf8")
+}
+
+#[test]
+fn help_explains_every_binary() {
+    for (name, needles) in [
+        (
+            "vigil-server",
+            &[
+                "--interface",
+                "--port",
+                "8443",
+                "127.0.0.1",
+                "--trusted-keys",
+                "VIGIL_PORT",
+                "Exit status",
+            ][..],
+        ),
+        (
+            "vigil-client",
+            &[
+                "--server",
+                "--server-fingerprint",
+                "VIGIL_SERVER_FINGERPRINT",
+                "sync",
+            ][..],
+        ),
+        ("vigilctl", &["init", "fingerprint", "demo"][..]),
+    ] {
+        let out = run(Command::new(bin(name)).arg("--help"));
+        assert!(out.status.success(), "{name} --help");
+        let text = String::from_utf8_lossy(&out.stdout);
+        for n in needles {
+            assert!(text.contains(n), "{name} --help lacks {n:?}");
+        }
+    }
+}
+
+#[test]
+fn init_then_server_and_client_binaries_work_together() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let report = init(dir.path(), port);
+    assert!(report.contains("vigil-server --config"), "{report}");
+
+    // `vigilctl fingerprint` agrees with the trust file init wrote.
+    let out = run(Command::new(bin("vigilctl"))
+        .arg("fingerprint")
+        .arg(dir.path().join("client.crt")));
+    let fp = String::from_utf8(out.stdout)
+        .expect("utf8")
+        .trim()
+        .to_owned();
+    let trust = std::fs::read_to_string(dir.path().join("trusted-keys.json")).expect("trust");
+    assert!(trust.contains(&fp), "{trust} lacks {fp}");
+
+    let server = ServerProcess::start(
+        &[
+            "--config",
+            dir.path().join("server.toml").to_str().expect("utf8"),
+        ],
+        &[],
+    );
+    let out = run(Command::new(bin("vigil-client"))
+        .args([
+            "--config",
+            dir.path().join("client.toml").to_str().expect("utf8"),
+        ])
+        .arg("sync"));
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
+
+    // A client with an unknown key is told clearly, and exits 1.
+    let other = tempfile::tempdir().expect("tempdir");
+    init(other.path(), port);
+    let out = run(Command::new(bin("vigil-client"))
+        .args([
+            "--config",
+            dir.path().join("client.toml").to_str().expect("utf8"),
+        ])
+        .arg("--cert")
+        .arg(other.path().join("client.crt"))
+        .arg("--key")
+        .arg(other.path().join("client.key"))
+        .arg("sync"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refused our certificate"));
+
+    let status = server.terminate();
+    assert!(status.success(), "clean exit on SIGTERM: {status}");
+}
+
+#[test]
+fn flags_override_environment_which_overrides_the_config_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file_port = free_port();
+    init(dir.path(), file_port);
+    let (env_port, flag_port) = (free_port(), free_port());
+    let config = dir.path().join("server.toml");
+    let config = config.to_str().expect("utf8");
+
+    let env_port_s = env_port.to_string();
+    let server = ServerProcess::start(&["--config", config], &[("VIGIL_PORT", &env_port_s)]);
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", env_port)).is_ok(),
+        "env beats file"
+    );
+    drop(server);
+
+    let flag_port_s = flag_port.to_string();
+    let server = ServerProcess::start(
+        &["--config", config, "--port", &flag_port_s],
+        &[("VIGIL_PORT", &env_port_s)],
+    );
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", flag_port)).is_ok(),
+        "flag beats env"
+    );
+    drop(server);
+}
+
+#[test]
+fn bad_identity_files_exit_2_naming_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    init(dir.path(), free_port());
+    let d = dir.path();
+    let garbage = d.join("garbage.pem");
+    std::fs::write(&garbage, "not a pem\n").expect("write");
+    let unreadable = d.join("missing.crt");
+    let cases: Vec<(Vec<PathBuf>, &str)> = vec![
+        (
+            vec![unreadable.clone(), d.join("server.key")],
+            "missing.crt",
+        ),
+        (vec![d.join("server.crt"), unreadable], "missing.crt"),
+        (vec![garbage.clone(), d.join("server.key")], "garbage.pem"),
+        (vec![d.join("server.crt"), garbage], "garbage.pem"),
+        (
+            vec![d.join("server.key"), d.join("server.key")],
+            "no certificate found",
+        ),
+        (
+            vec![d.join("server.crt"), d.join("client.key")],
+            "does not match",
+        ),
+    ];
+    for (files, needle) in cases {
+        let out = run(Command::new(bin("vigil-server"))
+            .arg("--cert")
+            .arg(&files[0])
+            .arg("--key")
+            .arg(&files[1])
+            .arg("--trusted-keys")
+            .arg(d.join("trusted-keys.json")));
+        assert_eq!(out.status.code(), Some(2), "{files:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{files:?}: {err}");
+    }
+    // And a trust file that is not valid.
+    std::fs::write(d.join("bad.json"), "{\"trusted_fingerprints\": [1]}").expect("write");
+    let out = run(Command::new(bin("vigil-server"))
+        .current_dir(d)
+        .args(["--trusted-keys", "bad.json"]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad.json"));
+    // The client too.
+    let out = run(Command::new(bin("vigil-client")).current_dir(d).args([
+        "--cert",
+        "nope.crt",
+        "--server-fingerprint",
+        &"ab".repeat(32),
+        "sync",
+    ]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nope.crt"));
+    let out = run(Command::new(bin("vigil-client")).current_dir(d).arg("sync"));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--server-fingerprint"));
+}
+
+#[test]
+fn openssl_made_server_certificate_works_like_a_vigilctl_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let port = free_port();
+    init(d, port);
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ed25519",
+            "-nodes",
+            "-days",
+            "30",
+            "-subj",
+            "/CN=VeriPyServer",
+        ])
+        .arg("-keyout")
+        .arg(d.join("ossl.key"))
+        .arg("-out")
+        .arg(d.join("ossl.crt"))
+        .output();
+    let Ok(made) = made else {
+        eprintln!("openssl not installed: not run");
+        return;
+    };
+    assert!(made.status.success());
+    let out = run(Command::new(bin("vigilctl"))
+        .arg("fingerprint")
+        .arg(d.join("ossl.crt")));
+    let fp = String::from_utf8(out.stdout)
+        .expect("utf8")
+        .trim()
+        .to_owned();
+    let port_s = port.to_string();
+    let server = ServerProcess::start(
+        &[
+            "--config",
+            d.join("server.toml").to_str().expect("utf8"),
+            "--cert",
+            d.join("ossl.crt").to_str().expect("utf8"),
+            "--key",
+            d.join("ossl.key").to_str().expect("utf8"),
+            "--port",
+            &port_s,
+        ],
+        &[],
+    );
+    let out = run(Command::new(bin("vigil-client"))
+        .args(["--config", d.join("client.toml").to_str().expect("utf8")])
+        .args(["--server-fingerprint", &fp, "sync"]));
+    assert!(out.status.success());
+    drop(server);
+}
+
+#[test]
+fn demo_runs_and_exits_zero() {
+    let out = run(Command::new(bin("vigilctl")).arg("demo"));
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Demo complete"), "{text}");
+}
