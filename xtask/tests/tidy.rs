@@ -1,0 +1,311 @@
+//! Tidy: the workspace's own conventions, as tests.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use toml::Value;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_owned()
+}
+
+fn read_toml(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+struct Member {
+    dir: String,
+    manifest: Value,
+}
+
+impl Member {
+    fn name(&self) -> &str {
+        self.manifest["package"]["name"]
+            .as_str()
+            .expect("package.name")
+    }
+
+    fn deps(&self, table: &str) -> Vec<String> {
+        self.manifest
+            .get(table)
+            .and_then(Value::as_table)
+            .map(|t| t.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+fn members() -> Vec<Member> {
+    let root_manifest = read_toml(&root().join("Cargo.toml"));
+    root_manifest["workspace"]["members"]
+        .as_array()
+        .expect("workspace.members")
+        .iter()
+        .map(|m| {
+            let dir = m.as_str().expect("member path").to_owned();
+            let manifest = read_toml(&root().join(&dir).join("Cargo.toml"));
+            Member { dir, manifest }
+        })
+        .collect()
+}
+
+#[test]
+fn every_member_inherits_lints_and_package_settings() {
+    for m in members() {
+        assert_eq!(
+            m.manifest
+                .get("lints")
+                .and_then(|l| l.get("workspace"))
+                .and_then(Value::as_bool),
+            Some(true),
+            "{}: needs `[lints] workspace = true`",
+            m.dir
+        );
+        for key in ["version", "edition", "rust-version", "license", "publish"] {
+            assert_eq!(
+                m.manifest["package"]
+                    .get(key)
+                    .and_then(|v| v.get("workspace"))
+                    .and_then(Value::as_bool),
+                Some(true),
+                "{}: `{key}.workspace = true` expected",
+                m.dir
+            );
+        }
+        // Versions are chosen once, in the root manifest.
+        for table in ["dependencies", "dev-dependencies", "build-dependencies"] {
+            let Some(deps) = m.manifest.get(table).and_then(Value::as_table) else {
+                continue;
+            };
+            for (dep, spec) in deps {
+                assert_eq!(
+                    spec.get("workspace").and_then(Value::as_bool),
+                    Some(true),
+                    "{}: {table}.{dep} must use `workspace = true`",
+                    m.dir
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn folder_name_is_package_name() {
+    // Two binaries share their command name with their library crate, and
+    // Cargo needs package names to be unique: those packages end in `-bin`.
+    for m in members() {
+        let folder = Path::new(&m.dir)
+            .file_name()
+            .and_then(|f| f.to_str())
+            .expect("folder");
+        let name = m.name();
+        let ok = name == folder || (m.dir.starts_with("bins/") && name == format!("{folder}-bin"));
+        assert!(
+            ok,
+            "{}: package {name:?} should be named after its folder",
+            m.dir
+        );
+    }
+}
+
+/// The crate map's layering: a library may depend only on those listed for it.
+fn allowed_internal_deps() -> BTreeMap<&'static str, &'static [&'static str]> {
+    BTreeMap::from([
+        ("vigil-proto", &[][..]),
+        ("vigil-auth", &[][..]),
+        ("vigil-command", &[][..]),
+        ("vigil-module-sdk", &[][..]),
+        ("vigil-modules", &["vigil-module-sdk"][..]),
+        ("vigil-failsafe", &[][..]),
+        ("vigil-audit", &[][..]),
+        (
+            "vigil-server",
+            &[
+                "vigil-proto",
+                "vigil-auth",
+                "vigil-command",
+                "vigil-modules",
+                "vigil-failsafe",
+                "vigil-audit",
+            ][..],
+        ),
+        (
+            "vigil-client",
+            &[
+                "vigil-proto",
+                "vigil-auth",
+                "vigil-command",
+                "vigil-modules",
+                "vigil-failsafe",
+                "vigil-audit",
+            ][..],
+        ),
+    ])
+}
+
+#[test]
+fn libraries_never_depend_on_binaries_and_follow_the_crate_map() {
+    let all = members();
+    let bins: Vec<String> = all
+        .iter()
+        .filter(|m| m.dir.starts_with("bins/") || m.dir.starts_with("mods/") || m.dir == "xtask")
+        .map(|m| m.name().to_owned())
+        .collect();
+    let internal: Vec<String> = all.iter().map(|m| m.name().to_owned()).collect();
+    let layering = allowed_internal_deps();
+    for m in all.iter().filter(|m| m.dir.starts_with("crates/")) {
+        for table in ["dependencies", "dev-dependencies", "build-dependencies"] {
+            for dep in m.deps(table) {
+                assert!(
+                    !bins.contains(&dep),
+                    "{}: {table} names the binary package {dep}",
+                    m.dir
+                );
+            }
+        }
+        let allowed = layering.get(m.name()).unwrap_or_else(|| {
+            panic!(
+                "{}: add it to the crate map in this test and in docs/ARCHITECTURE.md",
+                m.dir
+            )
+        });
+        for dep in m.deps("dependencies") {
+            if internal.contains(&dep) {
+                assert!(
+                    allowed.contains(&dep.as_str()),
+                    "{}: depends on {dep}, which the crate map does not allow",
+                    m.dir
+                );
+            }
+        }
+    }
+}
+
+fn crate_roots(m: &Member) -> Vec<PathBuf> {
+    let dir = root().join(&m.dir);
+    let mut roots = Vec::new();
+    for file in ["src/lib.rs", "src/main.rs"] {
+        if dir.join(file).exists() {
+            roots.push(dir.join(file));
+        }
+    }
+    if let Some(bins) = m.manifest.get("bin").and_then(Value::as_array) {
+        for b in bins {
+            if let Some(p) = b.get("path").and_then(Value::as_str) {
+                let p = dir.join(p);
+                if !roots.contains(&p) {
+                    roots.push(p);
+                }
+            }
+        }
+    }
+    roots
+}
+
+#[test]
+fn every_crate_has_top_level_docs() {
+    for m in members() {
+        let roots = crate_roots(&m);
+        assert!(!roots.is_empty(), "{}: no crate root found", m.dir);
+        for path in roots {
+            let text = std::fs::read_to_string(&path).expect("read");
+            assert!(
+                text.trim_start().starts_with("//!"),
+                "{}: must start with `//!` crate docs",
+                path.display()
+            );
+            if path.ends_with("lib.rs") {
+                assert!(
+                    text.contains("#![deny(missing_docs)]"),
+                    "{}: library crates deny missing docs",
+                    path.display()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn unsafe_code_is_confined_to_the_module_loader() {
+    // The workspace forbids unsafe code; only vigil-modules may relax that,
+    // and it keeps every unsafe block in its loader module.
+    let root_manifest = read_toml(&root().join("Cargo.toml"));
+    assert_eq!(
+        root_manifest["workspace"]["lints"]["rust"]["unsafe_code"].as_str(),
+        Some("forbid")
+    );
+    for m in members() {
+        let dir = root().join(&m.dir).join("src");
+        for path in rust_files(&dir) {
+            let text = std::fs::read_to_string(&path).expect("read");
+            let rel = path
+                .strip_prefix(root())
+                .expect("inside root")
+                .to_string_lossy()
+                .into_owned();
+            let allowed = rel.starts_with("crates/vigil-modules/src/loader");
+            if !allowed {
+                assert!(
+                    !text.contains("unsafe {")
+                        && !text.contains("unsafe fn")
+                        && !text.contains("allow(unsafe_code)"),
+                    "{rel}: unsafe code outside the module loader"
+                );
+            }
+        }
+    }
+}
+
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(rust_files(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[test]
+fn docs_exist_and_name_every_crate() {
+    let arch =
+        std::fs::read_to_string(root().join("docs/ARCHITECTURE.md")).expect("docs/ARCHITECTURE.md");
+    for m in members() {
+        let folder = &m.dir;
+        assert!(
+            arch.contains(folder.as_str()),
+            "docs/ARCHITECTURE.md does not mention {folder}"
+        );
+    }
+    for doc in ["docs/protocol.md", "docs/dependencies.md", "README.md"] {
+        assert!(root().join(doc).exists(), "{doc} missing");
+    }
+}
+
+#[test]
+fn every_external_dependency_is_listed_in_dependencies_md() {
+    let listed =
+        std::fs::read_to_string(root().join("docs/dependencies.md")).expect("docs/dependencies.md");
+    let root_manifest = read_toml(&root().join("Cargo.toml"));
+    let deps = root_manifest["workspace"]["dependencies"]
+        .as_table()
+        .expect("workspace.dependencies");
+    for (name, spec) in deps {
+        if spec.get("path").is_some() {
+            continue;
+        }
+        assert!(
+            listed.contains(&format!("`{name}`")),
+            "docs/dependencies.md does not list `{name}`"
+        );
+    }
+}
