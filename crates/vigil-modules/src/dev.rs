@@ -1,0 +1,109 @@
+//! Building and deploying module crates: what `just mods`, the demo, the
+//! benchmarks and the tests do with real dylibs.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Why a module crate could not be built or deployed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DevError {
+    /// cargo could not be started.
+    #[error("cannot run cargo ({cargo}): {source}")]
+    Spawn {
+        /// The cargo binary tried.
+        cargo: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// cargo failed.
+    #[error("cargo build of {manifest} failed:\n{stderr}")]
+    Build {
+        /// The crate's manifest.
+        manifest: PathBuf,
+        /// What cargo printed.
+        stderr: String,
+    },
+    /// cargo succeeded but produced no dylib.
+    #[error("cargo build of {0} produced no dynamic library (is crate-type = [\"cdylib\"] set?)")]
+    NoDylib(PathBuf),
+    /// Copying into place failed.
+    #[error("cannot deploy to {path}: {source}")]
+    Deploy {
+        /// The destination.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Builds the module crate at `manifest` with cargo (`$CARGO` or `cargo`)
+/// into `target_dir`, with the given features, and returns the path of the
+/// dylib it produced.
+pub fn cargo_build_module(
+    manifest: &Path,
+    target_dir: &Path,
+    features: &[&str],
+    release: bool,
+) -> Result<PathBuf, DevError> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(&cargo);
+    cmd.arg("build")
+        .arg("--manifest-path")
+        .arg(manifest)
+        .arg("--target-dir")
+        .arg(target_dir)
+        .arg("--message-format=json-render-diagnostics");
+    if release {
+        cmd.arg("--release");
+    }
+    if !features.is_empty() {
+        cmd.arg("--features").arg(features.join(","));
+    }
+    let out = cmd.output().map_err(|source| DevError::Spawn {
+        cargo: cargo.clone(),
+        source,
+    })?;
+    if !out.status.success() {
+        return Err(DevError::Build {
+            manifest: manifest.to_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    // The last artifact that is a dynamic library is the module.
+    let suffix = std::env::consts::DLL_SUFFIX;
+    let mut found = None;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if msg["reason"] != "compiler-artifact" {
+            continue;
+        }
+        let files = msg["filenames"].as_array().into_iter().flatten();
+        for f in files.filter_map(serde_json::Value::as_str) {
+            if f.ends_with(suffix) {
+                found = Some(PathBuf::from(f));
+            }
+        }
+    }
+    found.ok_or_else(|| DevError::NoDylib(manifest.to_owned()))
+}
+
+/// Deploys `src` into `dir` as `name` the way a watched directory wants
+/// it: written under a temporary hidden name, synced, then renamed into
+/// place, so the watcher never sees a half-written module.
+pub fn deploy(src: &Path, dir: &Path, name: &str) -> Result<PathBuf, DevError> {
+    let dest = dir.join(name);
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let err = |source| DevError::Deploy {
+        path: dest.clone(),
+        source,
+    };
+    std::fs::copy(src, &tmp).map_err(err)?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(err)?;
+    std::fs::rename(&tmp, &dest).map_err(err)?;
+    Ok(dest)
+}
