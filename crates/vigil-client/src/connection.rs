@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt as _};
 use rustls::pki_types::ServerName;
+use sha2::{Digest as _, Sha256};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_rustls::TlsConnector;
@@ -69,7 +70,7 @@ impl Inner {
 pub struct Connection {
     inner: Arc<Inner>,
     requests: mpsc::Sender<Frame>,
-    broadcasts: mpsc::Receiver<ServerMessage>,
+    broadcasts: Option<mpsc::Receiver<ServerMessage>>,
     server: Fingerprint,
     peer: SocketAddr,
     request_timeout: Duration,
@@ -151,7 +152,7 @@ impl Connection {
         let conn = Connection {
             inner,
             requests: req_tx,
-            broadcasts: bc_rx,
+            broadcasts: Some(bc_rx),
             server: config.server_fingerprint,
             peer,
             request_timeout: config.request_timeout,
@@ -219,9 +220,87 @@ impl Connection {
     }
 
     /// The next broadcast from the server; `None` once the connection ended
-    /// and every broadcast was read.
+    /// and every broadcast was read, or if the receiver was taken.
     pub async fn next_broadcast(&mut self) -> Option<ServerMessage> {
-        self.broadcasts.recv().await
+        self.broadcasts.as_mut()?.recv().await
+    }
+
+    /// Takes the broadcast receiver, so that the connection can be shared
+    /// (`Arc<Connection>`) while another task follows broadcasts.
+    pub fn take_broadcasts(&mut self) -> Option<mpsc::Receiver<ServerMessage>> {
+        self.broadcasts.take()
+    }
+
+    /// Fetches a module's bytes and checks them: their SHA-256 must equal
+    /// the sum in the response and, if given, `expected` (the sum from the
+    /// listing or the broadcast). Returns what was verified.
+    pub async fn verify(
+        &self,
+        module: &str,
+        expected: Option<&str>,
+    ) -> Result<ModuleInfo, ClientError> {
+        let reply = self
+            .request(ClientRequest::Verify {
+                module: module.to_owned(),
+            })
+            .await?;
+        let ServerMessage::VerifyResp {
+            module: name,
+            content,
+            sum,
+            desc,
+        } = reply
+        else {
+            return Err(ClientError::Protocol(format!(
+                "expected mod:verify_resp, got {}",
+                reply.to_frame("-")
+            )));
+        };
+        let integrity = |detail: String| ClientError::Integrity {
+            module: module.to_owned(),
+            detail,
+        };
+        if name != module {
+            return Err(integrity(format!("the server answered for {name:?}")));
+        }
+        let computed = hex::encode(Sha256::digest(&content));
+        if computed != sum.to_ascii_lowercase() {
+            return Err(integrity(format!(
+                "received bytes hash to {computed}, the server claims {sum}"
+            )));
+        }
+        if let Some(expected) = expected
+            && !expected.eq_ignore_ascii_case(&computed)
+        {
+            return Err(integrity(format!(
+                "received bytes hash to {computed}, the announced sum was {expected}"
+            )));
+        }
+        Ok(ModuleInfo {
+            name,
+            sum: computed,
+            size: content.len() as u64,
+            desc,
+        })
+    }
+
+    /// Runs a module the client verified, sending the verified `sum`. The
+    /// server refuses with `stale_sum` if the module changed since.
+    pub async fn exec(&self, module: &str, args: &str, sum: &str) -> Result<String, ClientError> {
+        let reply = self
+            .request(ClientRequest::Exec {
+                module: module.to_owned(),
+                args: args.to_owned(),
+                sum: sum.to_owned(),
+            })
+            .await?;
+        match reply {
+            ServerMessage::ExecResp { result, .. } => Ok(result),
+            other => Err(ClientError::Protocol(format!(
+                "expected mod:exec_resp, got {}",
+                other.to_frame("-")
+            ))),
+        }
     }
 
     /// Resolves when the connection ends, with the reason. The future does

@@ -41,6 +41,20 @@ pub enum ClientError {
     /// The server answered with an `err` frame.
     #[error("server error {0}")]
     Server(ErrorBody),
+    /// A module's bytes did not match its announced sum: it is not trusted.
+    #[error("module {module:?} failed verification: {detail}")]
+    Integrity {
+        /// The module.
+        module: String,
+        /// What did not match.
+        detail: String,
+    },
+    /// The module is not in the table of verified modules.
+    #[error("module {0:?} is not verified by this client (unknown, or its verification failed)")]
+    NotTrusted(String),
+    /// There is no live connection right now.
+    #[error("not connected to the server")]
+    NotConnected,
     /// The server sent something this client does not expect.
     #[error("protocol error: {0}")]
     Protocol(String),

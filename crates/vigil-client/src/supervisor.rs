@@ -1,6 +1,8 @@
 //! Keeping a connection up: connect, sync, watch, reconnect with backoff.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::Rng;
@@ -68,6 +70,20 @@ pub enum ClientEvent {
     },
     /// The server broadcast a message.
     Broadcast(ServerMessage),
+    /// A module's bytes were fetched and matched their sum: it may run.
+    ModuleTrusted(ModuleInfo),
+    /// A module failed verification: it will not run.
+    ModuleRejected {
+        /// The module.
+        module: String,
+        /// Why.
+        reason: ClientError,
+    },
+    /// The server unloaded a module: it is forgotten.
+    ModuleForgotten {
+        /// The module.
+        module: String,
+    },
     /// The connection failed or ended.
     Disconnected {
         /// Why.
@@ -82,18 +98,81 @@ pub enum ClientEvent {
     },
 }
 
-/// A client that keeps its connection up until told to stop.
+#[derive(Debug, Default)]
+struct State {
+    conn: Option<Arc<Connection>>,
+    /// Modules whose bytes this client verified, by name.
+    trusted: BTreeMap<String, ModuleInfo>,
+}
+
+/// A client that keeps its connection up until told to stop, and keeps a
+/// table of the server's modules whose bytes it verified.
+///
+/// After each connect it syncs and verifies every module; on `modload` and
+/// `modreload` it distrusts that module until it has verified the new
+/// bytes; on `modunload` it forgets it. [`Client::exec`] runs only verified
+/// modules, sending the verified sum.
 #[derive(Debug)]
 pub struct Client {
     config: ClientConfig,
     events: broadcast::Sender<ClientEvent>,
+    state: Mutex<State>,
 }
 
 impl Client {
     /// A client for `config`; nothing happens until [`Client::run`].
     pub fn new(config: ClientConfig) -> Self {
         let (events, _) = broadcast::channel(1024);
-        Client { config, events }
+        Client {
+            config,
+            events,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The modules this client verified, by name.
+    pub fn trusted_modules(&self) -> Vec<ModuleInfo> {
+        self.state().trusted.values().cloned().collect()
+    }
+
+    /// Runs a verified module on the server. Fails without asking the
+    /// server if the module is not verified or there is no connection.
+    pub async fn exec(&self, module: &str, args: &str) -> Result<String, ClientError> {
+        let (conn, sum) = {
+            let state = self.state();
+            let info = state
+                .trusted
+                .get(module)
+                .ok_or_else(|| ClientError::NotTrusted(module.to_owned()))?;
+            let conn = state.conn.clone().ok_or(ClientError::NotConnected)?;
+            (conn, info.sum.clone())
+        };
+        conn.exec(module, args, &sum).await
+    }
+
+    /// Verifies one module and records the outcome.
+    async fn verify_module(&self, conn: &Connection, module: &str, expected: Option<&str>) {
+        self.state().trusted.remove(module);
+        match conn.verify(module, expected).await {
+            Ok(info) => {
+                tracing::info!(module = %info.name, sum = %info.sum, size = info.size, desc = %info.desc, "module verified");
+                self.state().trusted.insert(info.name.clone(), info.clone());
+                self.emit(ClientEvent::ModuleTrusted(info));
+            }
+            Err(reason) => {
+                tracing::error!(module, error = %reason, "module failed verification; it will not run");
+                self.emit(ClientEvent::ModuleRejected {
+                    module: module.to_owned(),
+                    reason,
+                });
+            }
+        }
     }
 
     /// Receives the events of this client from now on.
@@ -150,32 +229,58 @@ impl Client {
             fingerprint = %conn.server_fingerprint(),
             "connected to the pinned server"
         );
+        let Some(mut broadcasts) = conn.take_broadcasts() else {
+            return ClientError::Protocol("broadcast receiver already taken".into());
+        };
+        let conn = Arc::new(conn);
+        let closed = conn.closed();
+        tokio::pin!(closed);
         self.emit(ClientEvent::Connected {
             peer: conn.peer(),
             server: conn.server_fingerprint(),
         });
-        match conn.sync().await {
-            Ok(modules) => {
-                *attempt = 0;
-                tracing::info!(count = modules.len(), "server modules synced");
-                for m in &modules {
-                    tracing::info!(module = %m.name, sum = %m.sum, size = m.size, desc = %m.desc, "module available");
-                }
-                self.emit(ClientEvent::Synced { modules });
-            }
+        let modules = match conn.sync().await {
+            Ok(modules) => modules,
             Err(e) => return e,
+        };
+        *attempt = 0;
+        tracing::info!(count = modules.len(), "server modules synced");
+        {
+            let mut state = self.state();
+            state.trusted.clear();
+            state.conn = Some(conn.clone());
         }
-        let closed = conn.closed();
-        tokio::pin!(closed);
-        loop {
+        self.emit(ClientEvent::Synced {
+            modules: modules.clone(),
+        });
+        for m in &modules {
+            self.verify_module(&conn, &m.name, Some(&m.sum)).await;
+        }
+        let reason = loop {
             tokio::select! {
-                reason = &mut closed => return reason,
-                Some(msg) = conn.next_broadcast() => {
+                reason = &mut closed => break reason,
+                Some(msg) = broadcasts.recv() => {
                     tracing::info!(frame = %msg.to_frame("-"), "broadcast from server");
-                    self.emit(ClientEvent::Broadcast(msg));
+                    self.emit(ClientEvent::Broadcast(msg.clone()));
+                    match msg {
+                        ServerMessage::ModLoad(info) | ServerMessage::ModReload(info) => {
+                            self.verify_module(&conn, &info.name, Some(&info.sum)).await;
+                        }
+                        ServerMessage::ModUnload { module } => {
+                            if self.state().trusted.remove(&module).is_some() {
+                                tracing::info!(module, "module unloaded by the server; forgotten");
+                            }
+                            self.emit(ClientEvent::ModuleForgotten { module });
+                        }
+                        _ => {}
+                    }
                 }
             }
-        }
+        };
+        let mut state = self.state();
+        state.conn = None;
+        state.trusted.clear();
+        reason
     }
 }
 

@@ -49,8 +49,10 @@ pub enum ErrorCode {
     UnknownModule,
     /// The module changed since the client verified it: verify again.
     StaleSum,
-    /// The module ran and failed.
+    /// The module ran and failed (returned an error or panicked).
     ExecFailed,
+    /// The module did not return within the server's time limit.
+    ExecTimeout,
     /// The server is at a limit; try again later.
     Busy,
     /// The server failed in a way that is not the request's fault.
@@ -73,6 +75,7 @@ impl ErrorCode {
             ErrorCode::UnknownModule => "unknown_module",
             ErrorCode::StaleSum => "stale_sum",
             ErrorCode::ExecFailed => "exec_failed",
+            ErrorCode::ExecTimeout => "exec_timeout",
             ErrorCode::Busy => "busy",
             ErrorCode::Internal => "internal",
             ErrorCode::Other(s) => s,
@@ -92,6 +95,7 @@ impl ErrorCode {
             "unknown_module" => ErrorCode::UnknownModule,
             "stale_sum" => ErrorCode::StaleSum,
             "exec_failed" => ErrorCode::ExecFailed,
+            "exec_timeout" => ErrorCode::ExecTimeout,
             "busy" => ErrorCode::Busy,
             "internal" => ErrorCode::Internal,
             other => ErrorCode::Other(other.to_owned()),

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use vigil_auth::{Identity, TrustStore};
+use vigil_modules::ModuleRegistry;
 use vigil_proto::Limits;
 
 /// Default port, as VeriPy's.
@@ -20,6 +21,9 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
 pub const DEFAULT_OUTBOUND_QUEUE: usize = 1024;
 /// Default time given to sessions to finish when the server shuts down.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Default number of module runs in flight for one session.
+pub const DEFAULT_MAX_EXECS_PER_SESSION: usize = 32;
 
 /// Everything a [`Server`](crate::Server) needs.
 #[derive(Debug, Clone)]
@@ -43,6 +47,11 @@ pub struct ServerConfig {
     pub outbound_queue: usize,
     /// Time sessions get to finish at shutdown.
     pub drain_timeout: Duration,
+    /// The modules served, if any; without a registry `mod:sync` lists
+    /// nothing.
+    pub modules: Option<ModuleRegistry>,
+    /// Module runs in flight per session; more requests wait.
+    pub max_execs_per_session: usize,
 }
 
 impl ServerConfig {
@@ -59,6 +68,8 @@ impl ServerConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             outbound_queue: DEFAULT_OUTBOUND_QUEUE,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            modules: None,
+            max_execs_per_session: DEFAULT_MAX_EXECS_PER_SESSION,
         }
     }
 }

@@ -37,7 +37,8 @@ mod session;
 
 pub use config::{
     DEFAULT_DRAIN_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_MAX_CONNECTIONS, DEFAULT_OUTBOUND_QUEUE, DEFAULT_PORT, ServerConfig,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_EXECS_PER_SESSION, DEFAULT_OUTBOUND_QUEUE, DEFAULT_PORT,
+    ServerConfig,
 };
 pub use server::{Counter, Server, ServerHandle, ServerStats};
 pub use session::SessionInfo;

@@ -236,6 +236,9 @@ impl Server {
         let tracker = TaskTracker::new();
         let permits = Arc::new(Semaphore::new(shared.config.max_connections));
         tracker.spawn(revocation_sweeper(shared.clone()));
+        if let Some(registry) = shared.config.modules.clone() {
+            tracker.spawn(module_broadcaster(shared.clone(), registry));
+        }
         tracing::info!(
             listen = %shared.config.listen,
             fingerprint = %shared.config.identity.fingerprint(),
@@ -347,5 +350,50 @@ async fn revocation_sweeper(shared: Arc<Shared>) {
         }
         rx.borrow_and_update();
         shared.sweep_revoked();
+    }
+}
+
+/// Tells every client about each module load, reload and unload.
+async fn module_broadcaster(shared: Arc<Shared>, registry: vigil_modules::ModuleRegistry) {
+    use tokio::sync::broadcast::error::RecvError;
+    use vigil_modules::RegistryEvent;
+    let mut events = registry.subscribe();
+    let handle = ServerHandle {
+        shared: shared.clone(),
+    };
+    let mut seq: u64 = 0;
+    loop {
+        let event = tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            event = events.recv() => event,
+        };
+        let msg = match event {
+            Ok(RegistryEvent::Loaded(m)) => ServerMessage::ModLoad(session::module_info(&m)),
+            Ok(RegistryEvent::Reloaded { module, .. }) => {
+                ServerMessage::ModReload(session::module_info(&module))
+            }
+            Ok(RegistryEvent::Unloaded { name, .. }) => ServerMessage::ModUnload { module: name },
+            Ok(_) => continue,
+            Err(RecvError::Lagged(n)) => {
+                // Some changes were missed: tell clients about every module
+                // as reloaded, so each re-verifies what is there now.
+                tracing::warn!(
+                    missed = n,
+                    "module events missed; re-announcing every module"
+                );
+                seq += 1;
+                for m in registry.list() {
+                    handle.broadcast(
+                        &ServerMessage::ModReload(session::module_info(&m)),
+                        &format!("m{seq}"),
+                    );
+                }
+                continue;
+            }
+            Err(RecvError::Closed) => return,
+        };
+        seq += 1;
+        let sent = handle.broadcast(&msg, &format!("m{seq}"));
+        tracing::debug!(clients = sent, frame = %msg.to_frame("-"), "module change broadcast");
     }
 }

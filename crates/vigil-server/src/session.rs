@@ -8,13 +8,14 @@ use std::time::SystemTime;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt as _;
 use tokio::io::{AsyncWrite, AsyncWriteExt as _};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 use vigil_auth::Fingerprint;
+use vigil_modules::{ExecError, ModuleRegistry, ModuleSummary};
 use vigil_proto::{
-    ClientRequest, CodecError, ErrorBody, ErrorCode, Frame, FrameCodec, ServerMessage,
+    ClientRequest, CodecError, ErrorBody, ErrorCode, Frame, FrameCodec, ModuleInfo, ServerMessage,
 };
 
 use crate::server::Shared;
@@ -133,6 +134,7 @@ where
     R: tokio::io::AsyncRead + Unpin,
 {
     let mut frames = FramedRead::new(reader, FrameCodec::server(&shared.config.limits));
+    let execs = Arc::new(Semaphore::new(shared.config.max_execs_per_session.max(1)));
     loop {
         let next = tokio::select! {
             biased;
@@ -158,7 +160,36 @@ where
                 let body = ErrorBody::new(bad.code(), bad.to_string());
                 encode(&ServerMessage::Error(body), bad.reference().unwrap_or("-"))
             }
-            Ok(Some(Ok(Ok(frame)))) => handle(shared, &frame),
+            Ok(Some(Ok(Ok(frame)))) => match dispatch(shared, &frame) {
+                Reply::Now(bytes) => bytes,
+                Reply::Exec {
+                    registry,
+                    module,
+                    args,
+                    sum,
+                } => {
+                    // Runs proceed concurrently, answered by REF; past the
+                    // per-session limit, reading waits.
+                    let permit = tokio::select! {
+                        () = cancel.cancelled() => return End::Cancelled,
+                        permit = execs.clone().acquire_owned() => match permit {
+                            Ok(p) => p,
+                            Err(_) => return End::Cancelled,
+                        },
+                    };
+                    let tx = tx.clone();
+                    let reference = frame.reference().to_owned();
+                    tokio::spawn(
+                        async move {
+                            let bytes = exec(&registry, module, &args, &sum, &reference).await;
+                            drop(permit);
+                            let _ = tx.send(bytes).await;
+                        }
+                        .in_current_span(),
+                    );
+                    continue;
+                }
+            },
         };
         if tx.send(reply).await.is_err() {
             return End::WriterGone;
@@ -166,37 +197,132 @@ where
     }
 }
 
+/// What to do with one well-formed frame.
+enum Reply {
+    /// Send this now.
+    Now(Bytes),
+    /// Run a module, then send its answer.
+    Exec {
+        registry: ModuleRegistry,
+        module: String,
+        args: String,
+        sum: String,
+    },
+}
+
+fn error_reply(code: ErrorCode, message: String, reference: &str) -> Reply {
+    Reply::Now(encode(
+        &ServerMessage::Error(ErrorBody::new(code, message)),
+        reference,
+    ))
+}
+
+fn unknown_module(module: &str, reference: &str) -> Reply {
+    error_reply(
+        ErrorCode::UnknownModule,
+        format!("no module named {module:?} is loaded"),
+        reference,
+    )
+}
+
 /// Answers one well-formed frame.
-fn handle(shared: &Shared, frame: &Frame) -> Bytes {
+fn dispatch(shared: &Shared, frame: &Frame) -> Reply {
     let reference = frame.reference();
     let request = match ClientRequest::from_frame(frame) {
         Ok(request) => request,
         Err(e) => {
             tracing::debug!(frame = %frame, error = %e, "request not understood");
             shared.stats.bad_frames.inc();
-            return encode(&ServerMessage::Error(e.to_body()), reference);
+            return Reply::Now(encode(&ServerMessage::Error(e.to_body()), reference));
         }
     };
+    let registry = shared.config.modules.as_ref();
     let reply = match request {
         ClientRequest::Sync => ServerMessage::SyncResp {
-            modules: Vec::new(),
+            modules: registry
+                .map(|r| r.list().iter().map(module_info).collect())
+                .unwrap_or_default(),
         },
-        ClientRequest::Verify { module } | ClientRequest::Exec { module, .. } => {
-            ServerMessage::Error(ErrorBody::new(
-                ErrorCode::UnknownModule,
-                format!("no module named {module:?} is loaded"),
-            ))
-        }
+        ClientRequest::Verify { module } => match registry.and_then(|r| r.get(&module)) {
+            Some(m) => ServerMessage::VerifyResp {
+                module,
+                content: m.bytes().to_vec(),
+                sum: m.summary().sum.clone(),
+                desc: m.summary().description.clone(),
+            },
+            None => return unknown_module(&module, reference),
+        },
+        ClientRequest::Exec { module, args, sum } => match registry {
+            Some(r) => {
+                return Reply::Exec {
+                    registry: r.clone(),
+                    module,
+                    args,
+                    sum,
+                };
+            }
+            None => return unknown_module(&module, reference),
+        },
         ClientRequest::Ping => ServerMessage::Pong,
         // A request type added to the protocol but not served here.
-        _ => ServerMessage::Error(ErrorBody::new(
-            ErrorCode::UnknownType,
-            format!(
-                "{}:{} is not served by this server",
-                frame.api(),
-                frame.kind()
-            ),
-        )),
+        _ => {
+            return error_reply(
+                ErrorCode::UnknownType,
+                format!(
+                    "{}:{} is not served by this server",
+                    frame.api(),
+                    frame.kind()
+                ),
+                reference,
+            );
+        }
+    };
+    Reply::Now(encode(&reply, reference))
+}
+
+/// The protocol's view of a registry entry.
+pub(crate) fn module_info(m: &ModuleSummary) -> ModuleInfo {
+    ModuleInfo {
+        name: m.name.clone(),
+        sum: m.sum.clone(),
+        size: m.size,
+        desc: m.description.clone(),
+    }
+}
+
+/// Runs a module and encodes its answer.
+async fn exec(
+    registry: &ModuleRegistry,
+    module: String,
+    args: &str,
+    sum: &str,
+    reference: &str,
+) -> Bytes {
+    let outcome = registry.exec(&module, args.as_bytes(), sum).await;
+    let reply = match outcome {
+        Ok(out) => {
+            tracing::debug!(module = %module, sum = %out.sum, "module ran");
+            ServerMessage::ExecResp {
+                module,
+                sum: out.sum,
+                result: out.result,
+            }
+        }
+        Err(e) => {
+            let code = match &e {
+                ExecError::UnknownModule(_) => ErrorCode::UnknownModule,
+                ExecError::StaleSum { .. } => ErrorCode::StaleSum,
+                ExecError::Busy => ErrorCode::Busy,
+                ExecError::Timeout(_) => ErrorCode::ExecTimeout,
+                _ => ErrorCode::ExecFailed,
+            };
+            if matches!(e, ExecError::Panicked(_) | ExecError::Timeout(_)) {
+                tracing::warn!(module = %module, error = %e, "module run failed");
+            } else {
+                tracing::debug!(module = %module, error = %e, "module run refused or failed");
+            }
+            ServerMessage::Error(ErrorBody::new(code, e.to_string()))
+        }
     };
     encode(&reply, reference)
 }

@@ -231,12 +231,10 @@ async fn wrong_abi_version_is_refused_clearly() {
 async fn panics_failures_and_hangs_are_errors_not_crashes() {
     let mods = Mods::new();
     mods.deploy(&fixture(&[]), "fx.so");
-    let mut config = RegistryConfig::new(mods.path());
-    config.exec_timeout = Duration::from_millis(300);
-    config.max_concurrent = 2;
-    let registry = ModuleRegistry::open(config).expect("open");
+    // Default timeout: a panic's hook may print a backtrace, which is slow
+    // in a debug build.
+    let registry = mods.registry();
     let sum = registry.list()[0].sum.clone();
-
     let panicked = registry.exec("fx.so", b"panic", &sum).await;
     assert_eq!(
         panicked,
@@ -247,6 +245,11 @@ async fn panics_failures_and_hangs_are_errors_not_crashes() {
         failed,
         Err(ExecError::Failed("fixture asked to fail".into()))
     );
+
+    let mut config = RegistryConfig::new(mods.path());
+    config.exec_timeout = Duration::from_millis(300);
+    config.max_concurrent = 2;
+    let registry = ModuleRegistry::open(config).expect("open");
 
     // Two runs that hang take both slots; a third waits, then is told busy.
     let (a, b) = tokio::join!(

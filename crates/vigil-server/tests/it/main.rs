@@ -1,5 +1,6 @@
 //! Integration tests: a real server on loopback, real TLS, real files.
 
+mod modules;
 mod support;
 
 use std::time::{Duration, Instant};
