@@ -23,3 +23,19 @@ server dir="local":
 
 client dir="local":
     cargo run --bin vigil-client -- --config {{dir}}/client.toml
+
+# Build the example modules and deploy them into a mods directory (default
+# ./mods): each is written under a temporary name and renamed into place,
+# so a watching server never sees half a file.
+mods dir="mods":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    mkdir -p "{{dir}}"
+    for m in hello uname; do
+        cargo build --release -p "$m"
+        tmp="{{dir}}/.$m.so.tmp"
+        cp "target/release/lib$m.so" "$tmp"
+        sync "$tmp"
+        mv "$tmp" "{{dir}}/$m.so"
+        echo "deployed {{dir}}/$m.so  sha256 $(sha256sum "{{dir}}/$m.so" | cut -d' ' -f1)"
+    done

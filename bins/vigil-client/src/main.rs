@@ -64,6 +64,14 @@ enum Command {
     Run,
     /// Connect once, list the server's modules as JSON, and exit.
     Sync,
+    /// Connect once, verify a module's bytes, run it with ARGS, print its
+    /// result and exit (non-zero if anything fails).
+    Exec {
+        /// Module file name on the server, e.g. hello.so.
+        module: String,
+        /// Arguments, joined with spaces into the module's argument string.
+        args: Vec<String>,
+    },
 }
 
 /// The TOML file: the same settings as the flags.
@@ -179,6 +187,28 @@ async fn sync(config: ClientConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn exec(config: ClientConfig, module: &str, args: &str) -> anyhow::Result<()> {
+    let conn = Connection::connect(&config).await?;
+    let modules = conn.sync().await?;
+    let Some(listed) = modules.iter().find(|m| m.name == module) else {
+        let names: Vec<&str> = modules.iter().map(|m| m.name.as_str()).collect();
+        anyhow::bail!(
+            "the server has no module {module:?} (it has: {})",
+            if names.is_empty() {
+                "none".to_owned()
+            } else {
+                names.join(", ")
+            }
+        );
+    };
+    let verified = conn.verify(module, Some(&listed.sum)).await?;
+    tracing::info!(module, sum = %verified.sum, size = verified.size, "module verified");
+    let result = conn.exec(module, args, &verified.sum).await?;
+    println!("{result}");
+    conn.close();
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
@@ -196,9 +226,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = match cli.command.unwrap_or(Command::Run) {
+    let command = cli.command.unwrap_or(Command::Run);
+    let result = match command {
         Command::Run => runtime.block_on(run(config)),
         Command::Sync => runtime.block_on(sync(config)),
+        Command::Exec { module, args } => runtime.block_on(exec(config, &module, &args.join(" "))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

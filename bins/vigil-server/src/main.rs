@@ -13,12 +13,18 @@ use anyhow::Context as _;
 use clap::Parser;
 use serde::Deserialize;
 use vigil_auth::{Identity, TrustStore};
+use vigil_modules::{ModuleRegistry, RegistryConfig};
 use vigil_server::{Server, ServerConfig};
 
 const AFTER_HELP: &str = "\
 Precedence: command-line flags, then VIGIL_* environment variables, then the
 --config file, then the defaults shown. Relative paths in the config file are
 relative to the file's directory.
+
+Modules: every *.so at the top of the --mods directory is loaded at start;
+files closed after writing, renamed in or removed are followed at once, and
+every connected client is told. Deploy by writing a temporary name and
+renaming it into place.
 
 Trust: only clients whose key fingerprint is listed in the trust file
 ({\"trusted_fingerprints\": [\"<sha256 hex>\", ...]}) can connect. Edits take
@@ -52,6 +58,12 @@ struct Cli {
     /// Trusted client fingerprints [default: trusted-keys.json].
     #[arg(long, env = "VIGIL_TRUSTED_KEYS", value_name = "FILE")]
     trusted_keys: Option<PathBuf>,
+    /// Directory of module dylibs (*.so), watched for changes [default: mods].
+    #[arg(long, env = "VIGIL_MODS", value_name = "DIR")]
+    mods: Option<PathBuf>,
+    /// Seconds a module run may take before the client gets an error [default: 10].
+    #[arg(long, env = "VIGIL_EXEC_TIMEOUT", value_name = "SECS")]
+    exec_timeout: Option<f64>,
     /// Most connections at once, counting handshakes [default: 16384].
     #[arg(long, env = "VIGIL_MAX_CONNECTIONS", value_name = "N")]
     max_connections: Option<usize>,
@@ -72,6 +84,8 @@ struct FileConfig {
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     trusted_keys: Option<PathBuf>,
+    mods: Option<PathBuf>,
+    exec_timeout: Option<f64>,
     max_connections: Option<usize>,
     handshake_timeout: Option<f64>,
     idle_timeout: Option<f64>,
@@ -90,8 +104,14 @@ fn seconds(name: &str, value: f64) -> anyhow::Result<Duration> {
         .with_context(|| format!("{name} must be a positive number of seconds, got {value}"))
 }
 
+/// What must stay alive while the server runs.
+struct Watches {
+    _trust: Option<vigil_auth::TrustWatcher>,
+    _mods: vigil_modules::ModuleWatcher,
+}
+
 /// Flags and environment over file over defaults.
-fn resolve(cli: Cli) -> anyhow::Result<(ServerConfig, Option<vigil_auth::TrustWatcher>)> {
+fn resolve(cli: Cli) -> anyhow::Result<(ServerConfig, Watches)> {
     let (file, base) = match &cli.config {
         Some(path) => (
             load_file(path)?,
@@ -118,6 +138,11 @@ fn resolve(cli: Cli) -> anyhow::Result<(ServerConfig, Option<vigil_auth::TrustWa
         .unwrap_or(IpAddr::from([127, 0, 0, 1]));
     let port = cli.port.or(file.port).unwrap_or(vigil_server::DEFAULT_PORT);
 
+    let mods = cli
+        .mods
+        .or(from_file(file.mods))
+        .unwrap_or_else(|| "mods".into());
+
     let identity = Identity::load(&cert, &key).context("cannot load the server identity")?;
     let trust = TrustStore::load(&trusted).context("cannot load the trust file")?;
     let watcher = match trust.watch() {
@@ -127,7 +152,21 @@ fn resolve(cli: Cli) -> anyhow::Result<(ServerConfig, Option<vigil_auth::TrustWa
             None
         }
     };
+    let mut registry_config = RegistryConfig::new(&mods);
+    if let Some(s) = cli.exec_timeout.or(file.exec_timeout) {
+        registry_config.exec_timeout = seconds("exec_timeout", s)?;
+    }
+    let registry = ModuleRegistry::open(registry_config).with_context(|| {
+        format!(
+            "cannot open the module directory (create {} or pass --mods DIR)",
+            mods.display()
+        )
+    })?;
+    let mods_watch = registry
+        .watch()
+        .context("cannot watch the module directory")?;
     let mut config = ServerConfig::new(SocketAddr::new(interface, port), identity, trust);
+    config.modules = Some(registry);
     if let Some(n) = cli.max_connections.or(file.max_connections) {
         anyhow::ensure!(n > 0, "max_connections must be at least 1");
         config.max_connections = n;
@@ -138,7 +177,13 @@ fn resolve(cli: Cli) -> anyhow::Result<(ServerConfig, Option<vigil_auth::TrustWa
     if let Some(s) = cli.idle_timeout.or(file.idle_timeout) {
         config.idle_timeout = seconds("idle_timeout", s)?;
     }
-    Ok((config, watcher))
+    Ok((
+        config,
+        Watches {
+            _trust: watcher,
+            _mods: mods_watch,
+        },
+    ))
 }
 
 fn init_logging() {
@@ -183,7 +228,7 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    let (config, _watcher) = match resolve(cli) {
+    let (config, _watches) = match resolve(cli) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("vigil-server: {e:#}");

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail, ensure};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use vigil_auth::{GeneratedIdentity, Identity, TrustFile, TrustStore};
-use vigil_client::{ClientConfig, ClientError, Connection};
+use vigil_client::{Client, ClientConfig, ClientError, ClientEvent, Connection};
+use vigil_modules::{ModuleRegistry, RegistryConfig, dev};
 use vigil_server::{Server, ServerConfig};
 
 use crate::init;
@@ -69,7 +70,11 @@ pub(crate) async fn run() -> anyhow::Result<()> {
     let _watch = trust.watch()?;
     let identity = Identity::load(&d.join(init::SERVER_CRT), &d.join(init::SERVER_KEY))?;
     let listen = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let server = Server::bind(ServerConfig::new(listen, identity, trust.clone())).await?;
+    let registry = ModuleRegistry::open(RegistryConfig::new(d.join(init::MODS)))?;
+    let _mods_watch = registry.watch()?;
+    let mut server_config = ServerConfig::new(listen, identity, trust.clone());
+    server_config.modules = Some(registry);
+    let server = Server::bind(server_config).await?;
     let handle = server.handle();
     let server_task = tokio::spawn(server.run());
     say(format_args!(
@@ -99,6 +104,8 @@ pub(crate) async fn run() -> anyhow::Result<()> {
         "mod:sync answered: {} module(s) loaded",
         modules.len()
     ));
+
+    module_steps(&mut steps, &config, &d.join(init::MODS)).await?;
 
     steps.step("A client with an unknown key tries to connect");
     let stranger = GeneratedIdentity::generate("stranger")?;
@@ -186,5 +193,139 @@ pub(crate) async fn run() -> anyhow::Result<()> {
     say("server closed its sessions and stopped cleanly");
 
     println!("\nDemo complete: every step behaved as described.");
+    Ok(())
+}
+
+/// Builds the `hello` example module twice (plain and `formal`), for the
+/// module steps. `None` with a reason when this binary runs away from its
+/// source tree or without cargo.
+fn build_hello() -> Result<(std::path::PathBuf, std::path::PathBuf), String> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let manifest = root.join("mods/hello/Cargo.toml");
+    if !manifest.exists() {
+        return Err(format!("{} not found", manifest.display()));
+    }
+    let target = root.join("target/demo-modules");
+    let build = |features: &[&str], sub: &str| {
+        dev::cargo_build_module(&manifest, &target.join(sub), features, true)
+            .map_err(|e| e.to_string())
+    };
+    Ok((build(&[], "plain")?, build(&["formal"], "formal")?))
+}
+
+async fn wait_event(
+    events: &mut tokio::sync::broadcast::Receiver<ClientEvent>,
+    what: &str,
+    want: impl Fn(&ClientEvent) -> bool,
+) -> anyhow::Result<ClientEvent> {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match events.recv().await {
+                Ok(e) if want(&e) => return Ok(e),
+                Ok(_) => {}
+                Err(e) => bail!("client events: {e}"),
+            }
+        }
+    })
+    .await
+    .with_context(|| format!("timed out waiting for {what}"))?
+}
+
+async fn trusted(
+    events: &mut tokio::sync::broadcast::Receiver<ClientEvent>,
+    name: &str,
+) -> anyhow::Result<vigil_proto::ModuleInfo> {
+    match wait_event(events, "the client to verify the module", |e| {
+        matches!(e, ClientEvent::ModuleTrusted(m) if m.name == name)
+            || matches!(e, ClientEvent::ModuleRejected { module, .. } if module == name)
+    })
+    .await?
+    {
+        ClientEvent::ModuleTrusted(info) => Ok(info),
+        ClientEvent::ModuleRejected { reason, .. } => bail!("the client rejected {name}: {reason}"),
+        _ => bail!("unexpected event"),
+    }
+}
+
+/// The module steps: load, verify, run, replace, re-verify, run, unload.
+async fn module_steps(
+    steps: &mut Steps,
+    config: &ClientConfig,
+    mods: &std::path::Path,
+) -> anyhow::Result<()> {
+    steps.step("Build the example module `hello` (two versions)");
+    let (plain, formal) = match tokio::task::spawn_blocking(build_hello).await? {
+        Ok(paths) => paths,
+        Err(reason) => {
+            say(format_args!("skipping the module steps: {reason}"));
+            return Ok(());
+        }
+    };
+    say("built mods/hello, and mods/hello with --features formal, in target/demo-modules");
+
+    // An agent that stays connected and follows the server's broadcasts.
+    let agent = std::sync::Arc::new(Client::new(config.clone()));
+    let mut events = agent.subscribe();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let runner = tokio::spawn({
+        let (agent, stop) = (agent.clone(), stop.clone());
+        async move { agent.run(stop).await }
+    });
+    wait_event(&mut events, "the agent to sync", |e| {
+        matches!(e, ClientEvent::Synced { .. })
+    })
+    .await?;
+
+    steps.step("Deploy hello.so: the server loads it and tells every client");
+    dev::deploy(&plain, mods, "hello.so")?;
+    say("copied to a temporary name in mods/, then renamed to hello.so");
+    let first = trusted(&mut events, "hello.so").await?;
+    say(format_args!(
+        "server broadcast modload; the client fetched the bytes and checked them:"
+    ));
+    say(format_args!(
+        "sha256 {} ({} bytes): trusted",
+        first.sum, first.size
+    ));
+    let out = agent.exec("hello.so", "operator").await?;
+    say(format_args!(
+        "exec hello.so \"operator\" with that sum -> {out}"
+    ));
+
+    steps.step("Replace hello.so with a build that answers differently");
+    dev::deploy(&formal, mods, "hello.so")?;
+    let second = trusted(&mut events, "hello.so").await?;
+    ensure!(second.sum != first.sum, "the replacement has the same sum");
+    say(format_args!(
+        "server broadcast modreload; the client re-verified: sha256 {}",
+        second.sum
+    ));
+    let out = agent.exec("hello.so", "operator").await?;
+    say(format_args!("exec hello.so \"operator\" -> {out}"));
+    let conn = Connection::connect(config).await?;
+    match conn.exec("hello.so", "operator", &first.sum).await {
+        Err(ClientError::Server(body)) => say(format_args!(
+            "an exec that still carries the old sum is refused: {body}"
+        )),
+        Err(e) => bail!("stale exec failed for the wrong reason: {e}"),
+        Ok(_) => bail!("an exec with the old sum ran"),
+    }
+
+    steps.step("Remove hello.so");
+    std::fs::remove_file(mods.join("hello.so"))?;
+    wait_event(
+        &mut events,
+        "modunload",
+        |e| matches!(e, ClientEvent::ModuleForgotten { module } if module == "hello.so"),
+    )
+    .await?;
+    say("server broadcast modunload; the client forgot the module");
+    match conn.exec("hello.so", "operator", &second.sum).await {
+        Err(ClientError::Server(body)) => say(format_args!("exec now fails clearly: {body}")),
+        Err(e) => bail!("exec of a removed module failed for the wrong reason: {e}"),
+        Ok(_) => bail!("a removed module ran"),
+    }
+    stop.cancel();
+    runner.await?;
     Ok(())
 }

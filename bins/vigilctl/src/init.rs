@@ -22,6 +22,7 @@ pub(crate) const CLIENT_KEY: &str = "client.key";
 pub(crate) const TRUST: &str = "trusted-keys.json";
 pub(crate) const SERVER_TOML: &str = "server.toml";
 pub(crate) const CLIENT_TOML: &str = "client.toml";
+pub(crate) const MODS: &str = "mods";
 
 /// Writes server and client identities, a trust file that trusts the
 /// client, and a config for each side that pins the other.
@@ -51,6 +52,8 @@ pub(crate) fn write(
             );
         }
     }
+    let mods = dir.join(MODS);
+    std::fs::create_dir_all(&mods).with_context(|| format!("cannot create {}", mods.display()))?;
     let server = GeneratedIdentity::generate("vigil-server")?;
     let client = GeneratedIdentity::generate("vigil-client")?;
     server.write(&dir.join(SERVER_CRT), &dir.join(SERVER_KEY), force)?;
@@ -67,7 +70,9 @@ pub(crate) fn write(
          port = {port}\n\
          cert = \"{SERVER_CRT}\"\n\
          key = \"{SERVER_KEY}\"\n\
-         trusted_keys = \"{TRUST}\"\n"
+         trusted_keys = \"{TRUST}\"\n\
+         # Module dylibs (*.so) dropped here are loaded and announced to clients.\n\
+         mods = \"{MODS}\"\n"
     );
     let connect_host = if interface.is_unspecified() {
         IpAddr::from([127, 0, 0, 1])
@@ -108,6 +113,10 @@ pub(crate) fn report(w: &Written) {
     println!("  vigil-server --config {d}/{SERVER_TOML}");
     println!("Then, in another terminal, the client (it pins the server's fingerprint):");
     println!("  vigil-client --config {d}/{CLIENT_TOML}");
+    println!();
+    println!("Modules: drop a module dylib into {d}/{MODS}/ (write a temporary name, then");
+    println!("rename it to NAME.so); connected clients verify it and can run it:");
+    println!("  vigil-client --config {d}/{CLIENT_TOML} exec hello.so world");
     println!();
     println!("To trust another client, add the output of `vigilctl fingerprint its.crt`");
     println!("to {d}/{TRUST}; the running server picks it up at once.");

@@ -196,6 +196,42 @@ fn init_then_server_and_client_binaries_work_together() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("refused our certificate"));
 
+    // A module deployed into the init directory's mods/ runs through
+    // `vigil-client exec`, after the client verified its bytes.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let so = vigil_modules::dev::cargo_build_module(
+        &root.join("mods/hello/Cargo.toml"),
+        &Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-hello"),
+        &[],
+        false,
+    )
+    .expect("hello builds");
+    vigil_modules::dev::deploy(&so, &dir.path().join("mods"), "hello.so").expect("deploy");
+    let client_toml = dir.path().join("client.toml");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let out = loop {
+        let out = run(Command::new(bin("vigil-client"))
+            .args(["--config", client_toml.to_str().expect("utf8")])
+            .args(["exec", "hello.so", "big", "world"]));
+        if out.status.success() || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "Hello, big world!"
+    );
+    let out = run(Command::new(bin("vigil-client"))
+        .args(["--config", client_toml.to_str().expect("utf8")])
+        .args(["exec", "nope.so"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("has no module \"nope.so\" (it has: hello.so)")
+    );
+
     let status = server.terminate();
     assert!(status.success(), "clean exit on SIGTERM: {status}");
 }
