@@ -112,8 +112,8 @@
 //! A single writer thread owns the file. [`AuditLog::append`] encodes the
 //! details in the caller's task, queues the record and waits. The writer
 //! takes everything queued, gives each record its seq, time, `prev` and
-//! `hash`, writes the lines with one `pwrite`, calls `fdatasync` once, then
-//! acknowledges them all. While it syncs, new records queue up and form
+//! `hash`, writes the lines in one positioned write (`pwrite`), calls
+//! `fdatasync` once, then acknowledges them all. While it syncs, new records queue up and form
 //! the next batch, so many writers cost few syncs. A new file's directory
 //! is synced too, so the file itself survives a crash.
 //!
