@@ -17,16 +17,17 @@ lint:
 init dir="local":
     cargo run --bin vigilctl -- init {{dir}}
 
-# Run the server and the client from `just init` in two terminals.
+# Run the server from `just init` (then `just client` in another terminal).
 server dir="local":
     cargo run --bin vigil-server -- --config {{dir}}/server.toml
 
+# Run the client from `just init`.
 client dir="local":
     cargo run --bin vigil-client -- --config {{dir}}/client.toml
 
-# Build the example modules and deploy them into a mods directory (default
-# ./mods): each is written under a temporary name and renamed into place,
-# so a watching server never sees half a file.
+# Each module is written under a temporary name and renamed into place, so
+# a watching server never sees half a file.
+# Build the example modules (release) and deploy them into a mods directory.
 mods dir="mods":
     #!/usr/bin/env bash
     set -euo pipefail
