@@ -36,7 +36,8 @@ pub use codec::{
 };
 pub use frame::{BuildError, Frame, FrameError};
 pub use message::{
-    ClientRequest, ErrorBody, ErrorCode, MessageError, ModuleInfo, ServerMessage, api,
+    Ack, AckStatus, BreakOutcome, ClientRequest, ErrorBody, ErrorCode, FailsafeReport,
+    MessageError, ModuleInfo, ServerMessage, api,
 };
 
 /// Whether `s` can be an API or TYPE token.

@@ -24,6 +24,70 @@ pub mod api {
     pub const SYS: &str = "sys";
     /// Errors: `err:<code>:<ref> {"code": ..., "message": ...}`.
     pub const ERR: &str = "err";
+    /// Signed commands (`cmd:exec`, server to client) and their
+    /// acknowledgements (`cmd:ack`, client to server).
+    pub const CMD: &str = "cmd";
+    /// Signed heartbeats (`hb:beat`, server to client).
+    pub const HB: &str = "hb";
+    /// Failsafe reports (`fs:report`, client to server).
+    pub const FS: &str = "fs";
+}
+
+/// How a client answered a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AckStatus {
+    /// Verified and run; `result` holds what the handler returned.
+    Done,
+    /// Verified, run, and the handler failed; `detail` says how.
+    Failed,
+    /// Not run: the command failed verification; `code` and `detail` say why.
+    Refused,
+}
+
+/// The body of `cmd:ack:<ref>`: a client's answer to `cmd:exec:<ref>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    /// The command's id (`null` if the command could not be parsed).
+    pub command_id: Option<String>,
+    /// What happened.
+    pub status: AckStatus,
+    /// A machine-readable reason for a refusal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// A reason or error, for a person.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+    /// What the handler returned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+}
+
+/// The body of `fs:report:<ref>`: a failsafe transition, reported by a
+/// client once it can reach the server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailsafeReport {
+    /// `fired` or `rearmed`.
+    pub event: String,
+    /// When it happened (RFC 3339, from the client's clock).
+    pub at: String,
+    /// How long no verified message had arrived (fired), or how long the
+    /// outage lasted (rearmed), in milliseconds.
+    pub silent_ms: u64,
+    /// The break commands run when it fired, with their outcome.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub break_commands: Vec<BreakOutcome>,
+}
+
+/// One break command's outcome in a [`FailsafeReport`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BreakOutcome {
+    /// The command.
+    pub command: String,
+    /// Whether it succeeded.
+    pub ok: bool,
+    /// Its result or error.
+    pub detail: String,
 }
 
 /// A machine-readable error code, sent as the TYPE of an `err` frame and as
@@ -283,6 +347,10 @@ pub enum ClientRequest {
     },
     /// `sys:ping`: keep the connection alive; answered by `sys:pong`.
     Ping,
+    /// `cmd:ack`: the answer to a `cmd:exec` with the same REF. Not answered.
+    Ack(Ack),
+    /// `fs:report`: a failsafe transition. Not answered.
+    FailsafeReport(FailsafeReport),
 }
 
 impl ClientRequest {
@@ -307,6 +375,8 @@ impl ClientRequest {
                 }),
             ),
             ClientRequest::Ping => (api::SYS, "ping", Map::new()),
+            ClientRequest::Ack(ack) => (api::CMD, "ack", object_of(ack)),
+            ClientRequest::FailsafeReport(r) => (api::FS, "report", object_of(r)),
         };
         Frame::from_static(api, kind, reference, payload)
     }
@@ -336,6 +406,14 @@ impl ClientRequest {
             },
             api::SYS => match frame.kind() {
                 "ping" => Ok(ClientRequest::Ping),
+                _ => Err(unknown_type()),
+            },
+            api::CMD => match frame.kind() {
+                "ack" => Ok(ClientRequest::Ack(payload_of(frame)?)),
+                _ => Err(unknown_type()),
+            },
+            api::FS => match frame.kind() {
+                "report" => Ok(ClientRequest::FailsafeReport(payload_of(frame)?)),
                 _ => Err(unknown_type()),
             },
             other => Err(MessageError::UnknownApi(other.to_owned())),
@@ -383,6 +461,11 @@ pub enum ServerMessage {
     },
     /// `sys:pong`: answer to `sys:ping`.
     Pong,
+    /// `cmd:exec`: a signed command (the payload is the signed command's
+    /// JSON object, checked by the client with `vigil-command`).
+    Command(Map<String, Value>),
+    /// `hb:beat`: a signed heartbeat (checked by the client).
+    Heartbeat(Map<String, Value>),
     /// `err:<code>`: the request failed.
     Error(ErrorBody),
 }
@@ -437,6 +520,8 @@ impl ServerMessage {
                 }),
             ),
             ServerMessage::Pong => (api::SYS, "pong", Map::new()),
+            ServerMessage::Command(body) => (api::CMD, "exec", body.clone()),
+            ServerMessage::Heartbeat(body) => (api::HB, "beat", body.clone()),
             ServerMessage::Error(body) => return body.to_frame(reference),
         };
         Frame::from_static(api, kind, reference, payload)
@@ -490,6 +575,9 @@ impl ServerMessage {
             (api::MODLOAD | api::MODRELOAD | api::MODUNLOAD, _) => Err(unknown_type()),
             (api::SYS, "pong") => Ok(ServerMessage::Pong),
             (api::SYS, _) => Err(unknown_type()),
+            (api::CMD, "exec") => Ok(ServerMessage::Command(frame.payload().clone())),
+            (api::HB, "beat") => Ok(ServerMessage::Heartbeat(frame.payload().clone())),
+            (api::CMD | api::HB, _) => Err(unknown_type()),
             (api::ERR, kind) => {
                 let code = frame
                     .payload()
@@ -510,13 +598,16 @@ impl ServerMessage {
         }
     }
 
-    /// Whether this message is a broadcast rather than a response.
+    /// Whether the server sent this on its own (a broadcast, a command, a
+    /// heartbeat) rather than in answer to a request.
     pub fn is_broadcast(&self) -> bool {
         matches!(
             self,
             ServerMessage::ModLoad(_)
                 | ServerMessage::ModReload(_)
                 | ServerMessage::ModUnload { .. }
+                | ServerMessage::Command(_)
+                | ServerMessage::Heartbeat(_)
         )
     }
 }
@@ -555,6 +646,10 @@ mod tests {
             module: "x.so".into(),
         });
         round_trip_server(ServerMessage::Pong);
+        let mut body = Map::new();
+        body.insert("command_id".into(), Value::String("c1".into()));
+        round_trip_server(ServerMessage::Command(body.clone()));
+        round_trip_server(ServerMessage::Heartbeat(body));
         round_trip_server(ServerMessage::Error(ErrorBody::new(
             ErrorCode::UnknownModule,
             "no module \"x\"",
@@ -594,6 +689,37 @@ mod tests {
         check("mod:verify:1 {}", ErrorCode::BadPayload);
         check("mod:verify:1 {\"mod\":3}", ErrorCode::BadPayload);
         check("mod:exec:1 {\"mod\":\"a\"}", ErrorCode::BadPayload);
+    }
+
+    #[test]
+    fn acks_and_reports_round_trip() {
+        let ack = ClientRequest::Ack(Ack {
+            command_id: Some("c-1".into()),
+            status: AckStatus::Refused,
+            code: Some("invalid_signature".into()),
+            detail: "Invalid signature".into(),
+            result: None,
+        });
+        let frame = ack.to_frame("d7");
+        let bytes = frame.to_bytes();
+        assert_eq!(
+            bytes,
+            b"cmd:ack:d7 {\"code\":\"invalid_signature\",\"command_id\":\"c-1\",\"detail\":\"Invalid signature\",\"status\":\"refused\"}\n"
+        );
+        let parsed = Frame::parse(&bytes[..bytes.len() - 1]).expect("frame");
+        assert_eq!(ClientRequest::from_frame(&parsed).expect("ack"), ack);
+        let report = ClientRequest::FailsafeReport(FailsafeReport {
+            event: "fired".into(),
+            at: "2026-01-01T00:00:00Z".into(),
+            silent_ms: 15_000,
+            break_commands: vec![BreakOutcome {
+                command: "lock".into(),
+                ok: true,
+                detail: String::new(),
+            }],
+        });
+        let frame = report.to_frame("r1");
+        assert_eq!(ClientRequest::from_frame(&frame).expect("report"), report);
     }
 
     #[test]
