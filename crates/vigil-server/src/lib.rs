@@ -32,6 +32,7 @@
 #![deny(missing_docs)]
 
 mod config;
+mod delivery;
 mod server;
 mod session;
 
@@ -40,6 +41,7 @@ pub use config::{
     DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_EXECS_PER_SESSION, DEFAULT_OUTBOUND_QUEUE, DEFAULT_PORT,
     ServerConfig,
 };
+pub use delivery::{ClientOutcome, Delivery, DeliveryReport, Outcome, Target};
 pub use server::{Counter, Server, ServerHandle, ServerStats};
 pub use session::SessionInfo;
 

@@ -6,15 +6,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
+use std::collections::HashSet;
+
 use bytes::Bytes;
+use serde_json::{Map, Value};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use vigil_auth::Fingerprint;
 use vigil_auth::peer_fingerprint;
 use vigil_proto::ServerMessage;
 
+use crate::delivery::{ClientOutcome, Delivery, Outcome, Pending, Target, command_id_of};
 use crate::session::{self, SessionHandle, SessionInfo};
 use crate::{ServerConfig, ServerError};
 
@@ -49,6 +54,18 @@ pub struct ServerStats {
     pub bad_frames: Counter,
     /// Sessions closed because the client's queue was full.
     pub slow_consumers: Counter,
+    /// Commands queued to a session.
+    pub commands_sent: Counter,
+    /// Acknowledgements by outcome.
+    pub acks_done: Counter,
+    /// Acknowledgements saying the command ran and failed.
+    pub acks_failed: Counter,
+    /// Acknowledgements saying the client refused the command.
+    pub acks_refused: Counter,
+    /// Failsafe transitions reported by clients.
+    pub failsafe_reports: Counter,
+    /// Heartbeats sent (one signature each, shared by every client).
+    pub heartbeats: Counter,
 }
 
 pub(crate) struct Shared {
@@ -57,6 +74,8 @@ pub(crate) struct Shared {
     pub(crate) stats: ServerStats,
     sessions: Mutex<HashMap<u64, SessionHandle>>,
     next_id: AtomicU64,
+    pub(crate) pending: Pending,
+    next_delivery: AtomicU64,
 }
 
 impl Shared {
@@ -74,6 +93,7 @@ impl Shared {
 
     pub(crate) fn deregister(&self, id: u64) {
         self.sessions().remove(&id);
+        self.pending.forget_session(id);
     }
 
     /// Closes every session whose key is no longer trusted.
@@ -144,6 +164,82 @@ impl ServerHandle {
         self.send_to_all(&bytes)
     }
 
+    /// Sends a signed command (its JSON object, relayed as it is) to the
+    /// targeted clients, encoded once, and returns a [`Delivery`] that
+    /// collects their acknowledgements. The server does not sign or alter
+    /// the command: clients verify it with their own keys.
+    pub fn deliver(&self, command: &Map<String, Value>, target: &Target) -> Delivery {
+        let n = self.shared.next_delivery.fetch_add(1, Ordering::Relaxed);
+        let reference = format!("d{n}");
+        let command_id = command_id_of(command);
+        let bytes = session::encode(&ServerMessage::Command(command.clone()), &reference);
+        let wanted: Option<HashSet<Fingerprint>> = match target {
+            Target::All => None,
+            Target::Clients(list) => Some(list.iter().copied().collect()),
+        };
+        let mut reached: HashSet<Fingerprint> = HashSet::new();
+        let mut waiting = Vec::new();
+        let mut done = Vec::new();
+        for handle in self.shared.sessions().values() {
+            let fp = handle.info.fingerprint;
+            if wanted.as_ref().is_some_and(|w| !w.contains(&fp)) {
+                continue;
+            }
+            reached.insert(fp);
+            let id = handle.info.id;
+            let rx = self.shared.pending.insert(id, &reference);
+            let outcome = match handle.tx.try_send(bytes.clone()) {
+                Ok(()) => {
+                    self.shared.stats.commands_sent.inc();
+                    waiting.push((fp, id, rx));
+                    continue;
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    tracing::warn!(session = id, client = %fp.short(), "client is not reading: outbound queue full, disconnecting");
+                    self.shared.stats.slow_consumers.inc();
+                    handle.cancel.cancel();
+                    Outcome::QueueFull
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => Outcome::Disconnected,
+            };
+            self.shared.pending.remove(id, &reference);
+            done.push(ClientOutcome {
+                client: fp,
+                session: id,
+                outcome,
+            });
+        }
+        for fp in wanted.into_iter().flatten() {
+            if !reached.contains(&fp) {
+                done.push(ClientOutcome {
+                    client: fp,
+                    session: 0,
+                    outcome: Outcome::NotConnected,
+                });
+            }
+        }
+        tracing::info!(
+            command_id,
+            reference,
+            sessions = waiting.len(),
+            "command delivered"
+        );
+        Delivery {
+            command_id,
+            reference,
+            waiting,
+            done,
+        }
+    }
+
+    /// Whether a client with this fingerprint has a live session.
+    pub fn is_connected(&self, client: &Fingerprint) -> bool {
+        self.shared
+            .sessions()
+            .values()
+            .any(|h| h.info.fingerprint == *client)
+    }
+
     fn send_to_all(&self, bytes: &Bytes) -> usize {
         let mut queued = 0;
         for handle in self.shared.sessions().values() {
@@ -204,6 +300,8 @@ impl Server {
                 stats: ServerStats::default(),
                 sessions: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
+                pending: Pending::default(),
+                next_delivery: AtomicU64::new(1),
             }),
         })
     }

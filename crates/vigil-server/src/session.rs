@@ -15,7 +15,8 @@ use tracing::Instrument as _;
 use vigil_auth::Fingerprint;
 use vigil_modules::{ExecError, ModuleRegistry, ModuleSummary};
 use vigil_proto::{
-    ClientRequest, CodecError, ErrorBody, ErrorCode, Frame, FrameCodec, ModuleInfo, ServerMessage,
+    AckStatus, ClientRequest, CodecError, ErrorBody, ErrorCode, Frame, FrameCodec, ModuleInfo,
+    ServerMessage,
 };
 
 use crate::server::Shared;
@@ -85,7 +86,7 @@ where
         // the registration: the revocation sweep may have missed us.
         let end = if shared.config.trust.is_trusted(&info.fingerprint) {
             tracing::info!("client connected");
-            read_loop(&shared, reader, &tx, &cancel).await
+            read_loop(&shared, &info, reader, &tx, &cancel).await
         } else {
             End::Cancelled
         };
@@ -126,6 +127,7 @@ where
 
 async fn read_loop<R>(
     shared: &Shared,
+    info: &SessionInfo,
     reader: R,
     tx: &mpsc::Sender<Bytes>,
     cancel: &CancellationToken,
@@ -160,8 +162,9 @@ where
                 let body = ErrorBody::new(bad.code(), bad.to_string());
                 encode(&ServerMessage::Error(body), bad.reference().unwrap_or("-"))
             }
-            Ok(Some(Ok(Ok(frame)))) => match dispatch(shared, &frame) {
+            Ok(Some(Ok(Ok(frame)))) => match dispatch(shared, info, &frame) {
                 Reply::Now(bytes) => bytes,
+                Reply::Nothing => continue,
                 Reply::Exec {
                     registry,
                     module,
@@ -201,6 +204,8 @@ where
 enum Reply {
     /// Send this now.
     Now(Bytes),
+    /// Nothing to send (an acknowledgement or a report).
+    Nothing,
     /// Run a module, then send its answer.
     Exec {
         registry: ModuleRegistry,
@@ -226,7 +231,7 @@ fn unknown_module(module: &str, reference: &str) -> Reply {
 }
 
 /// Answers one well-formed frame.
-fn dispatch(shared: &Shared, frame: &Frame) -> Reply {
+fn dispatch(shared: &Shared, session: &SessionInfo, frame: &Frame) -> Reply {
     let reference = frame.reference();
     let request = match ClientRequest::from_frame(frame) {
         Ok(request) => request,
@@ -264,6 +269,40 @@ fn dispatch(shared: &Shared, frame: &Frame) -> Reply {
             None => return unknown_module(&module, reference),
         },
         ClientRequest::Ping => ServerMessage::Pong,
+        ClientRequest::Ack(ack) => {
+            let counter = match ack.status {
+                AckStatus::Done => &shared.stats.acks_done,
+                AckStatus::Failed => &shared.stats.acks_failed,
+                AckStatus::Refused => &shared.stats.acks_refused,
+            };
+            counter.inc();
+            match ack.status {
+                AckStatus::Refused => tracing::warn!(
+                    command_id = ?ack.command_id, code = ?ack.code, detail = %ack.detail,
+                    "client refused a command"
+                ),
+                _ => {
+                    tracing::info!(command_id = ?ack.command_id, status = ?ack.status, "command acknowledged")
+                }
+            }
+            if shared.pending.resolve(session.id, reference, ack) {
+                return Reply::Nothing;
+            }
+            return error_reply(
+                ErrorCode::BadPayload,
+                format!("no command was delivered to this session with REF {reference:?}"),
+                reference,
+            );
+        }
+        ClientRequest::FailsafeReport(report) => {
+            shared.stats.failsafe_reports.inc();
+            tracing::warn!(
+                event = %report.event, at = %report.at, silent_ms = report.silent_ms,
+                break_commands = report.break_commands.len(),
+                "client reports a failsafe transition"
+            );
+            return Reply::Nothing;
+        }
         // A request type added to the protocol but not served here.
         _ => {
             return error_reply(
