@@ -234,13 +234,13 @@ impl Verifier {
 
         // 4. Is that key an authority, for this wa_id and this type?
         let authority = enrolled.ok_or(Refusal::UnauthorizedKey)?;
-        if let Some(id) = authority.id() {
-            if id != cmd.wa_id {
-                return Err(Refusal::WaIdMismatch {
-                    wa_id: cmd.wa_id.clone(),
-                    enrolled: id.to_owned(),
-                });
-            }
+        if let Some(id) = authority.id()
+            && id != cmd.wa_id
+        {
+            return Err(Refusal::WaIdMismatch {
+                wa_id: cmd.wa_id.clone(),
+                enrolled: id.to_owned(),
+            });
         }
         let authority_id = authority.id().unwrap_or(&cmd.wa_id).to_owned();
         if !authority.allows(&cmd.command_type) {
