@@ -70,7 +70,7 @@ impl Inner {
 pub struct Connection {
     inner: Arc<Inner>,
     requests: mpsc::Sender<Frame>,
-    broadcasts: Option<mpsc::Receiver<ServerMessage>>,
+    broadcasts: Option<mpsc::Receiver<(String, ServerMessage)>>,
     server: Fingerprint,
     peer: SocketAddr,
     request_timeout: Duration,
@@ -136,7 +136,7 @@ impl Connection {
             next_ref: AtomicU64::new(1),
         });
         let (req_tx, req_rx) = mpsc::channel::<Frame>(256);
-        let (bc_tx, bc_rx) = mpsc::channel::<ServerMessage>(BROADCAST_BUFFER);
+        let (bc_tx, bc_rx) = mpsc::channel::<(String, ServerMessage)>(BROADCAST_BUFFER);
         tokio::spawn(read_loop(
             inner.clone(),
             FramedRead::new(reader, FrameCodec::client(&config.limits)),
@@ -219,16 +219,35 @@ impl Connection {
         }
     }
 
-    /// The next broadcast from the server; `None` once the connection ended
-    /// and every broadcast was read, or if the receiver was taken.
-    pub async fn next_broadcast(&mut self) -> Option<ServerMessage> {
+    /// The next message the server sent on its own (a broadcast, a
+    /// command, a heartbeat), with its REF; `None` once the connection
+    /// ended and every one was read, or if the receiver was taken.
+    pub async fn next_broadcast(&mut self) -> Option<(String, ServerMessage)> {
         self.broadcasts.as_mut()?.recv().await
     }
 
-    /// Takes the broadcast receiver, so that the connection can be shared
-    /// (`Arc<Connection>`) while another task follows broadcasts.
-    pub fn take_broadcasts(&mut self) -> Option<mpsc::Receiver<ServerMessage>> {
+    /// Takes the receiver of [`Connection::next_broadcast`], so that the
+    /// connection can be shared (`Arc<Connection>`) while another task
+    /// follows what the server pushes.
+    pub fn take_broadcasts(&mut self) -> Option<mpsc::Receiver<(String, ServerMessage)>> {
         self.broadcasts.take()
+    }
+
+    /// Queues a frame that expects no answer (an acknowledgement, a
+    /// report). Fails if the connection is closed or its queue is full.
+    pub fn notify(&self, request: ClientRequest, reference: &str) -> Result<(), ClientError> {
+        if self.inner.cancel.is_cancelled() {
+            return Err(self.inner.reason());
+        }
+        self.requests
+            .try_send(request.to_frame(reference))
+            .map_err(|_| ClientError::Disconnected("outgoing queue full or closed".into()))
+    }
+
+    /// Waits until everything queued before it has reached the server (a
+    /// ping round trip: frames are sent in order).
+    pub async fn flush(&self) -> Result<(), ClientError> {
+        self.request(ClientRequest::Ping).await.map(|_| ())
     }
 
     /// Fetches a module's bytes and checks them: their SHA-256 must equal
@@ -325,7 +344,7 @@ impl Connection {
 async fn read_loop<R>(
     inner: Arc<Inner>,
     mut frames: FramedRead<R, FrameCodec>,
-    broadcasts: mpsc::Sender<ServerMessage>,
+    broadcasts: mpsc::Sender<(String, ServerMessage)>,
     liveness: Duration,
 ) where
     R: tokio::io::AsyncRead + Unpin,
@@ -359,7 +378,10 @@ async fn read_loop<R>(
             }
         };
         if msg.is_broadcast() {
-            if broadcasts.try_send(msg).is_err() {
+            if broadcasts
+                .try_send((frame.reference().to_owned(), msg))
+                .is_err()
+            {
                 tracing::warn!("broadcast dropped: the consumer is not keeping up");
             }
             continue;

@@ -24,15 +24,19 @@
 //! ```
 #![deny(missing_docs)]
 
+mod commands;
 mod connection;
 mod error;
+mod handler;
 mod supervisor;
 
 use std::time::Duration;
 
+pub use commands::{CommandSettings, DEFAULT_COMMAND_TIMEOUT, RUN, SHUTDOWN_NOW};
 pub use connection::Connection;
 pub use error::ClientError;
-pub use supervisor::{Backoff, Client, ClientEvent};
+pub use handler::{BreakCommand, CommandHandler, ProgramHandler, ProgramSpec};
+pub use supervisor::{Backoff, Client, ClientEvent, RunOutcome};
 use vigil_auth::{Fingerprint, Identity};
 use vigil_proto::Limits;
 
@@ -68,6 +72,9 @@ pub struct ClientConfig {
     pub liveness_timeout: Duration,
     /// Reconnect delays.
     pub backoff: Backoff,
+    /// Signed commands, heartbeats and the failsafe; `None` for a client
+    /// that takes no commands (every command is refused).
+    pub commands: Option<CommandSettings>,
 }
 
 impl ClientConfig {
@@ -88,6 +95,7 @@ impl ClientConfig {
             ping_interval: DEFAULT_PING_INTERVAL,
             liveness_timeout: DEFAULT_LIVENESS_TIMEOUT,
             backoff: Backoff::default(),
+            commands: None,
         }
     }
 }

@@ -3,13 +3,18 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rand::Rng;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use vigil_auth::Fingerprint;
-use vigil_proto::{ModuleInfo, ServerMessage};
+use vigil_command::HeartbeatVerifier;
+use vigil_failsafe::FailsafeHandle;
+use vigil_proto::{Ack, AckStatus, ClientRequest, FailsafeReport, ModuleInfo, ServerMessage};
+
+use crate::commands::{Refused, SHUTDOWN_NOW, check_command, check_heartbeat};
+use crate::handler::run_break_commands;
 
 use crate::{ClientConfig, ClientError, Connection};
 
@@ -84,6 +89,39 @@ pub enum ClientEvent {
         /// The module.
         module: String,
     },
+    /// A command failed verification and was refused (nothing ran).
+    CommandRefused {
+        /// Its id, if it could be read.
+        command_id: Option<String>,
+        /// Machine-readable reason.
+        code: String,
+        /// The reason, for a person.
+        detail: String,
+    },
+    /// A verified command ran; this is the acknowledgement sent.
+    CommandRan(Ack),
+    /// A heartbeat failed verification (the failsafe was not fed).
+    HeartbeatRefused {
+        /// Why.
+        reason: String,
+    },
+    /// The failsafe fired; the break commands ran with these outcomes.
+    FailsafeFired {
+        /// How long no verified message had arrived.
+        silent_for: Duration,
+        /// Each break command's outcome.
+        outcomes: Vec<vigil_proto::BreakOutcome>,
+    },
+    /// Verified messages are back after the failsafe fired.
+    FailsafeRearmed {
+        /// How long the outage lasted.
+        outage: Duration,
+    },
+    /// An authorized `SHUTDOWN_NOW` arrived; [`Client::run`] returns.
+    ShutdownRequested {
+        /// The command's id.
+        command_id: String,
+    },
     /// The connection failed or ended.
     Disconnected {
         /// Why.
@@ -103,6 +141,12 @@ struct State {
     conn: Option<Arc<Connection>>,
     /// Modules whose bytes this client verified, by name.
     trusted: BTreeMap<String, ModuleInfo>,
+    /// Checks heartbeats; kept across connections so that sequence and
+    /// epoch only move forward.
+    heartbeats: Option<HeartbeatVerifier>,
+    /// Failsafe transitions not yet told to the server.
+    reports: Vec<FailsafeReport>,
+    report_seq: u64,
 }
 
 /// A client that keeps its connection up until told to stop, and keeps a
@@ -123,10 +167,17 @@ impl Client {
     /// A client for `config`; nothing happens until [`Client::run`].
     pub fn new(config: ClientConfig) -> Self {
         let (events, _) = broadcast::channel(1024);
+        let heartbeats = config
+            .commands
+            .as_ref()
+            .and_then(|c| c.heartbeat_verifier());
         Client {
             config,
             events,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                heartbeats,
+                ..State::default()
+            }),
         }
     }
 
@@ -184,45 +235,155 @@ impl Client {
         let _ = self.events.send(event);
     }
 
-    /// Connects, syncs, and follows the server's broadcasts; reconnects when
-    /// the connection drops, until `shutdown` is cancelled.
-    pub async fn run(&self, shutdown: CancellationToken) {
-        let mut attempt: u32 = 0;
-        while !shutdown.is_cancelled() {
-            let outcome = tokio::select! {
-                () = shutdown.cancelled() => break,
-                outcome = self.session(&mut attempt) => outcome,
-            };
-            match &outcome {
-                ClientError::CertificateRefused { .. } => tracing::error!(
-                    client = %self.config.identity.fingerprint(),
-                    error = %outcome,
-                    "the server refused this client's certificate"
-                ),
-                ClientError::WrongServer(_) => {
-                    tracing::error!(error = %outcome, "not the pinned server")
+    /// Connects, syncs, verifies modules, takes signed commands and
+    /// heartbeats, and reconnects when the connection drops, until
+    /// `shutdown` is cancelled or an authorized `SHUTDOWN_NOW` arrives.
+    ///
+    /// With [`CommandSettings`](crate::CommandSettings), the failsafe is
+    /// armed from the start: when no verified heartbeat or command arrives
+    /// for its timeout, connected or not, the break commands run once; it
+    /// re-arms when verified messages come back.
+    pub async fn run(&self, shutdown: CancellationToken) -> RunOutcome {
+        let failsafe = match &self.config.commands {
+            Some(settings) => match vigil_failsafe::spawn(settings.failsafe_timeout) {
+                Ok((handle, events)) => Some((handle, events)),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the failsafe");
+                    None
                 }
-                _ => tracing::warn!(error = %outcome, "connection lost"),
+            },
+            None => None,
+        };
+        let (feed, mut failsafe_events) = match failsafe {
+            Some((h, e)) => (Some(h), Some(e)),
+            None => (None, None),
+        };
+        if let Some(settings) = &self.config.commands {
+            tracing::info!(timeout = ?settings.failsafe_timeout, break_commands = settings.break_commands.len(), "failsafe armed");
+        }
+        let failsafe_loop = async {
+            match failsafe_events.as_mut() {
+                Some(events) => {
+                    while let Some(event) = events.recv().await {
+                        self.on_failsafe(event).await;
+                    }
+                    std::future::pending::<()>().await;
+                }
+                None => std::future::pending::<()>().await,
             }
-            self.emit(ClientEvent::Disconnected { reason: outcome });
-            let delay = self.config.backoff.delay(attempt, &mut rand::rng());
-            attempt = attempt.saturating_add(1);
-            tracing::info!(attempt, ?delay, "reconnecting after a delay");
-            self.emit(ClientEvent::Retrying { attempt, delay });
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                () = tokio::time::sleep(delay) => {}
+        };
+        let sessions = async {
+            let mut attempt: u32 = 0;
+            loop {
+                let end = self.session(&mut attempt, feed.as_ref()).await;
+                let outcome = match end {
+                    SessionEnd::Shutdown(command_id) => return RunOutcome::Shutdown { command_id },
+                    SessionEnd::Lost(e) => e,
+                };
+                match &outcome {
+                    ClientError::CertificateRefused { .. } => tracing::error!(
+                        client = %self.config.identity.fingerprint(),
+                        error = %outcome,
+                        "the server refused this client's certificate"
+                    ),
+                    ClientError::WrongServer(_) => {
+                        tracing::error!(error = %outcome, "not the pinned server")
+                    }
+                    _ => tracing::warn!(error = %outcome, "connection lost"),
+                }
+                self.emit(ClientEvent::Disconnected { reason: outcome });
+                let delay = self.config.backoff.delay(attempt, &mut rand::rng());
+                attempt = attempt.saturating_add(1);
+                tracing::info!(attempt, ?delay, "reconnecting after a delay");
+                self.emit(ClientEvent::Retrying { attempt, delay });
+                tokio::time::sleep(delay).await;
+            }
+        };
+        let outcome = tokio::select! {
+            () = shutdown.cancelled() => RunOutcome::Stopped,
+            outcome = sessions => outcome,
+            () = failsafe_loop => RunOutcome::Stopped,
+        };
+        {
+            let mut state = self.state();
+            state.conn = None;
+            state.trusted.clear();
+        }
+        tracing::info!(?outcome, "client stopped");
+        outcome
+    }
+
+    /// Runs the break commands when the failsafe fires; reports both
+    /// transitions to the server as soon as it can be reached.
+    async fn on_failsafe(&self, event: vigil_failsafe::FailsafeEvent) {
+        let Some(settings) = &self.config.commands else {
+            return;
+        };
+        let report = match event {
+            vigil_failsafe::FailsafeEvent::Fired {
+                silent_for,
+                late_by,
+            } => {
+                tracing::error!(
+                    ?silent_for,
+                    ?late_by,
+                    "FAILSAFE FIRED: no verified message from the server; running break commands"
+                );
+                let outcomes =
+                    run_break_commands(settings.handler.as_ref(), &settings.break_commands).await;
+                self.emit(ClientEvent::FailsafeFired {
+                    silent_for,
+                    outcomes: outcomes.clone(),
+                });
+                FailsafeReport {
+                    event: "fired".into(),
+                    at: now_rfc3339(),
+                    silent_ms: millis(silent_for),
+                    break_commands: outcomes,
+                }
+            }
+            vigil_failsafe::FailsafeEvent::Rearmed { outage } => {
+                tracing::warn!(?outage, "failsafe re-armed: verified messages are back");
+                self.emit(ClientEvent::FailsafeRearmed { outage });
+                FailsafeReport {
+                    event: "rearmed".into(),
+                    at: now_rfc3339(),
+                    silent_ms: millis(outage),
+                    break_commands: Vec::new(),
+                }
+            }
+        };
+        self.state().reports.push(report);
+        self.flush_reports();
+    }
+
+    /// Sends queued failsafe reports if connected.
+    fn flush_reports(&self) {
+        let mut state = self.state();
+        let Some(conn) = state.conn.clone() else {
+            return;
+        };
+        for report in std::mem::take(&mut state.reports) {
+            let seq = state.report_seq;
+            state.report_seq += 1;
+            if conn
+                .notify(
+                    ClientRequest::FailsafeReport(report.clone()),
+                    &format!("fs{seq}"),
+                )
+                .is_err()
+            {
+                state.reports.push(report);
             }
         }
-        tracing::info!("client stopped");
     }
 
     /// One connection, from connect to its end. Resets `attempt` once the
     /// server has answered a sync.
-    async fn session(&self, attempt: &mut u32) -> ClientError {
+    async fn session(&self, attempt: &mut u32, feed: Option<&FailsafeHandle>) -> SessionEnd {
         let mut conn = match Connection::connect(&self.config).await {
             Ok(conn) => conn,
-            Err(e) => return e,
+            Err(e) => return SessionEnd::Lost(e),
         };
         tracing::info!(
             server = %conn.peer(),
@@ -230,7 +391,9 @@ impl Client {
             "connected to the pinned server"
         );
         let Some(mut broadcasts) = conn.take_broadcasts() else {
-            return ClientError::Protocol("broadcast receiver already taken".into());
+            return SessionEnd::Lost(ClientError::Protocol(
+                "broadcast receiver already taken".into(),
+            ));
         };
         let conn = Arc::new(conn);
         let closed = conn.closed();
@@ -241,7 +404,7 @@ impl Client {
         });
         let modules = match conn.sync().await {
             Ok(modules) => modules,
-            Err(e) => return e,
+            Err(e) => return SessionEnd::Lost(e),
         };
         *attempt = 0;
         tracing::info!(count = modules.len(), "server modules synced");
@@ -250,38 +413,216 @@ impl Client {
             state.trusted.clear();
             state.conn = Some(conn.clone());
         }
+        self.flush_reports();
         self.emit(ClientEvent::Synced {
             modules: modules.clone(),
         });
         for m in &modules {
             self.verify_module(&conn, &m.name, Some(&m.sum)).await;
         }
-        let reason = loop {
-            tokio::select! {
-                reason = &mut closed => break reason,
-                Some(msg) = broadcasts.recv() => {
-                    tracing::info!(frame = %msg.to_frame("-"), "broadcast from server");
-                    self.emit(ClientEvent::Broadcast(msg.clone()));
-                    match msg {
-                        ServerMessage::ModLoad(info) | ServerMessage::ModReload(info) => {
-                            self.verify_module(&conn, &info.name, Some(&info.sum)).await;
-                        }
-                        ServerMessage::ModUnload { module } => {
-                            if self.state().trusted.remove(&module).is_some() {
-                                tracing::info!(module, "module unloaded by the server; forgotten");
-                            }
-                            self.emit(ClientEvent::ModuleForgotten { module });
-                        }
-                        _ => {}
+        let running = Arc::new(tokio::sync::Semaphore::new(MAX_RUNNING_COMMANDS));
+        let end = loop {
+            let (reference, msg) = tokio::select! {
+                reason = &mut closed => break SessionEnd::Lost(reason),
+                Some(pushed) = broadcasts.recv() => pushed,
+            };
+            match msg {
+                ServerMessage::Heartbeat(body) => self.on_heartbeat(&body, feed),
+                ServerMessage::Command(body) => {
+                    if let Some(command_id) = self
+                        .on_command(&conn, &reference, &body, feed, &running)
+                        .await
+                    {
+                        break SessionEnd::Shutdown(command_id);
                     }
+                }
+                ServerMessage::ModLoad(info) | ServerMessage::ModReload(info) => {
+                    tracing::info!(module = %info.name, sum = %info.sum, "module changed on the server; verifying");
+                    self.emit(ClientEvent::Broadcast(ServerMessage::ModReload(
+                        info.clone(),
+                    )));
+                    self.verify_module(&conn, &info.name, Some(&info.sum)).await;
+                }
+                ServerMessage::ModUnload { module } => {
+                    if self.state().trusted.remove(&module).is_some() {
+                        tracing::info!(module, "module unloaded by the server; forgotten");
+                    }
+                    self.emit(ClientEvent::ModuleForgotten { module });
+                }
+                other => {
+                    tracing::debug!(frame = %other.to_frame(&reference), "unsolicited frame");
+                    self.emit(ClientEvent::Broadcast(other));
                 }
             }
         };
         let mut state = self.state();
         state.conn = None;
         state.trusted.clear();
-        reason
+        end
     }
+
+    fn on_heartbeat(
+        &self,
+        body: &serde_json::Map<String, serde_json::Value>,
+        feed: Option<&FailsafeHandle>,
+    ) {
+        let mut state = self.state();
+        let Some(verifier) = state.heartbeats.as_mut() else {
+            tracing::debug!("heartbeat ignored: no heartbeat key configured");
+            return;
+        };
+        match check_heartbeat(verifier, body, SystemTime::now()) {
+            Ok(()) => {
+                if let Some(feed) = feed {
+                    feed.feed();
+                }
+            }
+            Err(reason) => {
+                drop(state);
+                tracing::warn!(%reason, "heartbeat refused; the failsafe is not fed");
+                self.emit(ClientEvent::HeartbeatRefused { reason });
+            }
+        }
+    }
+
+    /// Handles one `cmd:exec`. Returns the command id if it was an
+    /// authorized `SHUTDOWN_NOW` (after its break commands ran).
+    async fn on_command(
+        &self,
+        conn: &Arc<Connection>,
+        reference: &str,
+        body: &serde_json::Map<String, serde_json::Value>,
+        feed: Option<&FailsafeHandle>,
+        running: &Arc<tokio::sync::Semaphore>,
+    ) -> Option<String> {
+        let Some(settings) = &self.config.commands else {
+            let refused = Refused {
+                command_id: body
+                    .get("command_id")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned),
+                code: "commands_disabled".into(),
+                detail: "this client takes no commands (no authorities configured)".into(),
+            };
+            let _ = conn.notify(ClientRequest::Ack(refused.ack()), reference);
+            return None;
+        };
+        let accepted = match check_command(&settings.verifier, body, SystemTime::now()) {
+            Ok(a) => a,
+            Err(refused) => {
+                tracing::warn!(
+                    command_id = ?refused.command_id, code = %refused.code, detail = %refused.detail,
+                    "command refused"
+                );
+                let _ = conn.notify(ClientRequest::Ack(refused.ack()), reference);
+                self.emit(ClientEvent::CommandRefused {
+                    command_id: refused.command_id,
+                    code: refused.code,
+                    detail: refused.detail,
+                });
+                return None;
+            }
+        };
+        if let Some(feed) = feed {
+            feed.feed();
+        }
+        let cmd = accepted.command;
+        tracing::info!(
+            command_id = %cmd.command_id, command_type = %cmd.command_type, authority = %accepted.authority,
+            command = ?cmd.command, reason = %cmd.reason,
+            "verified command"
+        );
+        if cmd.command_type == SHUTDOWN_NOW {
+            tracing::error!(command_id = %cmd.command_id, reason = %cmd.reason, "SHUTDOWN_NOW: running break commands, then exiting");
+            let outcomes =
+                run_break_commands(settings.handler.as_ref(), &settings.break_commands).await;
+            let ack = Ack {
+                command_id: Some(cmd.command_id.clone()),
+                status: AckStatus::Done,
+                code: None,
+                detail: "shutting down".into(),
+                result: Some(serde_json::json!({ "shutdown": true, "break_commands": outcomes })),
+            };
+            let _ = conn.notify(ClientRequest::Ack(ack), reference);
+            self.emit(ClientEvent::ShutdownRequested {
+                command_id: cmd.command_id.clone(),
+            });
+            // Give the acknowledgement a moment to leave.
+            let _ = tokio::time::timeout(Duration::from_secs(1), conn.flush()).await;
+            return Some(cmd.command_id);
+        }
+        let name = cmd.command.clone().unwrap_or_default();
+        let args = cmd.args.clone().unwrap_or(serde_json::Value::Null);
+        let handler = settings.handler.clone();
+        let timeout = settings.command_timeout;
+        let conn = conn.clone();
+        let reference = reference.to_owned();
+        let events = self.events.clone();
+        let permit = running.clone().acquire_owned().await.ok();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let outcome = tokio::time::timeout(timeout, handler.execute(&name, &args)).await;
+            let ack = match outcome {
+                Ok(Ok(result)) => Ack {
+                    command_id: Some(cmd.command_id.clone()),
+                    status: AckStatus::Done,
+                    code: None,
+                    detail: String::new(),
+                    result: Some(result),
+                },
+                Ok(Err(e)) => Ack {
+                    command_id: Some(cmd.command_id.clone()),
+                    status: AckStatus::Failed,
+                    code: None,
+                    detail: e,
+                    result: None,
+                },
+                Err(_) => Ack {
+                    command_id: Some(cmd.command_id.clone()),
+                    status: AckStatus::Failed,
+                    code: Some("timeout".into()),
+                    detail: format!("command ran past its {timeout:?} timeout"),
+                    result: None,
+                },
+            };
+            tracing::info!(command_id = %cmd.command_id, command = %name, status = ?ack.status, "command ran");
+            let _ = events.send(ClientEvent::CommandRan(ack.clone()));
+            let _ = conn.notify(ClientRequest::Ack(ack), &reference);
+        });
+        None
+    }
+}
+
+/// How many verified commands run at once on one connection.
+const MAX_RUNNING_COMMANDS: usize = 16;
+
+/// How a connection ended.
+enum SessionEnd {
+    Lost(ClientError),
+    Shutdown(String),
+}
+
+/// Why [`Client::run`] returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RunOutcome {
+    /// The shutdown token was cancelled.
+    Stopped,
+    /// An authorized `SHUTDOWN_NOW` arrived; its break commands ran.
+    Shutdown {
+        /// The command's id.
+        command_id: String,
+    },
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn now_rfc3339() -> String {
+    vigil_command::Timestamp::from_system_time(SystemTime::now())
+        .map(|t| t.isoformat())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

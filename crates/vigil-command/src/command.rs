@@ -113,9 +113,13 @@ pub struct SignedCommand {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub command: Option<String>,
     /// vigil extension: the command's arguments, any JSON (signed when
-    /// present).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// present). `null` is the same as absent: not signed, not sent.
+    #[serde(skip_serializing_if = "absent_args")]
     pub args: Option<Value>,
+}
+
+fn absent_args(args: &Option<Value>) -> bool {
+    args.as_ref().is_none_or(Value::is_null)
 }
 
 /// The wire form, with timestamps still text so that a missing offset can
@@ -404,7 +408,8 @@ impl<'a> SignView<'a> {
             target_agent_id: c.target_agent_id.as_deref(),
             target_tree_path: c.target_tree_path.as_deref(),
             command: c.command.as_deref(),
-            args: c.args.as_ref(),
+            // `args: null` reads back as absent, so it is signed as absent.
+            args: c.args.as_ref().filter(|v| !v.is_null()),
         }
     }
 
@@ -419,7 +424,8 @@ impl<'a> SignView<'a> {
             target_agent_id: c.target_agent_id.as_deref(),
             target_tree_path: c.target_tree_path.as_deref(),
             command: c.command.as_deref(),
-            args: c.args.as_ref(),
+            // `args: null` reads back as absent, so it is signed as absent.
+            args: c.args.as_ref().filter(|v| !v.is_null()),
         }
     }
 
@@ -503,6 +509,28 @@ mod tests {
             ts("2025-01-01T12:00:00Z"),
             "Emergency maintenance required",
         )
+    }
+
+    #[test]
+    fn null_args_are_the_same_as_no_args() {
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let mut c = UnsignedCommand::new(
+            "n1",
+            "RUN",
+            "wa",
+            Timestamp::parse("2025-01-01T12:00:00Z").expect("ts"),
+            "r",
+        );
+        c.command = Some("x".into());
+        c.args = Some(Value::Null);
+        let signed = c.sign(&key).expect("sign");
+        let json = signed.to_json();
+        assert!(!json.contains("\"args\""), "{json}");
+        let back = SignedCommand::from_json(json.as_bytes()).expect("parse");
+        assert_eq!(
+            back.signing_bytes().expect("bytes"),
+            signed.signing_bytes().expect("bytes")
+        );
     }
 
     #[test]

@@ -22,6 +22,12 @@ pub const DEFAULT_OUTBOUND_QUEUE: usize = 1024;
 /// Default time given to sessions to finish when the server shuts down.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Default time between heartbeats: a third of FailsafeAPI's 15 s failsafe
+/// timeout, so that one lost beat does not fire a client's failsafe.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+/// Default `wa_id` of the server's authority key.
+pub const DEFAULT_AUTHORITY_ID: &str = "vigil-server";
+
 /// Default number of module runs in flight for one session.
 pub const DEFAULT_MAX_EXECS_PER_SESSION: usize = 32;
 
@@ -52,6 +58,32 @@ pub struct ServerConfig {
     pub modules: Option<ModuleRegistry>,
     /// Module runs in flight per session; more requests wait.
     pub max_execs_per_session: usize,
+    /// The server's Ed25519 authority: signs heartbeats and the commands
+    /// it issues itself. Without it, no heartbeats are sent.
+    pub authority: Option<Authority>,
+    /// Time between heartbeats; at most half the clients' failsafe timeout.
+    pub heartbeat_interval: Duration,
+}
+
+/// The server's signing key and the id it signs as (`wa_id`).
+#[derive(Clone)]
+pub struct Authority {
+    /// The Ed25519 signing key.
+    pub key: vigil_command::SigningKey,
+    /// The id commands carry as `wa_id`; clients enrol the key under it.
+    pub id: String,
+}
+
+impl std::fmt::Debug for Authority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authority")
+            .field("id", &self.id)
+            .field(
+                "public_key",
+                &vigil_command::encode_public_key(&self.key.verifying_key()),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 impl ServerConfig {
@@ -70,6 +102,8 @@ impl ServerConfig {
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             modules: None,
             max_execs_per_session: DEFAULT_MAX_EXECS_PER_SESSION,
+            authority: None,
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
         }
     }
 }

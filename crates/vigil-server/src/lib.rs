@@ -37,9 +37,9 @@ mod server;
 mod session;
 
 pub use config::{
-    DEFAULT_DRAIN_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_EXECS_PER_SESSION, DEFAULT_OUTBOUND_QUEUE, DEFAULT_PORT,
-    ServerConfig,
+    Authority, DEFAULT_AUTHORITY_ID, DEFAULT_DRAIN_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_EXECS_PER_SESSION, DEFAULT_OUTBOUND_QUEUE, DEFAULT_PORT, ServerConfig,
 };
 pub use delivery::{ClientOutcome, Delivery, DeliveryReport, Outcome, Target};
 pub use server::{Counter, Server, ServerHandle, ServerStats};
@@ -60,4 +60,10 @@ pub enum ServerError {
     /// The TLS configuration could not be built.
     #[error(transparent)]
     Auth(#[from] vigil_auth::AuthError),
+    /// The server has no authority key, so it cannot sign.
+    #[error("the server has no authority key (--authority-key): it cannot sign commands")]
+    NoAuthority,
+    /// A command could not be signed.
+    #[error("cannot sign the command: {0}")]
+    Sign(String),
 }

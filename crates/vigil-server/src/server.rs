@@ -232,6 +232,53 @@ impl ServerHandle {
         }
     }
 
+    /// Signs a `RUN` command with the server's authority key and delivers
+    /// it. With one target client, the command names it in
+    /// `target_agent_id` (its fingerprint), so that no other client would
+    /// run it.
+    pub fn send_command(
+        &self,
+        command: &str,
+        args: Value,
+        reason: &str,
+        target: &Target,
+    ) -> Result<Delivery, ServerError> {
+        let authority = self
+            .shared
+            .config
+            .authority
+            .as_ref()
+            .ok_or(ServerError::NoAuthority)?;
+        let now = vigil_command::Timestamp::from_system_time(SystemTime::now())
+            .map_err(|e| ServerError::Sign(e.to_string()))?;
+        let mut unsigned = vigil_command::UnsignedCommand::new(
+            new_command_id(),
+            "RUN",
+            authority.id.clone(),
+            now,
+            reason,
+        );
+        unsigned.command = Some(command.to_owned());
+        unsigned.args = Some(args);
+        if let Target::Clients(list) = target
+            && let [only] = list.as_slice()
+        {
+            unsigned.target_agent_id = Some(only.to_hex());
+        }
+        let signed = unsigned
+            .sign(&authority.key)
+            .map_err(|e| ServerError::Sign(e.to_string()))?;
+        let body = match serde_json::to_value(&signed) {
+            Ok(Value::Object(map)) => map,
+            Ok(_) | Err(_) => {
+                return Err(ServerError::Sign(
+                    "command did not serialize to an object".into(),
+                ));
+            }
+        };
+        Ok(self.deliver(&body, target))
+    }
+
     /// Whether a client with this fingerprint has a live session.
     pub fn is_connected(&self, client: &Fingerprint) -> bool {
         self.shared
@@ -336,6 +383,13 @@ impl Server {
         tracker.spawn(revocation_sweeper(shared.clone()));
         if let Some(registry) = shared.config.modules.clone() {
             tracker.spawn(module_broadcaster(shared.clone(), registry));
+        }
+        if let Some(authority) = shared.config.authority.clone() {
+            tracker.spawn(heartbeats(shared.clone(), authority));
+        } else {
+            tracing::warn!(
+                "no authority key: no heartbeats are sent, so clients' failsafes will fire"
+            );
         }
         tracing::info!(
             listen = %shared.config.listen,
@@ -493,5 +547,74 @@ async fn module_broadcaster(shared: Arc<Shared>, registry: vigil_modules::Module
         seq += 1;
         let sent = handle.broadcast(&msg, &format!("m{seq}"));
         tracing::debug!(clients = sent, frame = %msg.to_frame("-"), "module change broadcast");
+    }
+}
+
+/// A fresh command id: 128 random bits, hex.
+pub(crate) fn new_command_id() -> String {
+    let mut bytes = [0u8; 16];
+    if getrandom::fill(&mut bytes).is_err() {
+        // No OS randomness: fall back on time and a counter, still unique.
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        bytes[..8].copy_from_slice(&(nanos as u64).to_le_bytes());
+        bytes[8..].copy_from_slice(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    }
+    format!("cmd_{}", hex_lower(&bytes))
+}
+
+fn hex_lower(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// Signs one heartbeat per interval and sends the same frame to every
+/// client: one signature per beat, whatever the number of clients.
+async fn heartbeats(shared: Arc<Shared>, authority: crate::Authority) {
+    // The epoch changes at every start: the time in microseconds, so that
+    // a later start has a larger epoch.
+    let epoch = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    let handle = ServerHandle {
+        shared: shared.clone(),
+    };
+    let mut ticker = tokio::time::interval(shared.config.heartbeat_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seq: u64 = 0;
+    tracing::info!(epoch, interval = ?shared.config.heartbeat_interval, "sending signed heartbeats");
+    loop {
+        tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        seq += 1;
+        let Ok(sent_at) = vigil_command::Timestamp::from_system_time(SystemTime::now()) else {
+            tracing::error!("the clock is out of range: heartbeat skipped");
+            continue;
+        };
+        let beat = vigil_command::Heartbeat {
+            epoch,
+            seq,
+            sent_at,
+        }
+        .sign(&authority.key);
+        let body = match serde_json::to_value(&beat) {
+            Ok(Value::Object(map)) => map,
+            _ => continue,
+        };
+        let bytes = session::encode(&ServerMessage::Heartbeat(body), &format!("hb{seq}"));
+        let sent = handle.send_to_all(&bytes);
+        shared.stats.heartbeats.inc();
+        tracing::trace!(seq, clients = sent, "heartbeat");
     }
 }

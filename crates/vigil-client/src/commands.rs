@@ -1,0 +1,142 @@
+//! Signed commands, heartbeats and the failsafe, as the client sees them.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde_json::{Map, Value};
+use vigil_command::{
+    HeartbeatVerifier, Refusal, SignedCommand, SignedHeartbeat, Verifier, VerifyingKey,
+};
+use vigil_proto::{Ack, AckStatus};
+
+use crate::handler::{BreakCommand, CommandHandler};
+
+/// `command_type` of a general command, run by the [`CommandHandler`].
+pub const RUN: &str = "RUN";
+/// `command_type` of an emergency shutdown (CIRIS).
+pub const SHUTDOWN_NOW: &str = "SHUTDOWN_NOW";
+
+/// Default time a command may run before its acknowledgement says it failed.
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What a client needs to take signed commands and to run its failsafe.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct CommandSettings {
+    /// Checks each command: authorities, supported types (`RUN`,
+    /// `SHUTDOWN_NOW`), freshness, this agent's id, replay guard.
+    pub verifier: Verifier,
+    /// The server's Ed25519 key that signs heartbeats.
+    pub heartbeat_key: VerifyingKey,
+    /// Silence (no verified heartbeat or command) after which the failsafe
+    /// fires.
+    pub failsafe_timeout: Duration,
+    /// Time a command may run.
+    pub command_timeout: Duration,
+    /// Runs verified commands and break commands.
+    pub handler: Arc<dyn CommandHandler>,
+    /// Run in order when the failsafe fires, and before exiting on
+    /// `SHUTDOWN_NOW`.
+    pub break_commands: Vec<BreakCommand>,
+}
+
+impl CommandSettings {
+    /// Settings with the FailsafeAPI default timeout (15 s) and no break
+    /// commands. The verifier should be set up with the supported types,
+    /// this agent's id and a replay guard.
+    pub fn new(
+        verifier: Verifier,
+        heartbeat_key: VerifyingKey,
+        handler: Arc<dyn CommandHandler>,
+    ) -> Self {
+        CommandSettings {
+            verifier,
+            heartbeat_key,
+            failsafe_timeout: vigil_failsafe::DEFAULT_TIMEOUT,
+            command_timeout: DEFAULT_COMMAND_TIMEOUT,
+            handler,
+            break_commands: Vec::new(),
+        }
+    }
+
+    /// A heartbeat verifier for the server key; `None` if the key is weak.
+    pub(crate) fn heartbeat_verifier(&self) -> Option<HeartbeatVerifier> {
+        HeartbeatVerifier::new(self.heartbeat_key).ok()
+    }
+}
+
+/// A command that passed every check.
+#[derive(Debug, Clone)]
+pub(crate) struct Accepted {
+    pub(crate) command: SignedCommand,
+    pub(crate) authority: String,
+}
+
+/// A command that did not.
+#[derive(Debug, Clone)]
+pub(crate) struct Refused {
+    pub(crate) command_id: Option<String>,
+    pub(crate) code: String,
+    pub(crate) detail: String,
+}
+
+impl Refused {
+    pub(crate) fn ack(&self) -> Ack {
+        Ack {
+            command_id: self.command_id.clone(),
+            status: AckStatus::Refused,
+            code: Some(self.code.clone()),
+            detail: self.detail.clone(),
+            result: None,
+        }
+    }
+}
+
+/// Parses and verifies a `cmd:exec` payload.
+pub(crate) fn check_command(
+    verifier: &Verifier,
+    body: &Map<String, Value>,
+    now: SystemTime,
+) -> Result<Accepted, Refused> {
+    let command_id = body
+        .get("command_id")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let raw = serde_json::to_vec(body).unwrap_or_default();
+    let command = SignedCommand::from_json(&raw).map_err(|e| {
+        // The parse error's own code tells a timestamp without an offset
+        // from other malformed input.
+        let code = e.code().to_owned();
+        let refusal = Refusal::from(e);
+        Refused {
+            command_id: command_id.clone(),
+            code,
+            detail: refusal.message(),
+        }
+    })?;
+    match verifier.verify(&command, now) {
+        Ok(verified) => Ok(Accepted {
+            authority: verified.authority_id().to_owned(),
+            command: verified.into_command(),
+        }),
+        Err(refusal) => Err(Refused {
+            command_id,
+            code: refusal.code().to_owned(),
+            detail: refusal.message(),
+        }),
+    }
+}
+
+/// Why a heartbeat was not taken.
+pub(crate) fn check_heartbeat(
+    verifier: &mut HeartbeatVerifier,
+    body: &Map<String, Value>,
+    now: SystemTime,
+) -> Result<(), String> {
+    let beat: SignedHeartbeat = serde_json::from_value(Value::Object(body.clone()))
+        .map_err(|e| format!("malformed heartbeat: {e}"))?;
+    verifier
+        .verify(&beat, now)
+        .map(|_| ())
+        .map_err(|e| format!("{} ({})", e, e.code()))
+}
