@@ -4,15 +4,21 @@
 //! (in that order of precedence), then runs [`vigil_client::Client`] until
 //! SIGINT or SIGTERM, or runs one command against the server.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use vigil_auth::{Fingerprint, Identity};
-use vigil_client::{Client, ClientConfig, Connection};
+use vigil_client::{
+    BreakCommand, Client, ClientConfig, CommandSettings, Connection, ProgramHandler, ProgramSpec,
+    RunOutcome,
+};
+use vigil_command::{Authorities, ReplayGuard, Verifier};
 
 const AFTER_HELP: &str = "\
 Precedence: command-line flags, then VIGIL_* environment variables, then the
@@ -24,9 +30,17 @@ The server is trusted only if its key has the --server-fingerprint given
 in turn, admits this client only if its own fingerprint is in the server's
 trusted-keys.json.
 
+Commands: with --authorities, the client accepts Ed25519-signed commands
+from the keys listed there (each for the command types it lists), checks
+freshness, target and replay, runs RUN commands through the programs in the
+config file's [commands.NAME] tables, and acknowledges each with its result
+or the reason it was refused. Its failsafe runs the [[break_commands]] when
+no verified heartbeat or command arrives for --failsafe-timeout seconds.
+An authorized SHUTDOWN_NOW runs the break commands, then exits 0.
+
 Logging: VIGIL_LOG (or RUST_LOG) sets the filter, e.g. VIGIL_LOG=debug.
 
-Exit status: 0 on success or after SIGINT/SIGTERM, 1 if a one-shot command
+Exit status: 0 on success, after SIGINT/SIGTERM or SHUTDOWN_NOW, 1 if a one-shot command
 failed (server unreachable, certificate refused), 2 for bad usage or
 configuration.";
 
@@ -54,6 +68,37 @@ struct Cli {
         global = true
     )]
     server_fingerprint: Option<String>,
+    /// Authorities file: the Ed25519 keys whose signed commands this client
+    /// accepts, and the command types each may issue. Without it, every
+    /// command is refused and there is no failsafe.
+    #[arg(long, env = "VIGIL_AUTHORITIES", value_name = "FILE", global = true)]
+    authorities: Option<PathBuf>,
+    /// The server's authority public key (base64), which signs heartbeats.
+    /// Required with --authorities.
+    #[arg(
+        long,
+        env = "VIGIL_HEARTBEAT_KEY",
+        value_name = "BASE64",
+        global = true
+    )]
+    heartbeat_key: Option<String>,
+    /// This agent's id, matched against a command's target_agent_id
+    /// [default: this client's key fingerprint].
+    #[arg(long, env = "VIGIL_AGENT_ID", value_name = "ID", global = true)]
+    agent_id: Option<String>,
+    /// Directory for state that must survive a restart (the replay guard)
+    /// [default: vigil-client-state].
+    #[arg(long, env = "VIGIL_STATE_DIR", value_name = "DIR", global = true)]
+    state_dir: Option<PathBuf>,
+    /// Seconds without a verified heartbeat or command before the failsafe
+    /// runs the break commands [default: 15].
+    #[arg(
+        long,
+        env = "VIGIL_FAILSAFE_TIMEOUT",
+        value_name = "SECS",
+        global = true
+    )]
+    failsafe_timeout: Option<f64>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -82,6 +127,18 @@ struct FileConfig {
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     server_fingerprint: Option<String>,
+    authorities: Option<PathBuf>,
+    heartbeat_key: Option<String>,
+    agent_id: Option<String>,
+    state_dir: Option<PathBuf>,
+    failsafe_timeout: Option<f64>,
+    command_timeout: Option<f64>,
+    /// Command name -> program, for the built-in handler.
+    #[serde(default)]
+    commands: BTreeMap<String, ProgramSpec>,
+    /// Run in order when the failsafe fires.
+    #[serde(default)]
+    break_commands: Vec<BreakCommand>,
 }
 
 fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
@@ -130,7 +187,65 @@ fn resolve(cli: &Cli) -> anyhow::Result<ClientConfig> {
         )?;
     let pin: Fingerprint = pin.parse().context("bad server fingerprint")?;
     let identity = Identity::load(&cert, &key).context("cannot load the client identity")?;
-    Ok(ClientConfig::new(server, identity, pin))
+    let mut config = ClientConfig::new(server, identity, pin);
+
+    let authorities = cli.authorities.clone().or(from_file(file.authorities));
+    if let Some(path) = authorities {
+        let authorities = Authorities::load(&path)
+            .with_context(|| format!("cannot load the authorities file {}", path.display()))?;
+        let heartbeat_key = cli.heartbeat_key.clone().or(file.heartbeat_key).context(
+            "--authorities needs the server's heartbeat key: give --heartbeat-key, \
+             VIGIL_HEARTBEAT_KEY or heartbeat_key in the config file",
+        )?;
+        let heartbeat_key = vigil_command::decode_public_key(heartbeat_key.trim())
+            .context("bad heartbeat key (expected base64 of a 32-byte Ed25519 public key)")?;
+        let agent_id = cli
+            .agent_id
+            .clone()
+            .or(file.agent_id)
+            .unwrap_or_else(|| config.identity.fingerprint().to_hex());
+        let state_dir = cli
+            .state_dir
+            .clone()
+            .or(from_file(file.state_dir))
+            .unwrap_or_else(|| "vigil-client-state".into());
+        std::fs::create_dir_all(&state_dir).with_context(|| {
+            format!("cannot create the state directory {}", state_dir.display())
+        })?;
+        let replay_path = state_dir.join("replay.log");
+        let guard = ReplayGuard::open(&replay_path, std::time::SystemTime::now())
+            .with_context(|| format!("cannot open the replay guard {}", replay_path.display()))?;
+        let verifier = Verifier::new(authorities)
+            .with_supported_types([vigil_client::RUN, vigil_client::SHUTDOWN_NOW])
+            .with_own_agent_id(agent_id.clone())
+            .with_replay_guard(Arc::new(guard));
+        let handler = ProgramHandler::new(file.commands);
+        let mut settings = CommandSettings::new(verifier, heartbeat_key, Arc::new(handler));
+        if let Some(s) = cli.failsafe_timeout.or(file.failsafe_timeout) {
+            settings.failsafe_timeout = seconds("failsafe_timeout", s)?;
+        }
+        if let Some(s) = file.command_timeout {
+            settings.command_timeout = seconds("command_timeout", s)?;
+        }
+        settings.break_commands = file.break_commands;
+        tracing::info!(
+            agent_id,
+            failsafe_timeout = ?settings.failsafe_timeout,
+            break_commands = settings.break_commands.len(),
+            "signed commands enabled"
+        );
+        config.commands = Some(settings);
+    } else if !file.commands.is_empty() || !file.break_commands.is_empty() {
+        anyhow::bail!("commands and break_commands need an authorities file (--authorities)");
+    }
+    Ok(config)
+}
+
+fn seconds(name: &str, value: f64) -> anyhow::Result<std::time::Duration> {
+    std::time::Duration::try_from_secs_f64(value)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .with_context(|| format!("{name} must be a positive number of seconds, got {value}"))
 }
 
 fn init_logging() {
@@ -174,7 +289,9 @@ async fn run(config: ClientConfig) -> anyhow::Result<()> {
             stop.cancel();
         }
     });
-    client.run(stop).await;
+    if let RunOutcome::Shutdown { command_id } = client.run(stop).await {
+        tracing::warn!(command_id, "shut down by an authorized SHUTDOWN_NOW");
+    }
     Ok(())
 }
 

@@ -14,7 +14,7 @@ use clap::Parser;
 use serde::Deserialize;
 use vigil_auth::{Identity, TrustStore};
 use vigil_modules::{ModuleRegistry, RegistryConfig};
-use vigil_server::{Server, ServerConfig};
+use vigil_server::{Authority, Server, ServerConfig};
 
 const AFTER_HELP: &str = "\
 Precedence: command-line flags, then VIGIL_* environment variables, then the
@@ -64,6 +64,18 @@ struct Cli {
     /// Seconds a module run may take before the client gets an error [default: 10].
     #[arg(long, env = "VIGIL_EXEC_TIMEOUT", value_name = "SECS")]
     exec_timeout: Option<f64>,
+    /// Ed25519 authority key (base64 of its 32-byte seed) that signs
+    /// heartbeats and the server's own commands. Without it no heartbeats
+    /// are sent and clients' failsafes fire.
+    #[arg(long, env = "VIGIL_AUTHORITY_KEY", value_name = "FILE")]
+    authority_key: Option<PathBuf>,
+    /// The id the server signs as (`wa_id`) [default: vigil-server].
+    #[arg(long, env = "VIGIL_AUTHORITY_ID", value_name = "ID")]
+    authority_id: Option<String>,
+    /// Seconds between heartbeats; at most half the clients' failsafe
+    /// timeout [default: 5].
+    #[arg(long, env = "VIGIL_HEARTBEAT_INTERVAL", value_name = "SECS")]
+    heartbeat_interval: Option<f64>,
     /// Most connections at once, counting handshakes [default: 16384].
     #[arg(long, env = "VIGIL_MAX_CONNECTIONS", value_name = "N")]
     max_connections: Option<usize>,
@@ -86,6 +98,9 @@ struct FileConfig {
     trusted_keys: Option<PathBuf>,
     mods: Option<PathBuf>,
     exec_timeout: Option<f64>,
+    authority_key: Option<PathBuf>,
+    authority_id: Option<String>,
+    heartbeat_interval: Option<f64>,
     max_connections: Option<usize>,
     handshake_timeout: Option<f64>,
     idle_timeout: Option<f64>,
@@ -95,6 +110,19 @@ fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
+}
+
+/// Reads an Ed25519 signing key: base64 of its 32-byte seed, as
+/// `vigilctl init` and `vigilctl keygen` write it.
+fn load_signing_key(path: &Path) -> anyhow::Result<vigil_command::SigningKey> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read authority key {}", path.display()))?;
+    vigil_command::decode_signing_key(text.trim()).with_context(|| {
+        format!(
+            "authority key {}: expected base64 of a 32-byte Ed25519 seed",
+            path.display()
+        )
+    })
 }
 
 fn seconds(name: &str, value: f64) -> anyhow::Result<Duration> {
@@ -143,6 +171,12 @@ fn resolve(cli: Cli) -> anyhow::Result<(ServerConfig, Watches)> {
         .or(from_file(file.mods))
         .unwrap_or_else(|| "mods".into());
 
+    let authority_key = cli.authority_key.or(from_file(file.authority_key));
+    let authority_id = cli
+        .authority_id
+        .or(file.authority_id)
+        .unwrap_or_else(|| vigil_server::DEFAULT_AUTHORITY_ID.to_owned());
+
     let identity = Identity::load(&cert, &key).context("cannot load the server identity")?;
     let trust = TrustStore::load(&trusted).context("cannot load the trust file")?;
     let watcher = match trust.watch() {
@@ -167,6 +201,21 @@ fn resolve(cli: Cli) -> anyhow::Result<(ServerConfig, Watches)> {
         .context("cannot watch the module directory")?;
     let mut config = ServerConfig::new(SocketAddr::new(interface, port), identity, trust);
     config.modules = Some(registry);
+    if let Some(path) = authority_key {
+        let key = load_signing_key(&path)?;
+        tracing::info!(
+            id = %authority_id,
+            public_key = %vigil_command::encode_public_key(&key.verifying_key()),
+            "authority key loaded"
+        );
+        config.authority = Some(Authority {
+            key,
+            id: authority_id,
+        });
+    }
+    if let Some(s) = cli.heartbeat_interval.or(file.heartbeat_interval) {
+        config.heartbeat_interval = seconds("heartbeat_interval", s)?;
+    }
     if let Some(n) = cli.max_connections.or(file.max_connections) {
         anyhow::ensure!(n > 0, "max_connections must be at least 1");
         config.max_connections = n;

@@ -1,10 +1,11 @@
-//! `vigilctl init`: a ready-to-run pair of identities and configs.
+//! `vigilctl init`: a ready-to-run pair of identities, keys and configs.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use vigil_auth::{Fingerprint, GeneratedIdentity, TrustFile, write_file};
+use vigil_command::{Authorities, AuthorityKey, SigningKey, encode_public_key, encode_signing_key};
 
 /// What `init` wrote.
 #[derive(Debug)]
@@ -12,6 +13,8 @@ pub(crate) struct Written {
     pub(crate) dir: PathBuf,
     pub(crate) server: Fingerprint,
     pub(crate) client: Fingerprint,
+    pub(crate) authority: SigningKey,
+    pub(crate) operator: SigningKey,
 }
 
 /// File names inside the init directory.
@@ -23,9 +26,25 @@ pub(crate) const TRUST: &str = "trusted-keys.json";
 pub(crate) const SERVER_TOML: &str = "server.toml";
 pub(crate) const CLIENT_TOML: &str = "client.toml";
 pub(crate) const MODS: &str = "mods";
+pub(crate) const AUTHORITY_KEY: &str = "authority.key";
+pub(crate) const OPERATOR_KEY: &str = "operator.key";
+pub(crate) const AUTHORITIES: &str = "authorities.json";
+pub(crate) const STATE: &str = "client-state";
 
-/// Writes server and client identities, a trust file that trusts the
-/// client, and a config for each side that pins the other.
+/// `wa_id` of the offline operator key.
+pub(crate) const OPERATOR_ID: &str = "wa_operator";
+
+/// Writes a signing key as base64 of its seed, readable by its owner only.
+pub(crate) fn write_signing_key(path: &Path, key: &SigningKey, force: bool) -> anyhow::Result<()> {
+    let text = format!("{}\n", encode_signing_key(key));
+    write_file(path, text.as_bytes(), 0o600, force)?;
+    Ok(())
+}
+
+/// Writes server and client identities, the server's authority key, an
+/// offline operator key, a trust file that trusts the client, an
+/// authorities file for the client, and a config for each side that pins
+/// the other.
 pub(crate) fn write(
     dir: &Path,
     interface: IpAddr,
@@ -33,16 +52,20 @@ pub(crate) fn write(
     force: bool,
 ) -> anyhow::Result<Written> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let names = [
+        SERVER_CRT,
+        SERVER_KEY,
+        CLIENT_CRT,
+        CLIENT_KEY,
+        TRUST,
+        SERVER_TOML,
+        CLIENT_TOML,
+        AUTHORITY_KEY,
+        OPERATOR_KEY,
+        AUTHORITIES,
+    ];
     if !force {
-        for name in [
-            SERVER_CRT,
-            SERVER_KEY,
-            CLIENT_CRT,
-            CLIENT_KEY,
-            TRUST,
-            SERVER_TOML,
-            CLIENT_TOML,
-        ] {
+        for name in names {
             let path = dir.join(name);
             anyhow::ensure!(
                 !path.exists(),
@@ -52,8 +75,11 @@ pub(crate) fn write(
             );
         }
     }
-    let mods = dir.join(MODS);
-    std::fs::create_dir_all(&mods).with_context(|| format!("cannot create {}", mods.display()))?;
+    for sub in [MODS, STATE] {
+        let path = dir.join(sub);
+        std::fs::create_dir_all(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+    }
     let server = GeneratedIdentity::generate("vigil-server")?;
     let client = GeneratedIdentity::generate("vigil-client")?;
     server.write(&dir.join(SERVER_CRT), &dir.join(SERVER_KEY), force)?;
@@ -62,6 +88,29 @@ pub(crate) fn write(
         trusted_fingerprints: vec![client.fingerprint],
     };
     write_file(&dir.join(TRUST), trust.to_json().as_bytes(), 0o644, force)?;
+
+    let authority = vigil_command::generate_signing_key()?;
+    let operator = vigil_command::generate_signing_key()?;
+    write_signing_key(&dir.join(AUTHORITY_KEY), &authority, force)?;
+    write_signing_key(&dir.join(OPERATOR_KEY), &operator, force)?;
+    let authorities = Authorities::from_keys([
+        AuthorityKey::new(
+            Some(vigil_server::DEFAULT_AUTHORITY_ID.to_owned()),
+            authority.verifying_key(),
+            [vigil_client::RUN],
+        )?,
+        AuthorityKey::new(
+            Some(OPERATOR_ID.to_owned()),
+            operator.verifying_key(),
+            [vigil_client::RUN, vigil_client::SHUTDOWN_NOW],
+        )?,
+    ])?;
+    write_file(
+        &dir.join(AUTHORITIES),
+        authorities.to_json().as_bytes(),
+        0o644,
+        force,
+    )?;
 
     let server_toml = format!(
         "# vigil-server configuration, written by `vigilctl init`.\n\
@@ -72,7 +121,10 @@ pub(crate) fn write(
          key = \"{SERVER_KEY}\"\n\
          trusted_keys = \"{TRUST}\"\n\
          # Module dylibs (*.so) dropped here are loaded and announced to clients.\n\
-         mods = \"{MODS}\"\n"
+         mods = \"{MODS}\"\n\
+         # Signs heartbeats and the server's own commands (keep it secret).\n\
+         authority_key = \"{AUTHORITY_KEY}\"\n\
+         heartbeat_interval = 5\n"
     );
     let connect_host = if interface.is_unspecified() {
         IpAddr::from([127, 0, 0, 1])
@@ -87,8 +139,32 @@ pub(crate) fn write(
          cert = \"{CLIENT_CRT}\"\n\
          key = \"{CLIENT_KEY}\"\n\
          # The server is trusted only if its key has this SHA-256 fingerprint.\n\
-         server_fingerprint = \"{}\"\n",
-        server.fingerprint
+         server_fingerprint = \"{}\"\n\
+         \n\
+         # Signed commands: only these authority keys, each for its command types.\n\
+         authorities = \"{AUTHORITIES}\"\n\
+         # The server's authority public key, which signs heartbeats.\n\
+         heartbeat_key = \"{}\"\n\
+         # The replay guard lives here and survives restarts.\n\
+         state_dir = \"{STATE}\"\n\
+         # No verified heartbeat or command for this long: run the break commands.\n\
+         failsafe_timeout = 15\n\
+         \n\
+         # What a verified RUN command may run, by name. Its args reach the program\n\
+         # as JSON on stdin and in VIGIL_ARGS; no shell unless `shell = true`.\n\
+         [commands.uptime]\n\
+         program = \"uptime\"\n\
+         \n\
+         [commands.echo]\n\
+         program = \"echo\"\n\
+         args = [\"vigil says hello\"]\n\
+         \n\
+         # Run in order when the failsafe fires, and before exiting on SHUTDOWN_NOW.\n\
+         [[break_commands]]\n\
+         command = \"echo\"\n\
+         timeout = 10\n",
+        server.fingerprint,
+        encode_public_key(&authority.verifying_key()),
     );
     write_file(&dir.join(SERVER_TOML), server_toml.as_bytes(), 0o644, force)?;
     write_file(&dir.join(CLIENT_TOML), client_toml.as_bytes(), 0o644, force)?;
@@ -96,6 +172,8 @@ pub(crate) fn write(
         dir: dir.to_owned(),
         server: server.fingerprint,
         client: client.fingerprint,
+        authority,
+        operator,
     })
 }
 
@@ -107,6 +185,14 @@ pub(crate) fn report(w: &Written) {
     println!(
         "  client fingerprint  {}  (trusted in {d}/{TRUST})",
         w.client
+    );
+    println!(
+        "  server authority    {}  ({d}/{AUTHORITY_KEY}: signs heartbeats and RUN commands)",
+        encode_public_key(&w.authority.verifying_key())
+    );
+    println!(
+        "  operator key        {}  ({d}/{OPERATOR_KEY}: offline, RUN and SHUTDOWN_NOW)",
+        encode_public_key(&w.operator.verifying_key())
     );
     println!();
     println!("Start the server:");
@@ -120,4 +206,7 @@ pub(crate) fn report(w: &Written) {
     println!();
     println!("To trust another client, add the output of `vigilctl fingerprint its.crt`");
     println!("to {d}/{TRUST}; the running server picks it up at once.");
+    println!(
+        "Keep {AUTHORITY_KEY} and {OPERATOR_KEY} secret; move {OPERATOR_KEY} off this machine."
+    );
 }

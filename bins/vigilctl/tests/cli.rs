@@ -387,3 +387,154 @@ fn demo_runs_and_exits_zero() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("Demo complete"), "{text}");
 }
+
+/// A child process whose stderr lines are collected, killed on drop.
+struct Watched {
+    child: Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Watched {
+    fn spawn(cmd: &mut Command, label: &'static str) -> Watched {
+        let mut child = cmd
+            .env("VIGIL_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        let stderr = child.stderr.take().expect("stderr");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{label}| {line}");
+                sink.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(line);
+            }
+        });
+        Watched { child, lines }
+    }
+
+    fn count(&self, needle: &str) -> usize {
+        self.lines
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    fn wait_for(&self, needle: &str, n: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.count(needle) < n {
+            assert!(
+                Instant::now() < deadline,
+                "no {n}x {needle:?} within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn lines_in(path: &Path) -> usize {
+    std::fs::read_to_string(path)
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
+}
+
+fn wait_lines(path: &Path, n: usize, within: Duration) {
+    let deadline = Instant::now() + within;
+    while lines_in(path) < n {
+        assert!(
+            Instant::now() < deadline,
+            "{} has fewer than {n} lines after {within:?}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_failsafe_fires_when_the_server_is_stopped_or_killed_and_rearms_in_between() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let port = free_port();
+    init(d, port);
+    let fired = d.join("fired.log");
+    // A break command that leaves a trace: one line per firing.
+    let mut client_toml = std::fs::read_to_string(d.join("client.toml")).expect("read");
+    client_toml = client_toml.replace("failsafe_timeout = 15", "failsafe_timeout = 1.5");
+    client_toml = client_toml.replace(
+        "[[break_commands]]\ncommand = \"echo\"",
+        "[commands.mark]\nprogram = \"echo fired >> \\\"$VIGIL_MARK\\\"\"\nshell = true\n\n[[break_commands]]\ncommand = \"mark\"",
+    );
+    std::fs::write(d.join("client.toml"), &client_toml).expect("write");
+    let server_toml = d.join("server.toml");
+    let server_args = [
+        "--config",
+        server_toml.to_str().expect("utf8"),
+        "--heartbeat-interval",
+        "0.25",
+    ];
+    let server = Watched::spawn(
+        Command::new(bin("vigil-server")).args(server_args),
+        "server",
+    );
+    server.wait_for("vigil server listening", 1, Duration::from_secs(20));
+    let client = Watched::spawn(
+        Command::new(bin("vigil-client"))
+            .args(["--config", d.join("client.toml").to_str().expect("utf8")])
+            .env("VIGIL_MARK", &fired),
+        "client",
+    );
+    client.wait_for("server modules synced", 1, Duration::from_secs(20));
+
+    // Heartbeats flow: nothing fires over several timeouts.
+    std::thread::sleep(Duration::from_millis(3000));
+    assert_eq!(lines_in(&fired), 0, "fired while heartbeats flowed");
+
+    // SIGSTOP: the TCP connection stays open and silent.
+    server.signal("-STOP");
+    wait_lines(&fired, 1, Duration::from_secs(15));
+    server.signal("-CONT");
+    client.wait_for("failsafe re-armed", 1, Duration::from_secs(15));
+
+    // SIGKILL: the server is gone without a word.
+    server.signal("-KILL");
+    wait_lines(&fired, 2, Duration::from_secs(15));
+    drop(server);
+
+    // A new server process: the client reconnects and re-arms again.
+    let server = Watched::spawn(
+        Command::new(bin("vigil-server")).args(server_args),
+        "server2",
+    );
+    server.wait_for("vigil server listening", 1, Duration::from_secs(20));
+    client.wait_for("failsafe re-armed", 2, Duration::from_secs(20));
+    server.wait_for(
+        "client reports a failsafe transition",
+        2,
+        Duration::from_secs(20),
+    );
+    assert_eq!(lines_in(&fired), 2, "fired once per outage");
+}
