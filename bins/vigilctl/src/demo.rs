@@ -8,11 +8,13 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
+use std::sync::Arc;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use vigil_auth::{GeneratedIdentity, Identity, TrustFile, TrustStore};
 use vigil_client::{Client, ClientConfig, ClientError, ClientEvent, Connection};
 use vigil_modules::{ModuleRegistry, RegistryConfig, dev};
-use vigil_server::{Server, ServerConfig};
+use vigil_proto::AckStatus;
+use vigil_server::{Authority, Server, ServerConfig, Target};
 
 use crate::init;
 
@@ -74,11 +76,20 @@ pub(crate) async fn run() -> anyhow::Result<()> {
     let _mods_watch = registry.watch()?;
     let mut server_config = ServerConfig::new(listen, identity, trust.clone());
     server_config.modules = Some(registry);
-    let server = Server::bind(server_config).await?;
-    let handle = server.handle();
-    let server_task = tokio::spawn(server.run());
+    server_config.authority = Some(Authority {
+        key: written.authority.clone(),
+        id: vigil_server::DEFAULT_AUTHORITY_ID.to_owned(),
+    });
+    server_config.heartbeat_interval = HEARTBEAT;
+    let server = Server::bind(server_config.clone()).await?;
+    let mut handle = server.handle();
+    let mut server_task = tokio::spawn(server.run());
     say(format_args!(
         "listening on {listen} (TLS 1.3 only, client certificates required)"
+    ));
+    say(format_args!(
+        "signing a heartbeat every {} ms with its authority key",
+        HEARTBEAT.as_millis()
     ));
 
     steps.step("Connect the client");
@@ -105,7 +116,155 @@ pub(crate) async fn run() -> anyhow::Result<()> {
         modules.len()
     ));
 
-    module_steps(&mut steps, &config, &d.join(init::MODS)).await?;
+    conn.close();
+    drop(conn);
+
+    steps.step("Start an agent that takes signed commands");
+    let agent_config = agent_config(&config, &written, d)?;
+    let agent = Arc::new(Client::new(agent_config));
+    let mut events = agent.subscribe();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let runner = tokio::spawn({
+        let (agent, stop) = (agent.clone(), stop.clone());
+        async move { agent.run(stop).await }
+    });
+    wait_event(&mut events, "the agent to sync", |e| {
+        matches!(e, ClientEvent::Synced { .. })
+    })
+    .await?;
+    say(format_args!(
+        "the agent accepts RUN from the server's key and SHUTDOWN_NOW from the operator's ({})",
+        init::AUTHORITIES
+    ));
+    say(format_args!(
+        "its failsafe fires after {} s without a verified heartbeat or command",
+        FAILSAFE.as_secs()
+    ));
+
+    module_steps(
+        &mut steps,
+        &agent,
+        &mut events,
+        &config,
+        &d.join(init::MODS),
+    )
+    .await?;
+
+    steps.step("Send a signed command");
+    let report = handle
+        .send_command(
+            "uname",
+            serde_json::json!({"asked_by": "demo"}),
+            "show what signed commands do",
+            &Target::Clients(vec![written.client]),
+        )?
+        .wait(Duration::from_secs(10))
+        .await;
+    let ack = acked(&report)?;
+    ensure!(
+        ack.status == AckStatus::Done,
+        "the command did not run: {ack:?}"
+    );
+    say(format_args!(
+        "server signed RUN uname ({}) with its authority key and delivered it",
+        report.command_id
+    ));
+    say(format_args!(
+        "the agent verified signature, key, freshness, target and replay, ran it, and answered: {}",
+        ack.result
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default()
+    ));
+
+    steps.step("Forged and replayed commands are refused");
+    let stranger_key = vigil_command::generate_signing_key()?;
+    let mut forged = signed_body(&stranger_key, "demo-forged", "uname")?;
+    forged.insert(
+        "wa_public_key".into(),
+        serde_json::json!(vigil_command::encode_public_key(
+            &written.authority.verifying_key()
+        )),
+    );
+    let ack = deliver_one(&handle, &forged, written.client).await?;
+    ensure!(
+        ack.status == AckStatus::Refused,
+        "a forged command was not refused"
+    );
+    say(format_args!(
+        "signed by another key but claiming the server's: refused ({}: {})",
+        ack.code.unwrap_or_default(),
+        ack.detail
+    ));
+    let genuine = signed_body(&written.authority, &format!("demo-once-{port}"), "uname")?;
+    let first = deliver_one(&handle, &genuine, written.client).await?;
+    ensure!(
+        first.status == AckStatus::Done,
+        "the genuine command did not run"
+    );
+    let again = deliver_one(&handle, &genuine, written.client).await?;
+    ensure!(again.status == AckStatus::Refused, "a replayed command ran");
+    say(format_args!(
+        "the same genuine command sent twice: first done, then refused ({}: {})",
+        again.code.unwrap_or_default(),
+        again.detail
+    ));
+
+    steps.step("Stop the server: heartbeats stop, the failsafe fires");
+    handle.shutdown();
+    tokio::time::timeout(Duration::from_secs(10), &mut server_task)
+        .await
+        .context("the server did not stop")???;
+    say("server stopped; the agent keeps waiting for a verified heartbeat");
+    let fired = wait_event(&mut events, "the failsafe", |e| {
+        matches!(e, ClientEvent::FailsafeFired { .. })
+    })
+    .await?;
+    if let ClientEvent::FailsafeFired {
+        silent_for,
+        outcomes,
+    } = fired
+    {
+        say(format_args!(
+            "FAILSAFE FIRED after {} ms of silence; break commands ran in order:",
+            silent_for.as_millis()
+        ));
+        for o in outcomes {
+            say(format_args!(
+                "  {} -> {} {}",
+                o.command,
+                if o.ok { "ok" } else { "failed" },
+                o.detail
+            ));
+        }
+    }
+
+    steps.step("Start the server again: the failsafe re-arms");
+    let server = Server::bind(server_config).await?;
+    handle = server.handle();
+    server_task = tokio::spawn(server.run());
+    let rearmed = wait_event(&mut events, "the failsafe to re-arm", |e| {
+        matches!(e, ClientEvent::FailsafeRearmed { .. })
+    })
+    .await?;
+    if let ClientEvent::FailsafeRearmed { outage } = rearmed {
+        say(format_args!(
+            "the agent reconnected (with backoff), verified a heartbeat and re-armed after a {} ms outage",
+            outage.as_millis()
+        ));
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while handle.stats().failsafe_reports.get() < 2 {
+        ensure!(
+            Instant::now() < deadline,
+            "the server got no failsafe report"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    say("the agent reported both transitions to the server");
+    stop.cancel();
+    runner.await?;
+    let conn = Connection::connect(&config).await?;
 
     steps.step("A client with an unknown key tries to connect");
     let stranger = GeneratedIdentity::generate("stranger")?;
@@ -196,6 +355,110 @@ pub(crate) async fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How often the demo server signs a heartbeat.
+const HEARTBEAT: Duration = Duration::from_millis(500);
+/// The demo agent's failsafe timeout (15 s by default; short to watch it).
+const FAILSAFE: Duration = Duration::from_secs(2);
+
+/// The agent: the client's identity, plus signed commands and a failsafe,
+/// as the `client.toml` written by `vigilctl init` sets them up.
+fn agent_config(
+    base: &ClientConfig,
+    written: &init::Written,
+    d: &std::path::Path,
+) -> anyhow::Result<ClientConfig> {
+    let authorities = vigil_command::Authorities::load(&d.join(init::AUTHORITIES))?;
+    let guard = vigil_command::ReplayGuard::open(
+        d.join(init::STATE).join("replay.log"),
+        std::time::SystemTime::now(),
+    )?;
+    let verifier = vigil_command::Verifier::new(authorities)
+        .with_supported_types([vigil_client::RUN, vigil_client::SHUTDOWN_NOW])
+        .with_own_agent_id(written.client.to_hex())
+        .with_replay_guard(Arc::new(guard));
+    let mut programs = std::collections::BTreeMap::new();
+    let spec = |program: &str, args: &[&str]| -> anyhow::Result<vigil_client::ProgramSpec> {
+        Ok(serde_json::from_value(serde_json::json!({
+            "program": program,
+            "args": args,
+        }))?)
+    };
+    programs.insert("uname".to_owned(), spec("uname", &["-sr"])?);
+    programs.insert(
+        "lockdown".to_owned(),
+        spec("echo", &["local services locked down"])?,
+    );
+    programs.insert("notify".to_owned(), spec("echo", &["operator paged"])?);
+    let handler = vigil_client::ProgramHandler::new(programs);
+    let mut settings = vigil_client::CommandSettings::new(
+        verifier,
+        written.authority.verifying_key(),
+        Arc::new(handler),
+    );
+    settings.failsafe_timeout = FAILSAFE;
+    settings.break_commands = ["lockdown", "notify"]
+        .iter()
+        .map(|c| vigil_client::BreakCommand {
+            command: (*c).to_owned(),
+            args: serde_json::Value::Null,
+            timeout: 5.0,
+        })
+        .collect();
+    let mut config = base.clone();
+    config.commands = Some(settings);
+    config.backoff = vigil_client::Backoff {
+        initial: Duration::from_millis(200),
+        max: Duration::from_secs(1),
+    };
+    Ok(config)
+}
+
+/// A RUN command signed by `key` as the server's authority.
+fn signed_body(
+    key: &vigil_command::SigningKey,
+    id: &str,
+    command: &str,
+) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+    let now = vigil_command::Timestamp::from_system_time(std::time::SystemTime::now())?;
+    let mut cmd = vigil_command::UnsignedCommand::new(
+        id,
+        vigil_client::RUN,
+        vigil_server::DEFAULT_AUTHORITY_ID,
+        now,
+        "demo",
+    );
+    cmd.command = Some(command.to_owned());
+    match serde_json::to_value(cmd.sign(key)?)? {
+        serde_json::Value::Object(map) => Ok(map),
+        _ => bail!("a signed command is a JSON object"),
+    }
+}
+
+/// The agent's acknowledgement (other sessions of the same key, such as a
+/// plain connection, do not answer commands).
+fn acked(report: &vigil_server::DeliveryReport) -> anyhow::Result<vigil_proto::Ack> {
+    report
+        .outcomes
+        .iter()
+        .find_map(|o| match &o.outcome {
+            vigil_server::Outcome::Acked(ack) => Some(ack.clone()),
+            _ => None,
+        })
+        .with_context(|| format!("no acknowledgement: {:?}", report.outcomes))
+}
+
+async fn deliver_one(
+    handle: &vigil_server::ServerHandle,
+    body: &serde_json::Map<String, serde_json::Value>,
+    client: vigil_auth::Fingerprint,
+) -> anyhow::Result<vigil_proto::Ack> {
+    let report = handle
+        .deliver(body, &Target::Clients(vec![client]))
+        .wait(Duration::from_secs(10))
+        .await;
+    acked(&report)
+}
+
 /// Builds the `hello` example module twice (plain and `formal`), for the
 /// module steps. `None` with a reason when this binary runs away from its
 /// source tree or without cargo.
@@ -250,6 +513,8 @@ async fn trusted(
 /// The module steps: load, verify, run, replace, re-verify, run, unload.
 async fn module_steps(
     steps: &mut Steps,
+    agent: &Client,
+    events: &mut tokio::sync::broadcast::Receiver<ClientEvent>,
     config: &ClientConfig,
     mods: &std::path::Path,
 ) -> anyhow::Result<()> {
@@ -263,23 +528,10 @@ async fn module_steps(
     };
     say("built mods/hello, and mods/hello with --features formal, in target/demo-modules");
 
-    // An agent that stays connected and follows the server's broadcasts.
-    let agent = std::sync::Arc::new(Client::new(config.clone()));
-    let mut events = agent.subscribe();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let runner = tokio::spawn({
-        let (agent, stop) = (agent.clone(), stop.clone());
-        async move { agent.run(stop).await }
-    });
-    wait_event(&mut events, "the agent to sync", |e| {
-        matches!(e, ClientEvent::Synced { .. })
-    })
-    .await?;
-
     steps.step("Deploy hello.so: the server loads it and tells every client");
     dev::deploy(&plain, mods, "hello.so")?;
     say("copied to a temporary name in mods/, then renamed to hello.so");
-    let first = trusted(&mut events, "hello.so").await?;
+    let first = trusted(events, "hello.so").await?;
     say(format_args!(
         "server broadcast modload; the client fetched the bytes and checked them:"
     ));
@@ -294,7 +546,7 @@ async fn module_steps(
 
     steps.step("Replace hello.so with a build that answers differently");
     dev::deploy(&formal, mods, "hello.so")?;
-    let second = trusted(&mut events, "hello.so").await?;
+    let second = trusted(events, "hello.so").await?;
     ensure!(second.sum != first.sum, "the replacement has the same sum");
     say(format_args!(
         "server broadcast modreload; the client re-verified: sha256 {}",
@@ -314,7 +566,7 @@ async fn module_steps(
     steps.step("Remove hello.so");
     std::fs::remove_file(mods.join("hello.so"))?;
     wait_event(
-        &mut events,
+        events,
         "modunload",
         |e| matches!(e, ClientEvent::ModuleForgotten { module } if module == "hello.so"),
     )
@@ -325,7 +577,5 @@ async fn module_steps(
         Err(e) => bail!("exec of a removed module failed for the wrong reason: {e}"),
         Ok(_) => bail!("a removed module ran"),
     }
-    stop.cancel();
-    runner.await?;
     Ok(())
 }
