@@ -14,7 +14,7 @@ use clap::Parser;
 use serde::Deserialize;
 use vigil_auth::{Identity, TrustStore};
 use vigil_modules::{ModuleRegistry, RegistryConfig};
-use vigil_server::{Authority, Server, ServerConfig};
+use vigil_server::{Authority, HttpConfig, HttpServer, Server, ServerConfig};
 
 const AFTER_HELP: &str = "\
 Precedence: command-line flags, then VIGIL_* environment variables, then the
@@ -76,6 +76,34 @@ struct Cli {
     /// timeout [default: 5].
     #[arg(long, env = "VIGIL_HEARTBEAT_INTERVAL", value_name = "SECS")]
     heartbeat_interval: Option<f64>,
+    /// Address of the REST API [default: 127.0.0.1].
+    #[arg(long, env = "VIGIL_HTTP_INTERFACE", value_name = "IP")]
+    http_interface: Option<IpAddr>,
+    /// Port of the REST API [default: 8080].
+    #[arg(long, env = "VIGIL_HTTP_PORT")]
+    http_port: Option<u16>,
+    /// Directory for the server's state: the REST API token (made on first
+    /// start, mode 0600), the audit log, the relay replay guard
+    /// [default: vigil-data].
+    #[arg(long, env = "VIGIL_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Bearer token for the REST API, instead of the one in the data dir.
+    #[arg(
+        long,
+        env = "VIGIL_API_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    api_token: Option<String>,
+    /// Authorities whose signed commands the server relays
+    /// (`POST /v1/commands`) and whose SHUTDOWN_NOW it obeys
+    /// (`POST /emergency/shutdown`); the same format as the client's.
+    #[arg(long, env = "VIGIL_AUTHORITIES", value_name = "FILE")]
+    authorities: Option<PathBuf>,
+    /// This server's own agent id, for an emergency shutdown aimed at it
+    /// [default: its key fingerprint].
+    #[arg(long, env = "VIGIL_AGENT_ID", value_name = "ID")]
+    agent_id: Option<String>,
     /// Most connections at once, counting handshakes [default: 16384].
     #[arg(long, env = "VIGIL_MAX_CONNECTIONS", value_name = "N")]
     max_connections: Option<usize>,
@@ -101,6 +129,12 @@ struct FileConfig {
     authority_key: Option<PathBuf>,
     authority_id: Option<String>,
     heartbeat_interval: Option<f64>,
+    http_interface: Option<IpAddr>,
+    http_port: Option<u16>,
+    data_dir: Option<PathBuf>,
+    api_token: Option<String>,
+    authorities: Option<PathBuf>,
+    agent_id: Option<String>,
     max_connections: Option<usize>,
     handshake_timeout: Option<f64>,
     idle_timeout: Option<f64>,
@@ -110,6 +144,49 @@ fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
+}
+
+/// Creates `dir` (mode 0700) if it does not exist.
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(dir)
+        .with_context(|| format!("cannot create the data directory {}", dir.display()))
+}
+
+/// Reads the REST API token, or makes one (32 random bytes, hex) readable
+/// by the owner only.
+fn load_or_make_token(path: &Path) -> anyhow::Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let token = text.trim().to_owned();
+            anyhow::ensure!(
+                !token.is_empty(),
+                "the API token file {} is empty",
+                path.display()
+            );
+            Ok(token)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut bytes = [0u8; 32];
+            getrandom::fill(&mut bytes)
+                .map_err(|e| anyhow::anyhow!("no randomness for the API token: {e}"))?;
+            let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            vigil_auth::write_file(path, format!("{token}\n").as_bytes(), 0o600, false)?;
+            tracing::info!(path = %path.display(), "made a new REST API token");
+            Ok(token)
+        }
+        Err(e) => Err(anyhow::anyhow!(
+            "cannot read the API token {}: {e}",
+            path.display()
+        )),
+    }
 }
 
 /// Reads an Ed25519 signing key: base64 of its 32-byte seed, as
@@ -139,7 +216,7 @@ struct Watches {
 }
 
 /// Flags and environment over file over defaults.
-fn resolve(cli: Cli) -> anyhow::Result<(ServerConfig, Watches)> {
+fn resolve(cli: Cli) -> anyhow::Result<(ServerConfig, HttpConfig, Watches)> {
     let (file, base) = match &cli.config {
         Some(path) => (
             load_file(path)?,
@@ -226,8 +303,49 @@ fn resolve(cli: Cli) -> anyhow::Result<(ServerConfig, Watches)> {
     if let Some(s) = cli.idle_timeout.or(file.idle_timeout) {
         config.idle_timeout = seconds("idle_timeout", s)?;
     }
+    // State: token, audit log, replay guard.
+    let data_dir = cli
+        .data_dir
+        .or(from_file(file.data_dir))
+        .unwrap_or_else(|| "vigil-data".into());
+    create_private_dir(&data_dir)?;
+    let token = match cli.api_token.or(file.api_token) {
+        Some(t) => t,
+        None => load_or_make_token(&data_dir.join("api-token"))?,
+    };
+    let audit_path = data_dir.join("audit.jsonl");
+    let audit = vigil_audit::AuditLog::open(&audit_path, vigil_audit::AuditOptions::default())
+        .with_context(|| format!("cannot open the audit log {}", audit_path.display()))?;
+    tracing::info!(path = %audit_path.display(), records = audit.open_report().records, "audit log open");
+    config.audit = Some(audit);
+    if let Some(id) = cli.agent_id.or(file.agent_id) {
+        config.agent_id = id;
+    }
+    let http_listen = SocketAddr::new(
+        cli.http_interface
+            .or(file.http_interface)
+            .unwrap_or(IpAddr::from([127, 0, 0, 1])),
+        cli.http_port
+            .or(file.http_port)
+            .unwrap_or(vigil_server::DEFAULT_HTTP_PORT),
+    );
+    let mut http = HttpConfig::new(http_listen, token);
+    if let Some(path) = cli.authorities.or(from_file(file.authorities)) {
+        let authorities = vigil_command::Authorities::load(&path)
+            .with_context(|| format!("cannot load the authorities file {}", path.display()))?;
+        let replay_path = data_dir.join("relay-replay.log");
+        let guard = vigil_command::ReplayGuard::open(&replay_path, std::time::SystemTime::now())
+            .with_context(|| format!("cannot open the replay guard {}", replay_path.display()))?;
+        http.relay = Some(
+            vigil_command::Verifier::new(authorities)
+                .with_supported_types(["RUN", "SHUTDOWN_NOW"])
+                .with_replay_guard(std::sync::Arc::new(guard)),
+        );
+    }
+
     Ok((
         config,
+        http,
         Watches {
             _trust: watcher,
             _mods: mods_watch,
@@ -260,9 +378,11 @@ async fn wait_for_signal() -> &'static str {
     }
 }
 
-async fn serve(config: ServerConfig) -> anyhow::Result<()> {
+async fn serve(config: ServerConfig, http: HttpConfig) -> anyhow::Result<()> {
+    let audit = config.audit.clone();
     let server = Server::bind(config).await?;
     let handle = server.handle();
+    let api = HttpServer::bind(http, handle.clone()).await?;
     tokio::spawn(async move {
         let signal = wait_for_signal().await;
         tracing::info!(signal, "shutting down (send it again to exit at once)");
@@ -270,14 +390,18 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         wait_for_signal().await;
         std::process::exit(130);
     });
-    server.run().await?;
+    let (served, ()) = tokio::join!(server.run(), api.run());
+    if let Some(audit) = audit {
+        audit.close().await.context("closing the audit log")?;
+    }
+    served?;
     Ok(())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    let (config, _watches) = match resolve(cli) {
+    let (config, http, _watches) = match resolve(cli) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("vigil-server: {e:#}");
@@ -291,7 +415,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config)) {
+    match runtime.block_on(serve(config, http)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("vigil-server: {e:#}");

@@ -30,6 +30,7 @@ pub(crate) const AUTHORITY_KEY: &str = "authority.key";
 pub(crate) const OPERATOR_KEY: &str = "operator.key";
 pub(crate) const AUTHORITIES: &str = "authorities.json";
 pub(crate) const STATE: &str = "client-state";
+pub(crate) const SERVER_DATA: &str = "server-data";
 
 /// `wa_id` of the offline operator key.
 pub(crate) const OPERATOR_ID: &str = "wa_operator";
@@ -49,6 +50,7 @@ pub(crate) fn write(
     dir: &Path,
     interface: IpAddr,
     port: u16,
+    http_port: u16,
     force: bool,
 ) -> anyhow::Result<Written> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -124,7 +126,13 @@ pub(crate) fn write(
          mods = \"{MODS}\"\n\
          # Signs heartbeats and the server's own commands (keep it secret).\n\
          authority_key = \"{AUTHORITY_KEY}\"\n\
-         heartbeat_interval = 5\n"
+         heartbeat_interval = 5\n\
+         # Keys whose signed commands the REST API relays and whose SHUTDOWN_NOW it obeys.\n\
+         authorities = \"{AUTHORITIES}\"\n\
+         # REST API (bearer token in {SERVER_DATA}/api-token) and the audit log.\n\
+         http_interface = \"{interface}\"\n\
+         http_port = {http_port}\n\
+         data_dir = \"{SERVER_DATA}\"\n"
     );
     let connect_host = if interface.is_unspecified() {
         IpAddr::from([127, 0, 0, 1])

@@ -37,6 +37,9 @@ enum Command {
         /// Port the server will listen on.
         #[arg(long, default_value_t = 8443)]
         port: u16,
+        /// Port of the server's REST API.
+        #[arg(long, default_value_t = 8080)]
+        http_port: u16,
         /// Replace existing files.
         #[arg(long)]
         force: bool,
@@ -76,10 +79,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             dir,
             interface,
             port,
+            http_port,
             force,
         } => {
             init_logging("warn");
-            let written = init::write(&dir, interface, port, force)?;
+            let written = init::write(&dir, interface, port, http_port, force)?;
             init::report(&written);
         }
         Command::Fingerprint { certs } => {

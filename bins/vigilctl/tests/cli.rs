@@ -106,7 +106,8 @@ fn init(dir: &Path, port: u16) -> String {
     let out = run(Command::new(bin("vigilctl"))
         .arg("init")
         .arg(dir)
-        .args(["--port", &port.to_string()]));
+        .args(["--port", &port.to_string()])
+        .args(["--http-port", &free_port().to_string()]));
     assert!(out.status.success());
     String::from_utf8(out.stdout).expect("utf8")
 }

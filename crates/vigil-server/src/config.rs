@@ -63,6 +63,12 @@ pub struct ServerConfig {
     pub authority: Option<Authority>,
     /// Time between heartbeats; at most half the clients' failsafe timeout.
     pub heartbeat_interval: Duration,
+    /// The audit log. Commands are recorded before they are sent, and not
+    /// sent if they cannot be recorded.
+    pub audit: Option<vigil_audit::AuditLog>,
+    /// The server's own agent id, for CIRIS `target_agent_id` (default: its
+    /// key fingerprint in hex).
+    pub agent_id: String,
 }
 
 /// The server's signing key and the id it signs as (`wa_id`).
@@ -90,6 +96,7 @@ impl ServerConfig {
     /// Settings with defaults for everything but the address, the identity
     /// and the trust store.
     pub fn new(listen: SocketAddr, identity: Identity, trust: TrustStore) -> Self {
+        let agent_id = identity.fingerprint().to_hex();
         ServerConfig {
             listen,
             identity,
@@ -104,6 +111,8 @@ impl ServerConfig {
             max_execs_per_session: DEFAULT_MAX_EXECS_PER_SESSION,
             authority: None,
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            audit: None,
+            agent_id,
         }
     }
 }

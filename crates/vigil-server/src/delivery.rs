@@ -80,6 +80,16 @@ impl Delivery {
         &self.command_id
     }
 
+    /// The clients (fingerprint, session) the command was queued for.
+    pub fn queued(&self) -> Vec<(Fingerprint, u64)> {
+        self.waiting.iter().map(|(fp, s, _)| (*fp, *s)).collect()
+    }
+
+    /// Outcomes known at once (not connected, queue full).
+    pub fn immediate(&self) -> &[ClientOutcome] {
+        &self.done
+    }
+
     /// How many sessions the command was queued for.
     pub fn sent(&self) -> usize {
         self.waiting.len()

@@ -33,6 +33,9 @@
 
 mod config;
 mod delivery;
+mod emergency;
+mod http;
+mod record;
 mod server;
 mod session;
 
@@ -42,6 +45,10 @@ pub use config::{
     DEFAULT_MAX_EXECS_PER_SESSION, DEFAULT_OUTBOUND_QUEUE, DEFAULT_PORT, ServerConfig,
 };
 pub use delivery::{ClientOutcome, Delivery, DeliveryReport, Outcome, Target};
+pub use http::{
+    DEFAULT_HTTP_PORT, DEFAULT_MAX_BODY, DEFAULT_READ_TIMEOUT, HttpConfig, HttpServer, MAX_WAIT,
+};
+pub use record::{CommandRecord, TargetState};
 pub use server::{Counter, Server, ServerHandle, ServerStats};
 pub use session::SessionInfo;
 
@@ -66,4 +73,7 @@ pub enum ServerError {
     /// A command could not be signed.
     #[error("cannot sign the command: {0}")]
     Sign(String),
+    /// The audit log could not record the action, so it was not taken.
+    #[error("the audit log cannot record this, so it was not done: {0}")]
+    Audit(String),
 }

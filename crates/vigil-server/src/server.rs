@@ -20,6 +20,7 @@ use vigil_auth::peer_fingerprint;
 use vigil_proto::ServerMessage;
 
 use crate::delivery::{ClientOutcome, Delivery, Outcome, Pending, Target, command_id_of};
+use crate::record::{CommandLog, CommandRecord, TargetState};
 use crate::session::{self, SessionHandle, SessionInfo};
 use crate::{ServerConfig, ServerError};
 
@@ -66,6 +67,14 @@ pub struct ServerStats {
     pub failsafe_reports: Counter,
     /// Heartbeats sent (one signature each, shared by every client).
     pub heartbeats: Counter,
+    /// Modules loaded.
+    pub module_loaded: Counter,
+    /// Modules reloaded.
+    pub module_reloaded: Counter,
+    /// Modules unloaded.
+    pub module_unloaded: Counter,
+    /// Module files rejected.
+    pub module_rejected: Counter,
 }
 
 pub(crate) struct Shared {
@@ -76,9 +85,21 @@ pub(crate) struct Shared {
     next_id: AtomicU64,
     pub(crate) pending: Pending,
     next_delivery: AtomicU64,
+    pub(crate) commands: CommandLog,
+    stopped: tokio::sync::watch::Sender<bool>,
 }
 
 impl Shared {
+    pub(crate) fn audit_later(&self, kind: &'static str, details: Value) {
+        if let Some(log) = self.config.audit.clone() {
+            tokio::spawn(async move {
+                if let Err(e) = log.append(kind, details).await {
+                    tracing::error!(kind, error = %e, "audit log write failed");
+                }
+            });
+        }
+    }
+
     fn sessions(&self) -> MutexGuard<'_, HashMap<u64, SessionHandle>> {
         // A panic while holding this lock cannot leave the map inconsistent
         // (every operation on it is a single insert, remove or read).
@@ -169,10 +190,34 @@ impl ServerHandle {
     /// collects their acknowledgements. The server does not sign or alter
     /// the command: clients verify it with their own keys.
     pub fn deliver(&self, command: &Map<String, Value>, target: &Target) -> Delivery {
+        self.deliver_payload(command_id_of(command), target, |reference| {
+            session::encode(&ServerMessage::Command(command.clone()), reference)
+        })
+    }
+
+    /// Like [`ServerHandle::deliver`], but sends `raw` (one line of JSON, a
+    /// signed command as it was received) byte for byte.
+    pub fn deliver_raw(&self, command_id: &str, raw: &[u8], target: &Target) -> Delivery {
+        self.deliver_payload(command_id.to_owned(), target, |reference| {
+            let mut out = Vec::with_capacity(raw.len() + reference.len() + 10);
+            out.extend_from_slice(b"cmd:exec:");
+            out.extend_from_slice(reference.as_bytes());
+            out.push(b' ');
+            out.extend_from_slice(raw);
+            out.push(b'\n');
+            Bytes::from(out)
+        })
+    }
+
+    fn deliver_payload(
+        &self,
+        command_id: String,
+        target: &Target,
+        encode: impl FnOnce(&str) -> Bytes,
+    ) -> Delivery {
         let n = self.shared.next_delivery.fetch_add(1, Ordering::Relaxed);
         let reference = format!("d{n}");
-        let command_id = command_id_of(command);
-        let bytes = session::encode(&ServerMessage::Command(command.clone()), &reference);
+        let bytes = encode(&reference);
         let wanted: Option<HashSet<Fingerprint>> = match target {
             Target::All => None,
             Target::Clients(list) => Some(list.iter().copied().collect()),
@@ -279,6 +324,161 @@ impl ServerHandle {
         Ok(self.deliver(&body, target))
     }
 
+    /// Signs a `RUN` command like [`ServerHandle::send_command`], but
+    /// records it durably in the audit log first: if the record cannot be
+    /// written, nothing is sent ([`ServerError::Audit`]).
+    pub async fn issue_command(
+        &self,
+        command: &str,
+        args: Value,
+        reason: &str,
+        target: &Target,
+    ) -> Result<Delivery, ServerError> {
+        let authority = self
+            .shared
+            .config
+            .authority
+            .as_ref()
+            .ok_or(ServerError::NoAuthority)?;
+        let now = vigil_command::Timestamp::from_system_time(SystemTime::now())
+            .map_err(|e| ServerError::Sign(e.to_string()))?;
+        let mut unsigned = vigil_command::UnsignedCommand::new(
+            new_command_id(),
+            "RUN",
+            authority.id.clone(),
+            now,
+            reason,
+        );
+        unsigned.command = Some(command.to_owned());
+        unsigned.args = Some(args);
+        if let Target::Clients(list) = target
+            && let [only] = list.as_slice()
+        {
+            unsigned.target_agent_id = Some(only.to_hex());
+        }
+        let signed = unsigned
+            .sign(&authority.key)
+            .map_err(|e| ServerError::Sign(e.to_string()))?;
+        let raw = signed.to_json();
+        self.relay(&signed, raw.as_bytes(), target, "send").await
+    }
+
+    /// Records a verified, signed command in the audit log (failing
+    /// closed), then delivers `raw` (its JSON, one line) unchanged, and
+    /// tracks it for [`ServerHandle::command`].
+    pub async fn relay(
+        &self,
+        command: &vigil_command::SignedCommand,
+        raw: &[u8],
+        target: &Target,
+        via: &'static str,
+    ) -> Result<Delivery, ServerError> {
+        let targets = match target {
+            Target::All => Value::String("all".into()),
+            Target::Clients(list) => list.iter().map(|f| Value::String(f.to_hex())).collect(),
+        };
+        self.audit(
+            "command.issued",
+            serde_json::json!({
+                "command_id": command.command_id,
+                "command_type": command.command_type,
+                "command": command.command,
+                "wa_id": command.wa_id,
+                "via": via,
+                "target": targets,
+            }),
+        )
+        .await?;
+        self.shared.commands.insert(CommandRecord {
+            command_id: command.command_id.clone(),
+            command_type: command.command_type.clone(),
+            command: command.command.clone(),
+            wa_id: command.wa_id.clone(),
+            via,
+            targets: Default::default(),
+        });
+        let delivery = self.deliver_raw(&command.command_id, raw, target);
+        for (fp, _, _) in &delivery.waiting {
+            self.shared.commands.set(
+                &command.command_id,
+                fp,
+                TargetState::of_outcome(&Outcome::Pending),
+            );
+        }
+        for done in &delivery.done {
+            self.shared.commands.set(
+                &command.command_id,
+                &done.client,
+                TargetState::of_outcome(&done.outcome),
+            );
+        }
+        let sessions: Vec<String> = delivery
+            .waiting
+            .iter()
+            .map(|(fp, _, _)| fp.to_hex())
+            .collect();
+        self.audit_later(
+            "command.delivered",
+            serde_json::json!({"command_id": command.command_id, "clients": sessions}),
+        );
+        Ok(delivery)
+    }
+
+    /// What became of a recent command.
+    pub fn command(&self, command_id: &str) -> Option<CommandRecord> {
+        self.shared.commands.get(command_id)
+    }
+
+    /// The loaded modules, if the server serves modules.
+    pub fn modules(&self) -> Option<Vec<vigil_modules::ModuleSummary>> {
+        self.shared.config.modules.as_ref().map(|r| r.list())
+    }
+
+    /// Appends an audit record and waits until it is durable. Without an
+    /// audit log, does nothing.
+    pub async fn audit(&self, kind: &str, details: Value) -> Result<(), ServerError> {
+        match &self.shared.config.audit {
+            Some(log) => log.append(kind, details).await.map(|_| ()).map_err(|e| {
+                tracing::error!(kind, error = %e, "audit log write failed");
+                ServerError::Audit(e.to_string())
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Appends an audit record without waiting (for events the server
+    /// records but does not hold back on).
+    pub fn audit_later(&self, kind: &'static str, details: Value) {
+        self.shared.audit_later(kind, details);
+    }
+
+    /// The server's own agent id (CIRIS `target_agent_id` of the server).
+    pub fn agent_id(&self) -> &str {
+        &self.shared.config.agent_id
+    }
+
+    /// The server's TLS key fingerprint.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.shared.config.identity.fingerprint()
+    }
+
+    /// Whether actions are recorded in an audit log.
+    pub fn has_audit(&self) -> bool {
+        self.shared.config.audit.is_some()
+    }
+
+    /// Resolves when shutdown is asked for.
+    pub fn stopping(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let token = self.shared.shutdown.clone();
+        async move { token.cancelled().await }
+    }
+
+    /// Resolves once [`Server::run`] has closed every session and returned.
+    pub async fn stopped(&self) {
+        let mut rx = self.shared.stopped.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
     /// Whether a client with this fingerprint has a live session.
     pub fn is_connected(&self, client: &Fingerprint) -> bool {
         self.shared
@@ -349,6 +549,8 @@ impl Server {
                 next_id: AtomicU64::new(1),
                 pending: Pending::default(),
                 next_delivery: AtomicU64::new(1),
+                commands: CommandLog::default(),
+                stopped: tokio::sync::watch::channel(false).0,
             }),
         })
     }
@@ -448,6 +650,7 @@ impl Server {
         {
             tracing::warn!("some sessions did not finish within the drain timeout");
         }
+        shared.stopped.send_replace(true);
         tracing::info!("server stopped");
         Ok(())
     }
@@ -468,6 +671,10 @@ async fn connection(
             Ok(Err(e)) => {
                 shared.stats.handshakes_failed.inc();
                 tracing::warn!(%peer, error = %e, "handshake refused");
+                shared.audit_later(
+                    "handshake.refused",
+                    serde_json::json!({"peer": peer.to_string(), "error": e.to_string()}),
+                );
                 return;
             }
             Err(_) => {
@@ -484,6 +691,10 @@ async fn connection(
         return;
     };
     shared.stats.handshakes_ok.inc();
+    shared.audit_later(
+        "handshake.accepted",
+        serde_json::json!({"peer": peer.to_string(), "fingerprint": fingerprint.to_hex()}),
+    );
     let info = SessionInfo {
         id: shared.next_id.fetch_add(1, Ordering::Relaxed),
         fingerprint,
@@ -519,6 +730,38 @@ async fn module_broadcaster(shared: Arc<Shared>, registry: vigil_modules::Module
             () = shared.shutdown.cancelled() => return,
             event = events.recv() => event,
         };
+        if let Ok(e) = &event {
+            let counter = match e {
+                RegistryEvent::Loaded(_) => &shared.stats.module_loaded,
+                RegistryEvent::Reloaded { .. } => &shared.stats.module_reloaded,
+                RegistryEvent::Unloaded { .. } => &shared.stats.module_unloaded,
+                _ => &shared.stats.module_rejected,
+            };
+            counter.inc();
+            let (kind, details) = match e {
+                RegistryEvent::Loaded(m) => (
+                    "module.loaded",
+                    serde_json::json!({"module": m.name, "sum": m.sum, "size": m.size}),
+                ),
+                RegistryEvent::Reloaded {
+                    module,
+                    previous_sum,
+                } => (
+                    "module.reloaded",
+                    serde_json::json!({"module": module.name, "sum": module.sum, "previous_sum": previous_sum, "size": module.size}),
+                ),
+                RegistryEvent::Unloaded { name, sum } => (
+                    "module.unloaded",
+                    serde_json::json!({"module": name, "sum": sum}),
+                ),
+                RegistryEvent::Rejected { name, reason, kept } => (
+                    "module.rejected",
+                    serde_json::json!({"module": name, "reason": reason, "kept": kept}),
+                ),
+                _ => ("module.event", serde_json::json!({})),
+            };
+            shared.audit_later(kind, details);
+        }
         let msg = match event {
             Ok(RegistryEvent::Loaded(m)) => ServerMessage::ModLoad(session::module_info(&m)),
             Ok(RegistryEvent::Reloaded { module, .. }) => {

@@ -285,6 +285,23 @@ fn dispatch(shared: &Shared, session: &SessionInfo, frame: &Frame) -> Reply {
                     tracing::info!(command_id = ?ack.command_id, status = ?ack.status, "command acknowledged")
                 }
             }
+            if let Some(id) = &ack.command_id {
+                shared.commands.set(
+                    id,
+                    &session.fingerprint,
+                    crate::record::TargetState::of_ack(&ack),
+                );
+                shared.audit_later(
+                    "command.acknowledged",
+                    serde_json::json!({
+                        "command_id": id,
+                        "client": session.fingerprint.to_hex(),
+                        "status": ack.status,
+                        "code": ack.code,
+                        "detail": ack.detail,
+                    }),
+                );
+            }
             if shared.pending.resolve(session.id, reference, ack) {
                 return Reply::Nothing;
             }
@@ -296,6 +313,16 @@ fn dispatch(shared: &Shared, session: &SessionInfo, frame: &Frame) -> Reply {
         }
         ClientRequest::FailsafeReport(report) => {
             shared.stats.failsafe_reports.inc();
+            shared.audit_later(
+                "failsafe.reported",
+                serde_json::json!({
+                    "client": session.fingerprint.to_hex(),
+                    "event": report.event,
+                    "at": report.at,
+                    "silent_ms": report.silent_ms,
+                    "break_commands": report.break_commands,
+                }),
+            );
             tracing::warn!(
                 event = %report.event, at = %report.at, silent_ms = report.silent_ms,
                 break_commands = report.break_commands.len(),

@@ -1,0 +1,286 @@
+//! `POST /emergency/shutdown`: the CIRIS emergency-shutdown endpoint.
+//!
+//! Request and response as in the CIRIS document. Checks, in order, with
+//! CIRIS's status codes: a malformed body is 422 (a timestamp without an
+//! offset 400); a type other than `SHUTDOWN_NOW` 400; outside the time
+//! window (or expired) 403 "Command timestamp outside acceptable window"; a
+//! bad signature 403 "Invalid signature" (checked before the key); a key
+//! not enrolled for `SHUTDOWN_NOW` 403 "Unauthorized public key". Beyond
+//! CIRIS: a replayed `command_id` is 409, and an attempt that cannot be
+//! audited is 503 (nothing happens).
+//!
+//! Then, by `target_agent_id`: this server's own id shuts down the server
+//! only; a connected client's id relays the command to that client (which
+//! verifies it again) and the server stays up; no target relays it to every
+//! client and then shuts the server down. The server appends its id to
+//! `relay_chain` when it relays (that field is not signed).
+
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Response, StatusCode};
+use serde_json::{Value, json};
+use vigil_auth::Fingerprint;
+use vigil_command::{Refusal, SignedCommand, Verifier};
+
+use crate::{ServerHandle, Target};
+
+type Resp = Response<Full<Bytes>>;
+
+/// How long to wait for clients to acknowledge a relayed shutdown.
+const ACK_WAIT: Duration = Duration::from_secs(5);
+/// How long to wait for the server's sessions to close.
+const STOP_WAIT: Duration = Duration::from_secs(10);
+
+fn json_response(status: StatusCode, body: &Value) -> Resp {
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn detail(status: StatusCode, text: impl std::fmt::Display) -> Resp {
+    json_response(status, &json!({ "detail": text.to_string() }))
+}
+
+fn now_iso() -> String {
+    vigil_command::Timestamp::from_system_time(SystemTime::now())
+        .map(|t| t.isoformat())
+        .unwrap_or_default()
+}
+
+/// The CIRIS status and detail for a refusal.
+pub(crate) fn refusal_response(refusal: &Refusal) -> Resp {
+    let (status, text) = match refusal {
+        Refusal::Malformed { .. } => (StatusCode::UNPROCESSABLE_ENTITY, refusal.message()),
+        Refusal::UnsupportedCommandType { .. } => (StatusCode::BAD_REQUEST, refusal.message()),
+        Refusal::OutsideWindow { .. } | Refusal::Expired => (
+            StatusCode::FORBIDDEN,
+            "Command timestamp outside acceptable window".to_owned(),
+        ),
+        Refusal::InvalidSignature | Refusal::WeakKey => {
+            (StatusCode::FORBIDDEN, "Invalid signature".to_owned())
+        }
+        Refusal::UnauthorizedKey
+        | Refusal::CommandTypeNotAllowed { .. }
+        | Refusal::WaIdMismatch { .. } => {
+            (StatusCode::FORBIDDEN, "Unauthorized public key".to_owned())
+        }
+        Refusal::Replayed { .. } => (StatusCode::CONFLICT, refusal.message()),
+        Refusal::WrongTarget { .. } => (StatusCode::FORBIDDEN, refusal.message()),
+        Refusal::ReplayStoreUnavailable { .. } => {
+            (StatusCode::SERVICE_UNAVAILABLE, refusal.message())
+        }
+        _ => (StatusCode::FORBIDDEN, refusal.message()),
+    };
+    detail(status, text)
+}
+
+/// Records an attempt durably; `Err` (a 503) if it cannot be recorded.
+async fn audit(
+    server: &ServerHandle,
+    outcome: &str,
+    cmd: Option<&SignedCommand>,
+    extra: Value,
+) -> Result<(), Resp> {
+    let details = json!({
+        "outcome": outcome,
+        "command_id": cmd.map(|c| c.command_id.clone()),
+        "wa_id": cmd.map(|c| c.wa_id.clone()),
+        "wa_public_key": cmd.map(|c| c.wa_public_key.clone()),
+        "target_agent_id": cmd.and_then(|c| c.target_agent_id.clone()),
+        "reason": cmd.map(|c| c.reason.clone()),
+        "detail": extra,
+    });
+    server
+        .audit("emergency.attempt", details)
+        .await
+        .map_err(|e| detail(StatusCode::SERVICE_UNAVAILABLE, e))
+}
+
+/// Handles one emergency shutdown request.
+pub(crate) async fn shutdown(
+    server: &ServerHandle,
+    verifier: Option<&Verifier>,
+    body: &[u8],
+) -> Resp {
+    let received = now_iso();
+    let command = match SignedCommand::from_json(body) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "EMERGENCY SHUTDOWN attempt: malformed command");
+            if let Err(resp) = audit(server, "malformed", None, json!(e.to_string())).await {
+                return resp;
+            }
+            let status = if e.code() == "timestamp_without_offset" {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::UNPROCESSABLE_ENTITY
+            };
+            return detail(status, e);
+        }
+    };
+    tracing::error!(
+        command_id = %command.command_id, wa_id = %command.wa_id,
+        target = ?command.target_agent_id, reason = %command.reason,
+        "EMERGENCY SHUTDOWN attempt"
+    );
+    if command.command_type != "SHUTDOWN_NOW" {
+        if let Err(resp) = audit(server, "refused", Some(&command), json!("not SHUTDOWN_NOW")).await
+        {
+            return resp;
+        }
+        return detail(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "Only SHUTDOWN_NOW commands are accepted here, not {:?}",
+                command.command_type
+            ),
+        );
+    }
+    let Some(verifier) = verifier else {
+        let _ = audit(
+            server,
+            "refused",
+            Some(&command),
+            json!("no authorities configured"),
+        )
+        .await;
+        return detail(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this server has no emergency authorities (start it with --authorities)",
+        );
+    };
+    if let Err(refusal) = verifier.verify(&command, SystemTime::now()) {
+        tracing::error!(command_id = %command.command_id, code = refusal.code(), detail = %refusal.message(), "EMERGENCY SHUTDOWN refused");
+        if let Err(resp) = audit(
+            server,
+            "refused",
+            Some(&command),
+            json!({"code": refusal.code(), "detail": refusal.message()}),
+        )
+        .await
+        {
+            return resp;
+        }
+        return refusal_response(&refusal);
+    }
+    // Where does it go?
+    let own = server.agent_id().to_owned();
+    enum Plan {
+        ServerOnly,
+        Client(Fingerprint),
+        Everyone,
+    }
+    let plan = match command.target_agent_id.as_deref() {
+        Some(id) if id == own => Plan::ServerOnly,
+        Some(id) => match id.parse::<Fingerprint>() {
+            Ok(fp) if server.is_connected(&fp) => Plan::Client(fp),
+            _ => {
+                let _ = audit(server, "refused", Some(&command), json!("unknown target")).await;
+                return detail(
+                    StatusCode::NOT_FOUND,
+                    format!("no connected agent {id:?} (and it is not this server, {own:?})"),
+                );
+            }
+        },
+        None => Plan::Everyone,
+    };
+    if let Err(resp) = audit(server, "accepted", Some(&command), Value::Null).await {
+        return resp;
+    }
+    let initiated = now_iso();
+    let mut relayed = command.clone();
+    relayed.relay_chain.push(own.clone());
+    let raw = relayed.to_json();
+    let mut services_stopped: Vec<String> = Vec::new();
+    let mut final_message_sent = false;
+    let target = match &plan {
+        Plan::ServerOnly => None,
+        Plan::Client(fp) => Some(Target::Clients(vec![*fp])),
+        Plan::Everyone => {
+            if server.sessions().is_empty() {
+                None
+            } else {
+                Some(Target::All)
+            }
+        }
+    };
+    if let Some(target) = target {
+        match server
+            .relay(&relayed, raw.as_bytes(), &target, "emergency")
+            .await
+        {
+            Ok(delivery) => {
+                let report = delivery.wait(ACK_WAIT).await;
+                final_message_sent = crate::http::all_done(&report);
+                let acked = report
+                    .outcomes
+                    .iter()
+                    .filter(|o| matches!(&o.outcome, crate::Outcome::Acked(a) if a.status == vigil_proto::AckStatus::Done))
+                    .count();
+                services_stopped.push(format!("agents:{acked}/{}", report.outcomes.len()));
+            }
+            Err(e) => return detail(StatusCode::SERVICE_UNAVAILABLE, e),
+        }
+    } else if matches!(plan, Plan::Everyone) {
+        // Nobody to tell: the message reached every agent there is.
+        final_message_sent = true;
+    }
+    let stops_server = !matches!(plan, Plan::Client(_));
+    let (completed, exit_code) = if stops_server {
+        tracing::error!(command_id = %command.command_id, "EMERGENCY SHUTDOWN: stopping the server");
+        server.shutdown();
+        let stopped = tokio::time::timeout(STOP_WAIT, server.stopped())
+            .await
+            .is_ok();
+        if stopped {
+            services_stopped.extend(
+                [
+                    "client_sessions",
+                    "mtls_listener",
+                    "heartbeats",
+                    "module_watcher",
+                    "rest_api",
+                ]
+                .map(String::from),
+            );
+        }
+        let _ = server
+            .audit(
+                "emergency.completed",
+                json!({"command_id": command.command_id, "stopped": stopped}),
+            )
+            .await;
+        (stopped.then(now_iso), if stopped { Some(0) } else { None })
+    } else {
+        (None, None)
+    };
+    if matches!(plan, Plan::ServerOnly) {
+        final_message_sent = true;
+    }
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "data": {
+                "command_received": received,
+                "command_verified": true,
+                "verification_error": null,
+                "shutdown_initiated": initiated,
+                "services_stopped": services_stopped,
+                "data_persisted": server.has_audit(),
+                "final_message_sent": final_message_sent,
+                "shutdown_completed": completed,
+                "exit_code": exit_code,
+            },
+            "metadata": {
+                "timestamp": now_iso(),
+                "request_id": format!("req_{}", &crate::server::new_command_id()[4..]),
+            }
+        }),
+    )
+}

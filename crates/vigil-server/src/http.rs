@@ -1,0 +1,731 @@
+//! The operator REST API (hyper 1.x, HTTP/1.1) and the CIRIS-compatible
+//! emergency routes.
+//!
+//! Every answer is JSON; every error is `{"detail": "<reason>"}` with a
+//! status that says what kind of error it is. Request heads and bodies are
+//! bounded in size and in time. All routes but `/health` and the emergency
+//! routes need `Authorization: Bearer <token>`, compared in constant time;
+//! on the emergency routes the signature is the authentication.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq as _;
+use tokio::net::TcpListener;
+use vigil_auth::Fingerprint;
+use vigil_command::{SignedCommand, Verifier};
+
+use crate::{DeliveryReport, Outcome, ServerError, ServerHandle, Target};
+
+/// Default port of the REST API.
+pub const DEFAULT_HTTP_PORT: u16 = 8080;
+/// Default largest request body.
+pub const DEFAULT_MAX_BODY: usize = 64 * 1024;
+/// Default time to receive a request's head, then its body.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest `?wait=` accepted.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// REST API settings.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct HttpConfig {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// The bearer token operators present.
+    pub token: String,
+    /// Largest request body, in bytes.
+    pub max_body: usize,
+    /// Time allowed to send the request head, and then the body.
+    pub read_timeout: Duration,
+    /// Checks commands posted to `/v1/commands` and `/emergency/shutdown`:
+    /// the authorities the server relays for, freshness, and a replay
+    /// guard. Without it both routes answer 503.
+    pub relay: Option<Verifier>,
+}
+
+impl std::fmt::Debug for HttpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpConfig")
+            .field("listen", &self.listen)
+            .field("max_body", &self.max_body)
+            .field("read_timeout", &self.read_timeout)
+            .field("relay", &self.relay.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpConfig {
+    /// Defaults for everything but the address and the token.
+    pub fn new(listen: SocketAddr, token: impl Into<String>) -> Self {
+        HttpConfig {
+            listen,
+            token: token.into(),
+            max_body: DEFAULT_MAX_BODY,
+            read_timeout: DEFAULT_READ_TIMEOUT,
+            relay: None,
+        }
+    }
+}
+
+struct State {
+    config: HttpConfig,
+    server: ServerHandle,
+    started: SystemTime,
+    requests: std::sync::atomic::AtomicU64,
+}
+
+/// The REST API, bound; [`HttpServer::run`] serves until the vigil server
+/// shuts down.
+pub struct HttpServer {
+    listener: TcpListener,
+    state: Arc<State>,
+}
+
+impl std::fmt::Debug for HttpServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpServer")
+            .field("listen", &self.listener.local_addr().ok())
+            .finish_non_exhaustive()
+    }
+}
+
+type Resp = Response<Full<Bytes>>;
+
+fn json_response(status: StatusCode, body: &Value) -> Resp {
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn error(status: StatusCode, detail: impl std::fmt::Display) -> Resp {
+    json_response(status, &json!({ "detail": detail.to_string() }))
+}
+
+/// An error answer, small enough to pass around in a `Result`.
+struct ApiError(StatusCode, String);
+
+impl ApiError {
+    fn new(status: StatusCode, detail: impl std::fmt::Display) -> Self {
+        ApiError(status, detail.to_string())
+    }
+
+    fn into_response(self) -> Resp {
+        error(self.0, self.1)
+    }
+}
+
+fn now_iso() -> String {
+    vigil_command::Timestamp::from_system_time(SystemTime::now())
+        .map(|t| t.isoformat())
+        .unwrap_or_default()
+}
+
+impl HttpServer {
+    /// Binds the REST API's listener.
+    pub async fn bind(config: HttpConfig, server: ServerHandle) -> Result<HttpServer, ServerError> {
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        Ok(HttpServer {
+            listener,
+            state: Arc::new(State {
+                config,
+                server,
+                started: SystemTime::now(),
+                requests: std::sync::atomic::AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    /// Serves until the vigil server shuts down.
+    pub async fn run(self) {
+        let HttpServer { listener, state } = self;
+        tracing::info!(listen = ?listener.local_addr().ok(), "REST API listening");
+        let stopped = state.server.stopping();
+        tokio::pin!(stopped);
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        loop {
+            let (tcp, peer) = tokio::select! {
+                () = &mut stopped => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        tracing::error!(error = %e, "REST API accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let conn_state = state.clone();
+            let service = hyper::service::service_fn(move |req| {
+                let state = conn_state.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(&state, req, peer).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(state.config.read_timeout)
+                .max_buf_size(64 * 1024)
+                .serve_connection(TokioIo::new(tcp), service);
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(%peer, error = %e, "REST connection ended");
+                }
+            });
+        }
+        drop(listener);
+        // Let requests in flight finish (an emergency shutdown's answer is
+        // one of them); idle keep-alive connections are closed.
+        if tokio::time::timeout(Duration::from_secs(15), graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some REST requests did not finish in time");
+        }
+        tracing::info!("REST API stopped");
+    }
+}
+
+/// Reads the whole body within the size and time limits.
+async fn read_body(state: &State, req: Request<Incoming>) -> Result<Bytes, Resp> {
+    let limit = state.config.max_body;
+    let collect = Limited::new(req.into_body(), limit).collect();
+    match tokio::time::timeout(state.config.read_timeout, collect).await {
+        Err(_) => Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "request body not received within {:?}",
+                state.config.read_timeout
+            ),
+        )),
+        Ok(Err(e)) => {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                Err(error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("request body larger than {limit} bytes"),
+                ))
+            } else {
+                Err(error(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read the request body: {e}"),
+                ))
+            }
+        }
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    }
+}
+
+fn authorized(state: &State, req: &Request<Incoming>) -> bool {
+    let Some(value) = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let Some(token) = value.strip_prefix("Bearer ") else {
+        return false;
+    };
+    let expected = state.config.token.as_bytes();
+    // Constant time for equal lengths; the length itself is not a secret.
+    token.len() == expected.len() && bool::from(token.as_bytes().ct_eq(expected))
+}
+
+async fn handle(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resp {
+    state
+        .requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let resp = route(state, req, &method, &path, &query).await;
+    tracing::debug!(%peer, %method, %path, status = resp.status().as_u16(), "REST request");
+    resp
+}
+
+async fn route(
+    state: &State,
+    req: Request<Incoming>,
+    method: &Method,
+    path: &str,
+    query: &str,
+) -> Resp {
+    // The emergency routes need no token: the signature is the authentication.
+    match (method, path) {
+        (&Method::POST, "/emergency/shutdown") => {
+            return match read_body(state, req).await {
+                Ok(body) => {
+                    crate::emergency::shutdown(&state.server, state.config.relay.as_ref(), &body)
+                        .await
+                }
+                Err(resp) => resp,
+            };
+        }
+        (&Method::GET, "/emergency/test") => {
+            return json_response(
+                StatusCode::OK,
+                &json!({
+                    "status": "ok",
+                    "message": "Emergency endpoint accessible",
+                    "crypto_available": true,
+                    "timestamp": now_iso(),
+                }),
+            );
+        }
+        (&Method::GET, "/health") => return health(state),
+        _ => {}
+    }
+    let known = matches!(
+        (method, path),
+        (&Method::POST, "/send")
+            | (&Method::POST, "/v1/commands")
+            | (&Method::GET, "/v1/clients")
+            | (&Method::GET, "/v1/modules")
+            | (&Method::GET, "/metrics")
+    ) || (method == Method::GET && path.starts_with("/v1/commands/"));
+    if !known {
+        let allowed = [
+            "/send",
+            "/v1/commands",
+            "/v1/clients",
+            "/v1/modules",
+            "/metrics",
+            "/health",
+        ];
+        if allowed.contains(&path)
+            || path.starts_with("/v1/commands/")
+            || path.starts_with("/emergency/")
+        {
+            return error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{method} is not allowed on {path}"),
+            );
+        }
+        return error(StatusCode::NOT_FOUND, format!("no route {path}"));
+    }
+    if !authorized(state, &req) {
+        let mut resp = error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token (Authorization: Bearer <token>)",
+        );
+        resp.headers_mut().insert(
+            hyper::header::WWW_AUTHENTICATE,
+            hyper::header::HeaderValue::from_static("Bearer"),
+        );
+        return resp;
+    }
+    match (method, path) {
+        (&Method::POST, "/send") => match read_body(state, req).await {
+            Ok(body) => send(state, &body, query).await,
+            Err(resp) => resp,
+        },
+        (&Method::POST, "/v1/commands") => match read_body(state, req).await {
+            Ok(body) => relay(state, &body, query).await,
+            Err(resp) => resp,
+        },
+        (&Method::GET, "/v1/clients") => clients(state),
+        (&Method::GET, "/v1/modules") => modules(state),
+        (&Method::GET, "/metrics") => metrics(state),
+        (&Method::GET, p) => {
+            let id = p.trim_start_matches("/v1/commands/");
+            match state.server.command(id) {
+                Some(record) => json_response(
+                    StatusCode::OK,
+                    &serde_json::to_value(record).unwrap_or(Value::Null),
+                ),
+                None => error(StatusCode::NOT_FOUND, format!("no recent command {id:?}")),
+            }
+        }
+        _ => error(StatusCode::NOT_FOUND, format!("no route {path}")),
+    }
+}
+
+/// `?wait=SECONDS`.
+fn wait_of(query: &str) -> Result<Option<Duration>, ApiError> {
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k == "wait" {
+            let secs: f64 = v
+                .parse()
+                .ok()
+                .filter(|s: &f64| s.is_finite() && *s >= 0.0)
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        format!("wait must be a number of seconds, got {v:?}"),
+                    )
+                })?;
+            let d = Duration::from_secs_f64(secs);
+            if d > MAX_WAIT {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("wait may be at most {} seconds", MAX_WAIT.as_secs()),
+                ));
+            }
+            return Ok(Some(d));
+        }
+    }
+    Ok(None)
+}
+
+/// Resolves a `client_id` (a client's key fingerprint) to a connected
+/// client.
+fn target_of(state: &State, client_id: Option<&str>) -> Result<Target, ApiError> {
+    match client_id {
+        None => {
+            if state.server.sessions().is_empty() {
+                return Err(ApiError::new(StatusCode::NOT_FOUND, "no client is connected"));
+            }
+            Ok(Target::All)
+        }
+        Some(id) => {
+            let fp: Fingerprint = id.parse().map_err(|_| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "unknown client {id:?}: client ids are key fingerprints (64 hex digits)"
+                    ),
+                )
+            })?;
+            if !state.server.is_connected(&fp) {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    format!("client {id} is not connected"),
+                ));
+            }
+            Ok(Target::Clients(vec![fp]))
+        }
+    }
+}
+
+fn delivery_json(report: &DeliveryReport) -> Value {
+    let results: Vec<Value> = report
+        .outcomes
+        .iter()
+        .map(|o| {
+            let state = crate::record::TargetState::of_outcome(&o.outcome);
+            let mut v = serde_json::to_value(&state).unwrap_or(Value::Null);
+            if let Value::Object(map) = &mut v {
+                map.insert("client".into(), Value::String(o.client.to_hex()));
+            }
+            v
+        })
+        .collect();
+    json!({ "command_id": report.command_id, "results": results })
+}
+
+async fn answer(delivery: crate::Delivery, wait: Option<Duration>) -> Resp {
+    let command_id = delivery.command_id().to_owned();
+    match wait {
+        Some(d) => {
+            let report = delivery.wait(d).await;
+            json_response(StatusCode::OK, &delivery_json(&report))
+        }
+        None => {
+            let sent: Vec<String> = delivery
+                .queued()
+                .iter()
+                .map(|(fp, _)| fp.to_hex())
+                .collect();
+            let missed: Vec<Value> = delivery
+                .immediate()
+                .iter()
+                .map(|o| json!({"client": o.client.to_hex(), "status": crate::record::TargetState::of_outcome(&o.outcome).status}))
+                .collect();
+            json_response(
+                StatusCode::ACCEPTED,
+                &json!({"command_id": command_id, "status": "sent", "sent_to": sent, "not_sent": missed}),
+            )
+        }
+    }
+}
+
+fn server_error(e: ServerError) -> Resp {
+    match e {
+        ServerError::Audit(_) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+        ServerError::NoAuthority => error(StatusCode::SERVICE_UNAVAILABLE, e),
+        other => error(StatusCode::INTERNAL_SERVER_ERROR, other),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SendBody {
+    command: String,
+    #[serde(default)]
+    args: Value,
+    #[serde(default)]
+    client_id: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// `POST /send`: FailsafeAPI's shape; the server signs and delivers.
+async fn send(state: &State, body: &[u8], query: &str) -> Resp {
+    let wait = match wait_of(query) {
+        Ok(w) => w,
+        Err(e) => return e.into_response(),
+    };
+    let req: SendBody = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("bad /send body: {e}"),
+            );
+        }
+    };
+    if req.command.trim().is_empty() {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "command must not be empty",
+        );
+    }
+    let target = match target_of(state, req.client_id.as_deref()) {
+        Ok(t) => t,
+        Err(e) => return e.into_response(),
+    };
+    let reason = req
+        .reason
+        .unwrap_or_else(|| "sent through the REST API".into());
+    match state
+        .server
+        .issue_command(&req.command, req.args, &reason, &target)
+        .await
+    {
+        Ok(delivery) => answer(delivery, wait).await,
+        Err(e) => server_error(e),
+    }
+}
+
+/// `POST /v1/commands`: a command signed elsewhere, checked and relayed
+/// unchanged.
+async fn relay(state: &State, body: &[u8], query: &str) -> Resp {
+    let wait = match wait_of(query) {
+        Ok(w) => w,
+        Err(e) => return e.into_response(),
+    };
+    let Some(verifier) = &state.config.relay else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this server relays no signed commands (start it with --authorities)",
+        );
+    };
+    let command = match SignedCommand::from_json(body) {
+        Ok(c) => c,
+        Err(e) => {
+            let status = if e.code() == "timestamp_without_offset" {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::UNPROCESSABLE_ENTITY
+            };
+            return error(status, e);
+        }
+    };
+    if let Err(refusal) = verifier.verify(&command, SystemTime::now()) {
+        state.server.audit_later(
+            "command.refused",
+            json!({"command_id": command.command_id, "wa_id": command.wa_id, "code": refusal.code(), "detail": refusal.message()}),
+        );
+        return crate::emergency::refusal_response(&refusal);
+    }
+    let target = match target_of(state, command.target_agent_id.as_deref()) {
+        Ok(t) => t,
+        Err(e) => return e.into_response(),
+    };
+    let raw = one_line(body);
+    match state.server.relay(&command, &raw, &target, "relay").await {
+        Ok(delivery) => answer(delivery, wait).await,
+        Err(e) => server_error(e),
+    }
+}
+
+/// The body as one line: as it is when it already is one (byte for byte),
+/// else re-encoded compactly (the signature does not cover formatting).
+pub(crate) fn one_line(body: &[u8]) -> Vec<u8> {
+    let trimmed = body.trim_ascii();
+    if !trimmed.contains(&b'\n') && !trimmed.contains(&b'\r') {
+        return trimmed.to_vec();
+    }
+    serde_json::from_slice::<Value>(body)
+        .map(|v| v.to_string().into_bytes())
+        .unwrap_or_else(|_| trimmed.to_vec())
+}
+
+fn clients(state: &State) -> Resp {
+    let list: Vec<Value> = state
+        .server
+        .sessions()
+        .iter()
+        .map(|s| {
+            json!({
+                "client_id": s.fingerprint.to_hex(),
+                "session": s.id,
+                "peer": s.peer.to_string(),
+                "connected_at": vigil_command::Timestamp::from_system_time(s.connected_at).map(|t| t.isoformat()).unwrap_or_default(),
+            })
+        })
+        .collect();
+    json_response(StatusCode::OK, &json!({ "clients": list }))
+}
+
+fn modules(state: &State) -> Resp {
+    let list: Vec<Value> = state
+        .server
+        .modules()
+        .unwrap_or_default()
+        .iter()
+        .map(|m| json!({"mod": m.name, "sum": m.sum, "size": m.size, "desc": m.description}))
+        .collect();
+    json_response(StatusCode::OK, &json!({ "modules": list }))
+}
+
+fn health(state: &State) -> Resp {
+    let uptime = state.started.elapsed().map(|d| d.as_secs()).unwrap_or(0);
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "status": "ok",
+            "clients": state.server.sessions().len(),
+            "uptime_seconds": uptime,
+            "server_fingerprint": state.server.fingerprint().to_hex(),
+            "agent_id": state.server.agent_id(),
+        }),
+    )
+}
+
+fn metrics(state: &State) -> Resp {
+    let s = state.server.stats();
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for (labels, value) in samples {
+            if labels.is_empty() {
+                out.push_str(&format!("{name} {value}\n"));
+            } else {
+                out.push_str(&format!("{name}{{{labels}}} {value}\n"));
+            }
+        }
+    };
+    metric(
+        "vigil_connections",
+        "gauge",
+        "Clients connected now.",
+        &[("", state.server.sessions().len() as u64)],
+    );
+    metric(
+        "vigil_connections_accepted_total",
+        "counter",
+        "TCP connections accepted.",
+        &[("", s.accepted.get())],
+    );
+    metric(
+        "vigil_connections_refused_at_limit_total",
+        "counter",
+        "Connections refused at the connection limit.",
+        &[("", s.refused_at_limit.get())],
+    );
+    metric(
+        "vigil_handshakes_total",
+        "counter",
+        "TLS handshakes by result.",
+        &[
+            ("result=\"ok\"", s.handshakes_ok.get()),
+            ("result=\"failed\"", s.handshakes_failed.get()),
+        ],
+    );
+    metric(
+        "vigil_commands_total",
+        "counter",
+        "Commands by outcome: sent to a session, then acknowledged done, failed or refused.",
+        &[
+            ("outcome=\"sent\"", s.commands_sent.get()),
+            ("outcome=\"done\"", s.acks_done.get()),
+            ("outcome=\"failed\"", s.acks_failed.get()),
+            ("outcome=\"refused\"", s.acks_refused.get()),
+        ],
+    );
+    metric(
+        "vigil_module_events_total",
+        "counter",
+        "Module registry events by kind.",
+        &[
+            ("event=\"loaded\"", s.module_loaded.get()),
+            ("event=\"reloaded\"", s.module_reloaded.get()),
+            ("event=\"unloaded\"", s.module_unloaded.get()),
+            ("event=\"rejected\"", s.module_rejected.get()),
+        ],
+    );
+    metric(
+        "vigil_failsafe_reports_total",
+        "counter",
+        "Failsafe transitions reported by clients.",
+        &[("", s.failsafe_reports.get())],
+    );
+    metric(
+        "vigil_heartbeats_total",
+        "counter",
+        "Signed heartbeats sent.",
+        &[("", s.heartbeats.get())],
+    );
+    metric(
+        "vigil_bad_frames_total",
+        "counter",
+        "Frames answered with an error.",
+        &[("", s.bad_frames.get())],
+    );
+    metric(
+        "vigil_slow_consumers_total",
+        "counter",
+        "Sessions closed because the client did not read.",
+        &[("", s.slow_consumers.get())],
+    );
+    metric(
+        "vigil_http_requests_total",
+        "counter",
+        "REST requests received.",
+        &[(
+            "",
+            state.requests.load(std::sync::atomic::Ordering::Relaxed),
+        )],
+    );
+    let mut resp = Response::new(Full::new(Bytes::from(out)));
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    resp
+}
+
+/// Waits for each targeted client's answer, for the emergency route.
+pub(crate) fn all_done(report: &DeliveryReport) -> bool {
+    !report.outcomes.is_empty()
+        && report.outcomes.iter().all(
+            |o| matches!(&o.outcome, Outcome::Acked(a) if a.status == vigil_proto::AckStatus::Done),
+        )
+}
