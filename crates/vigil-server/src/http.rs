@@ -399,7 +399,10 @@ fn target_of(state: &State, client_id: Option<&str>) -> Result<Target, ApiError>
     match client_id {
         None => {
             if state.server.sessions().is_empty() {
-                return Err(ApiError::new(StatusCode::NOT_FOUND, "no client is connected"));
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "no client is connected",
+                ));
             }
             Ok(Target::All)
         }

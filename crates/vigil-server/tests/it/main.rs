@@ -1,5 +1,6 @@
 //! Integration tests: a real server on loopback, real TLS, real files.
 
+mod api;
 mod commands;
 mod modules;
 mod support;

@@ -1,0 +1,584 @@
+//! The REST API and the emergency endpoint against a running server, with
+//! a real client taking the commands and a real audit log.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use vigil_audit::{AuditLog, AuditOptions, FaultInjection};
+use vigil_auth::GeneratedIdentity;
+use vigil_command::{
+    Authorities, AuthorityKey, ReplayGuard, SigningKey, Timestamp, UnsignedCommand, Verifier,
+    generate_signing_key,
+};
+use vigil_server::{Authority, HttpConfig, HttpServer};
+
+use crate::support::{self, TestServer};
+
+const TOKEN: &str = "test-token-0123456789";
+
+/// A minimal HTTP/1.1 exchange: one request, `Connection: close`.
+async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&[u8]>,
+) -> (u16, Value) {
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+    if let Some(t) = token {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    let body = body.unwrap_or_default();
+    req.push_str(&format!(
+        "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    ));
+    tcp.write_all(req.as_bytes()).await.expect("write");
+    tcp.write_all(body).await.expect("write");
+    read_response(&mut tcp).await
+}
+
+async fn read_response(tcp: &mut TcpStream) -> (u16, Value) {
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), tcp.read_to_end(&mut raw))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&raw);
+    let status: u16 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    let value = serde_json::from_str(body).unwrap_or(Value::String(body.to_owned()));
+    (status, value)
+}
+
+struct Api {
+    server: TestServer,
+    http: SocketAddr,
+    keys: (SigningKey, SigningKey),
+    agent: GeneratedIdentity,
+    _audit_dir: tempfile::TempDir,
+    audit_path: std::path::PathBuf,
+    faults: FaultInjection,
+}
+
+impl Api {
+    async fn start() -> Api {
+        let server_key = generate_signing_key().expect("key");
+        let operator = generate_signing_key().expect("key");
+        let agent = GeneratedIdentity::generate("agent").expect("identity");
+        let audit_dir = tempfile::tempdir().expect("tempdir");
+        let audit_path = audit_dir.path().join("audit.jsonl");
+        let faults = FaultInjection::new();
+        let mut options = AuditOptions::default();
+        options.fault_injection = Some(faults.clone());
+        let audit = AuditLog::open(&audit_path, options).expect("audit");
+        let key = server_key.clone();
+        let server = TestServer::start_with(&[agent.fingerprint], move |c| {
+            c.authority = Some(Authority {
+                key,
+                id: "vigil-server".into(),
+            });
+            c.heartbeat_interval = Duration::from_millis(200);
+            c.audit = Some(audit);
+            c.agent_id = "vigil-server-under-test".into();
+        })
+        .await;
+        let authorities = Authorities::from_keys([AuthorityKey::new(
+            Some("wa_ops".into()),
+            operator.verifying_key(),
+            ["RUN", "SHUTDOWN_NOW"],
+        )
+        .expect("key")])
+        .expect("authorities");
+        let guard = ReplayGuard::open(audit_dir.path().join("relay-replay.log"), SystemTime::now())
+            .expect("guard");
+        let mut config = HttpConfig::new("127.0.0.1:0".parse().expect("addr"), TOKEN);
+        config.read_timeout = Duration::from_millis(800);
+        config.relay = Some(
+            Verifier::new(authorities)
+                .with_supported_types(["RUN", "SHUTDOWN_NOW"])
+                .with_replay_guard(Arc::new(guard)),
+        );
+        let api = HttpServer::bind(config, server.handle.clone())
+            .await
+            .expect("bind");
+        let http = api.local_addr().expect("addr");
+        tokio::spawn(api.run());
+        Api {
+            server,
+            http,
+            keys: (server_key, operator),
+            agent,
+            _audit_dir: audit_dir,
+            audit_path,
+            faults,
+        }
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let bytes = body.map(|b| b.to_string().into_bytes());
+        http(self.http, method, path, Some(TOKEN), bytes.as_deref()).await
+    }
+
+    fn audit_kinds(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.audit_path)
+            .expect("audit log")
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter_map(|v| v["kind"].as_str().map(str::to_owned))
+            .collect()
+    }
+}
+
+/// A client that runs `echo`-like commands in process and records them.
+async fn agent(
+    api: &Api,
+    ran: Arc<std::sync::Mutex<Vec<String>>>,
+) -> (
+    Arc<vigil_client::Client>,
+    tokio_util::sync::CancellationToken,
+) {
+    #[derive(Debug)]
+    struct Rec(Arc<std::sync::Mutex<Vec<String>>>);
+    impl vigil_client::CommandHandler for Rec {
+        fn execute<'a>(
+            &'a self,
+            command: &'a str,
+            args: &'a Value,
+        ) -> futures_util::future::BoxFuture<'a, Result<Value, String>> {
+            Box::pin(async move {
+                self.0
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(command.to_owned());
+                Ok(json!({"echo": command, "args": args}))
+            })
+        }
+    }
+    let authorities = Authorities::from_keys([
+        AuthorityKey::new(
+            Some("vigil-server".into()),
+            api.keys.0.verifying_key(),
+            ["RUN"],
+        )
+        .expect("key"),
+        AuthorityKey::new(
+            Some("wa_ops".into()),
+            api.keys.1.verifying_key(),
+            ["RUN", "SHUTDOWN_NOW"],
+        )
+        .expect("key"),
+    ])
+    .expect("authorities");
+    let verifier = Verifier::new(authorities)
+        .with_supported_types(["RUN", "SHUTDOWN_NOW"])
+        .with_own_agent_id(api.agent.fingerprint.to_hex())
+        .with_replay_guard(Arc::new(ReplayGuard::in_memory()));
+    let mut config = support::client_config(&api.server, &api.agent);
+    config.commands = Some(vigil_client::CommandSettings::new(
+        verifier,
+        api.keys.0.verifying_key(),
+        Arc::new(Rec(ran)),
+    ));
+    let client = Arc::new(vigil_client::Client::new(config));
+    let mut events = client.subscribe();
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn({
+        let (c, s) = (client.clone(), stop.clone());
+        async move { c.run(s).await }
+    });
+    support::next_event(&mut events, |e| {
+        matches!(e, vigil_client::ClientEvent::Synced { .. })
+    })
+    .await;
+    (client, stop)
+}
+
+fn signed(key: &SigningKey, id: &str, command_type: &str, target: Option<String>) -> Value {
+    let now = Timestamp::from_system_time(SystemTime::now()).expect("now");
+    let mut cmd = UnsignedCommand::new(id, command_type, "wa_ops", now, "api test");
+    if command_type == "RUN" {
+        cmd.command = Some("relayed".into());
+        cmd.args = Some(json!({"x": [1, 2]}));
+    }
+    cmd.target_agent_id = target;
+    serde_json::to_value(cmd.sign(key).expect("sign")).expect("json")
+}
+
+#[tokio::test]
+async fn send_reaches_the_handler_and_wait_returns_its_result() {
+    let api = Api::start().await;
+    let ran = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (_client, stop) = agent(&api, ran.clone()).await;
+    let me = api.agent.fingerprint.to_hex();
+
+    let (status, body) = api
+        .call(
+            "POST",
+            "/send?wait=10",
+            Some(json!({"command": "shutdown", "args": {"delay": 5}, "client_id": me})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["results"][0]["status"], "done", "{body}");
+    assert_eq!(
+        body["results"][0]["result"],
+        json!({"echo": "shutdown", "args": {"delay": 5}})
+    );
+    assert_eq!(body["results"][0]["client"], me.as_str());
+
+    // Without ?wait: 202 with the command id, then the record shows the result.
+    let (status, body) = api
+        .call("POST", "/send", Some(json!({"command": "later"})))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["command_id"].as_str().expect("id").to_owned();
+    assert_eq!(body["sent_to"], json!([me]));
+    let mut record = Value::Null;
+    for _ in 0..200 {
+        let (status, r) = api.call("GET", &format!("/v1/commands/{id}"), None).await;
+        assert_eq!(status, 200);
+        record = r;
+        if record["targets"][&me]["status"] == "done" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(record["targets"][&me]["status"], "done", "{record}");
+    assert_eq!(record["via"], "send");
+    assert_eq!(
+        ran.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone(),
+        vec!["shutdown", "later"]
+    );
+
+    // Everything was audited before it was sent.
+    support::eventually(|| {
+        api.audit_kinds()
+            .iter()
+            .filter(|k| *k == "command.acknowledged")
+            .count()
+            >= 2
+    })
+    .await;
+    let kinds = api.audit_kinds();
+    assert!(
+        kinds.iter().filter(|k| *k == "command.issued").count() >= 2,
+        "{kinds:?}"
+    );
+    assert!(kinds.iter().any(|k| k == "handshake.accepted"), "{kinds:?}");
+    let report = vigil_audit::verify(&api.audit_path).expect("verify");
+    assert!(report.is_ok(), "{report}");
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn a_presigned_command_is_relayed_byte_for_byte() {
+    let api = Api::start().await;
+    // A raw TLS client sees exactly what the server sends.
+    let (mut rd, mut wr) = tokio::io::split(support::raw_tls(&api.server, &api.agent).await);
+    support::eventually(|| !api.server.handle.sessions().is_empty()).await;
+    let body = signed(
+        &api.keys.1,
+        "relay-1",
+        "RUN",
+        Some(api.agent.fingerprint.to_hex()),
+    )
+    .to_string();
+    let (status, answer) = http(
+        api.http,
+        "POST",
+        "/v1/commands",
+        Some(TOKEN),
+        Some(body.as_bytes()),
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}");
+    let mut buf = bytes::BytesMut::new();
+    // Read until the cmd:exec line (heartbeats may come first).
+    let line = loop {
+        if let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+            let l = buf.split_to(pos + 1);
+            if l.starts_with(b"cmd:exec:") {
+                break l.to_vec();
+            }
+            continue;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), rd.read_buf(&mut buf))
+            .await
+            .expect("in time")
+            .expect("read");
+        assert!(n > 0, "connection closed");
+    };
+    let text = String::from_utf8(line).expect("utf8");
+    let payload = text
+        .split_once(' ')
+        .expect("payload")
+        .1
+        .trim_end_matches('\n');
+    assert_eq!(payload, body, "relayed byte for byte");
+    let _ = wr.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_requests_get_the_documented_status_and_nothing_is_sent() {
+    let api = Api::start().await;
+    let ran = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (_client, stop) = agent(&api, ran.clone()).await;
+
+    // Authentication.
+    let (status, body) = http(api.http, "GET", "/v1/clients", None, None).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body["detail"].as_str().expect("detail").contains("token"));
+    let (status, _) = http(
+        api.http,
+        "GET",
+        "/v1/clients",
+        Some("wrong-token-0123456789"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, body) = http(api.http, "GET", "/health", None, None).await;
+    assert_eq!((status, &body["status"]), (200, &json!("ok")));
+    let (status, body) = api.call("GET", "/v1/clients", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body["clients"][0]["client_id"],
+        api.agent.fingerprint.to_hex().as_str()
+    );
+
+    let cases: Vec<(&str, &str, Option<&[u8]>, u16)> = vec![
+        ("POST", "/send", Some(b"{not json"), 422),
+        ("POST", "/send", Some(br#"{"command": 5}"#), 422),
+        (
+            "POST",
+            "/send",
+            Some(br#"{"command": "x", "surprise": 1}"#),
+            422,
+        ),
+        ("POST", "/send", Some(br#"{"command": ""}"#), 422),
+        (
+            "POST",
+            "/send",
+            Some(br#"{"command": "x", "client_id": "nope"}"#),
+            404,
+        ),
+        ("POST", "/send?wait=abc", Some(br#"{"command": "x"}"#), 422),
+        ("POST", "/send?wait=3600", Some(br#"{"command": "x"}"#), 422),
+        ("POST", "/v1/commands", Some(br#"{"command_id": "x"}"#), 422),
+        ("GET", "/v1/commands/unknown-id", None, 404),
+        ("GET", "/nowhere", None, 404),
+        ("DELETE", "/send", None, 405),
+    ];
+    for (method, path, body, want) in cases {
+        let (status, answer) = http(api.http, method, path, Some(TOKEN), body).await;
+        assert_eq!(status, want, "{method} {path}: {answer}");
+        assert!(
+            answer["detail"].is_string(),
+            "{method} {path}: JSON reason: {answer}"
+        );
+    }
+    let other = generate_signing_key().expect("key");
+    let forged = signed(&other, "forged-1", "RUN", None);
+    let (status, answer) = api.call("POST", "/v1/commands", Some(forged)).await;
+    assert_eq!(status, 403, "{answer}");
+    let mut stale = signed(&api.keys.1, "stale-1", "RUN", None);
+    stale["issued_at"] = json!("2020-01-01T00:00:00+00:00");
+    let (status, _) = api.call("POST", "/v1/commands", Some(stale)).await;
+    assert_eq!(status, 403);
+
+    // Oversized body.
+    let big = format!(r#"{{"command": "x", "args": "{}"}}"#, "a".repeat(70 * 1024));
+    let (status, answer) = http(api.http, "POST", "/send", Some(TOKEN), Some(big.as_bytes())).await;
+    assert_eq!(status, 413, "{answer}");
+
+    // A slow client that never finishes its body.
+    let mut tcp = TcpStream::connect(api.http).await.expect("connect");
+    tcp.write_all(format!("POST /send HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 100\r\nConnection: close\r\n\r\n{{\"comm").as_bytes())
+        .await
+        .expect("write");
+    let (status, _) = read_response(&mut tcp).await;
+    assert_eq!(status, 408);
+
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        ran.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_empty(),
+        "nothing was sent"
+    );
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn with_the_audit_log_unwritable_send_is_503_and_nothing_is_sent() {
+    let api = Api::start().await;
+    let ran = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (_client, stop) = agent(&api, ran.clone()).await;
+    api.faults.set_sync_failing(true);
+    let (status, body) = api
+        .call(
+            "POST",
+            "/send?wait=2",
+            Some(json!({"command": "must-not-run"})),
+        )
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["detail"].as_str().expect("detail").contains("audit"),
+        "{body}"
+    );
+    // The emergency route fails closed too.
+    let cmd = signed(
+        &api.keys.1,
+        "em-1",
+        "SHUTDOWN_NOW",
+        Some("vigil-server-under-test".into()),
+    );
+    let (status, _) = http(
+        api.http,
+        "POST",
+        "/emergency/shutdown",
+        None,
+        Some(cmd.to_string().as_bytes()),
+    )
+    .await;
+    assert_eq!(status, 503);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        ran.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_empty()
+    );
+    assert!(!api.server.handle.is_shutting_down(), "nothing happened");
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn metrics_are_prometheus_text() {
+    let api = Api::start().await;
+    let mut tcp = TcpStream::connect(api.http).await.expect("connect");
+    tcp.write_all(format!("GET /metrics HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let (status, body) = read_response(&mut tcp).await;
+    assert_eq!(status, 200);
+    let text = body.as_str().expect("text");
+    for name in [
+        "vigil_connections ",
+        "vigil_handshakes_total{result=\"ok\"}",
+        "vigil_commands_total{outcome=\"sent\"}",
+        "vigil_module_events_total",
+        "vigil_failsafe_reports_total",
+    ] {
+        assert!(text.contains(name), "{name} missing from\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn emergency_statuses_and_targets() {
+    let api = Api::start().await;
+    let (status, body) = http(api.http, "GET", "/emergency/test", None, None).await;
+    assert_eq!(
+        (status, &body["message"]),
+        (200, &json!("Emergency endpoint accessible"))
+    );
+    let post = |b: Vec<u8>| {
+        let addr = api.http;
+        async move { http(addr, "POST", "/emergency/shutdown", None, Some(&b)).await }
+    };
+    let (status, _) = post(b"{nope".to_vec()).await;
+    assert_eq!(status, 422);
+    let run = signed(&api.keys.1, "em-run", "RUN", None);
+    let (status, _) = post(run.to_string().into_bytes()).await;
+    assert_eq!(status, 400);
+    let mut no_offset = signed(&api.keys.1, "em-tz", "SHUTDOWN_NOW", None);
+    no_offset["issued_at"] = json!("2026-01-01T12:00:00");
+    let (status, _) = post(no_offset.to_string().into_bytes()).await;
+    assert_eq!(status, 400);
+    let mut old = signed(&api.keys.1, "em-old", "SHUTDOWN_NOW", None);
+    old["issued_at"] = json!("2020-01-01T00:00:00Z");
+    let (status, body) = post(old.to_string().into_bytes()).await;
+    assert_eq!(
+        (status, body["detail"].as_str()),
+        (403, Some("Command timestamp outside acceptable window"))
+    );
+    let mut bad_sig = signed(&api.keys.1, "em-sig", "SHUTDOWN_NOW", None);
+    bad_sig["reason"] = json!("changed");
+    let (status, body) = post(bad_sig.to_string().into_bytes()).await;
+    assert_eq!(
+        (status, body["detail"].as_str()),
+        (403, Some("Invalid signature"))
+    );
+    let stranger = generate_signing_key().expect("key");
+    let unknown = signed(&stranger, "em-unknown", "SHUTDOWN_NOW", None);
+    let (status, body) = post(unknown.to_string().into_bytes()).await;
+    assert_eq!(
+        (status, body["detail"].as_str()),
+        (403, Some("Unauthorized public key"))
+    );
+    let nowhere = signed(
+        &api.keys.1,
+        "em-nowhere",
+        "SHUTDOWN_NOW",
+        Some("no-such-agent".into()),
+    );
+    let (status, _) = post(nowhere.to_string().into_bytes()).await;
+    assert_eq!(status, 404);
+
+    // Aimed at a connected agent: relayed to it, the server stays up.
+    let ran = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (client, _stop) = agent(&api, ran).await;
+    let mut events = client.subscribe();
+    let to_agent = signed(
+        &api.keys.1,
+        "em-agent",
+        "SHUTDOWN_NOW",
+        Some(api.agent.fingerprint.to_hex()),
+    );
+    let (status, body) = post(to_agent.to_string().into_bytes()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["command_verified"], true);
+    assert_eq!(body["data"]["final_message_sent"], true, "{body}");
+    assert!(body["metadata"]["request_id"].is_string());
+    support::next_event(&mut events, |e| {
+        matches!(e, vigil_client::ClientEvent::ShutdownRequested { .. })
+    })
+    .await;
+    assert!(!api.server.handle.is_shutting_down());
+    // Replayed: refused.
+    let (status, _) = post(to_agent.to_string().into_bytes()).await;
+    assert_eq!(status, 409);
+
+    // Aimed at the server itself: the server stops, after answering.
+    let to_server = signed(
+        &api.keys.1,
+        "em-server",
+        "SHUTDOWN_NOW",
+        Some("vigil-server-under-test".into()),
+    );
+    let (status, body) = post(to_server.to_string().into_bytes()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["exit_code"], 0, "{body}");
+    assert!(body["data"]["shutdown_completed"].is_string());
+    assert_eq!(body["data"]["data_persisted"], true);
+    tokio::time::timeout(Duration::from_secs(10), api.server.handle.stopped())
+        .await
+        .expect("stopped");
+    let kinds = api.audit_kinds();
+    assert!(
+        kinds.iter().filter(|k| *k == "emergency.attempt").count() >= 9,
+        "every attempt audited: {kinds:?}"
+    );
+}
