@@ -32,6 +32,8 @@ pub const DEFAULT_HTTP_PORT: u16 = 8080;
 pub const DEFAULT_MAX_BODY: usize = 64 * 1024;
 /// Default time to receive a request's head, then its body.
 pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default cap on REST connections at once.
+pub const DEFAULT_MAX_HTTP_CONNECTIONS: usize = 1024;
 /// Longest `?wait=` accepted.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
 
@@ -47,6 +49,8 @@ pub struct HttpConfig {
     pub max_body: usize,
     /// Time allowed to send the request head, and then the body.
     pub read_timeout: Duration,
+    /// REST connections at once; more are closed at once.
+    pub max_connections: usize,
     /// Checks commands posted to `/v1/commands` and `/emergency/shutdown`:
     /// the authorities the server relays for, freshness, and a replay
     /// guard. Without it both routes answer 503.
@@ -72,6 +76,7 @@ impl HttpConfig {
             token: token.into(),
             max_body: DEFAULT_MAX_BODY,
             read_timeout: DEFAULT_READ_TIMEOUT,
+            max_connections: DEFAULT_MAX_HTTP_CONNECTIONS,
             relay: None,
         }
     }
@@ -167,6 +172,9 @@ impl HttpServer {
         let stopped = state.server.stopping();
         tokio::pin!(stopped);
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let slots = Arc::new(tokio::sync::Semaphore::new(
+            state.config.max_connections.max(1),
+        ));
         loop {
             let (tcp, peer) = tokio::select! {
                 () = &mut stopped => break,
@@ -178,6 +186,11 @@ impl HttpServer {
                         continue;
                     }
                 },
+            };
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, limit = state.config.max_connections, "REST connection limit reached");
+                drop(tcp);
+                continue;
             };
             let conn_state = state.clone();
             let service = hyper::service::service_fn(move |req| {
@@ -191,6 +204,7 @@ impl HttpServer {
                 .serve_connection(TokioIo::new(tcp), service);
             let conn = graceful.watch(conn);
             tokio::spawn(async move {
+                let _permit = permit;
                 if let Err(e) = conn.await {
                     tracing::debug!(%peer, error = %e, "REST connection ended");
                 }

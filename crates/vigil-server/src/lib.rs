@@ -46,7 +46,8 @@ pub use config::{
 };
 pub use delivery::{ClientOutcome, Delivery, DeliveryReport, Outcome, Target};
 pub use http::{
-    DEFAULT_HTTP_PORT, DEFAULT_MAX_BODY, DEFAULT_READ_TIMEOUT, HttpConfig, HttpServer, MAX_WAIT,
+    DEFAULT_HTTP_PORT, DEFAULT_MAX_BODY, DEFAULT_MAX_HTTP_CONNECTIONS, DEFAULT_READ_TIMEOUT,
+    HttpConfig, HttpServer, MAX_WAIT,
 };
 pub use record::{CommandRecord, TargetState};
 pub use server::{Counter, Server, ServerHandle, ServerStats};
