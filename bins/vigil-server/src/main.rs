@@ -398,9 +398,30 @@ async fn serve(config: ServerConfig, http: HttpConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Raises the open-file limit to the hard limit: every client is a socket.
+fn raise_fd_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let Some(hard) = limit.maximum else {
+        return;
+    };
+    if limit.current == Some(hard) {
+        return;
+    }
+    let raised = rustix::process::Rlimit {
+        current: Some(hard),
+        maximum: Some(hard),
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => tracing::debug!(limit = hard, "raised the open-file limit to the hard limit"),
+        Err(e) => tracing::warn!(error = %e, soft = ?limit.current, "cannot raise the open-file limit"),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
+    raise_fd_limit();
     let (config, http, _watches) = match resolve(cli) {
         Ok(c) => c,
         Err(e) => {

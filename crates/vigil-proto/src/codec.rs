@@ -123,10 +123,9 @@ impl Decoder for FrameCodec {
                 })
             }
             None => {
+                // The reader grows the buffer as bytes arrive; an idle
+                // connection keeps only what it had.
                 self.scanned = buf.len();
-                // Ask for no more than the rest of this frame's allowance.
-                let want = (self.max_decode + 1 - buf.len()).min(8 * 1024);
-                buf.reserve(want);
                 Ok(None)
             }
         }

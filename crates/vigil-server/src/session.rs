@@ -21,6 +21,8 @@ use vigil_proto::{
 
 use crate::server::Shared;
 
+/// Initial read buffer of a session.
+const READ_BUFFER: usize = 512;
 /// Most bytes gathered into one write.
 const WRITE_BATCH: usize = 64 * 1024;
 
@@ -135,7 +137,13 @@ async fn read_loop<R>(
 where
     R: tokio::io::AsyncRead + Unpin,
 {
-    let mut frames = FramedRead::new(reader, FrameCodec::server(&shared.config.limits));
+    // Client frames are small: start with a small buffer (it grows for a
+    // large frame), since an idle connection keeps it.
+    let mut frames = FramedRead::with_capacity(
+        reader,
+        FrameCodec::server(&shared.config.limits),
+        READ_BUFFER,
+    );
     let execs = Arc::new(Semaphore::new(shared.config.max_execs_per_session.max(1)));
     loop {
         let next = tokio::select! {
@@ -397,7 +405,7 @@ async fn write_loop<W>(mut rx: mpsc::Receiver<Bytes>, mut writer: W, cancel: Can
 where
     W: AsyncWrite + Unpin,
 {
-    let mut batch = BytesMut::with_capacity(4096);
+    let mut batch = BytesMut::new();
     loop {
         let first = tokio::select! {
             biased;
@@ -429,7 +437,7 @@ where
         }
         // Do not keep a large buffer around for an idle connection.
         if batch.capacity() > WRITE_BATCH * 2 {
-            batch = BytesMut::with_capacity(4096);
+            batch = BytesMut::new();
         }
     }
     // Send TLS close_notify; a peer that does not read gets no say in how
