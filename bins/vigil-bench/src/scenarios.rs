@@ -587,6 +587,9 @@ pub(crate) async fn slow_consumer(
     while !gone.load(Ordering::Relaxed) && t0.elapsed() < cap {
         let trial = fanout_trial(&ctx.api, fleets, 0.5).await?;
         during.extend(trial.latencies);
+        // Paced, so that with many clients the fan-outs do not starve the
+        // requests that fill the slow client's queue.
+        tokio::time::sleep(Duration::from_millis(500)).await;
         rss_samples.push(rss_kib(ctx.pid())?);
         if last_print.elapsed() > Duration::from_secs(2) {
             eprintln!(
