@@ -40,3 +40,14 @@ mods dir="mods":
         mv "$tmp" "{{dir}}/$m.so"
         echo "deployed {{dir}}/$m.so  sha256 $(sha256sum "{{dir}}/$m.so" | cut -d' ' -f1)"
     done
+
+# Load test: 10,000 simulated mTLS clients against a real vigil-server
+# process (see docs/benchmarks.md, "Scale"). Takes several minutes.
+bench *args:
+    cargo build --release -p vigil-bench -p vigil-server-bin
+    cargo run --release -p vigil-bench -- --json bench.json {{args}}
+
+# The same scenarios with 1,000 clients and shorter windows: about a minute.
+bench-quick *args:
+    cargo build --release -p vigil-bench -p vigil-server-bin
+    cargo run --release -p vigil-bench -- --quick --json bench-quick.json {{args}}

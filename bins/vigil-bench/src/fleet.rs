@@ -1,0 +1,387 @@
+//! Simulated clients: one lean task per connection.
+//!
+//! Each task is a real mTLS client with its own identity, on its own
+//! loopback source address, speaking the frame protocol through
+//! [`FrameCodec`]. It is not `vigil_client::Client`: it does only what a
+//! connected client does on the wire (ping to confirm admission, sync,
+//! answer commands, ping when idle, reconnect with the client's jittered
+//! backoff) and records when things happen, so that thousands fit beside
+//! the server on two cores.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use futures_util::StreamExt as _;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::rustls::ClientConfig;
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+use vigil_client::Backoff;
+use vigil_proto::{Ack, AckStatus, ClientRequest, Frame, FrameCodec, Limits};
+
+use crate::setup::ClientIdentity;
+
+/// How many loopback source addresses connections are spread over
+/// (127.0.0.2 ..= 127.0.0.51): each has its own ~28,000 ephemeral ports.
+pub(crate) const SOURCE_ADDRESSES: usize = 50;
+
+/// A client pings after this long without sending, as `vigil-client` does
+/// (the server closes sessions silent for 90 s).
+const IDLE_PING: Duration = Duration::from_secs(30);
+
+/// Longest wait for one answer during connection set-up.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The loopback source address for connection `i`.
+pub(crate) fn source_address(i: usize) -> IpAddr {
+    let host = 2 + (i % SOURCE_ADDRESSES) as u8;
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, host))
+}
+
+/// Nanoseconds since `epoch`.
+pub(crate) fn nanos_since(epoch: Instant) -> u64 {
+    u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Opens a TCP connection from `source` and completes the TLS handshake.
+pub(crate) async fn connect_tls(
+    config: Arc<ClientConfig>,
+    source: IpAddr,
+    server: SocketAddr,
+    recv_buffer: Option<u32>,
+) -> anyhow::Result<TlsStream<TcpStream>> {
+    let socket = TcpSocket::new_v4()?;
+    // Ports of closed connections in TIME_WAIT may be bound again.
+    socket.set_reuseaddr(true)?;
+    if let Some(size) = recv_buffer {
+        socket.set_recv_buffer_size(size)?;
+    }
+    socket
+        .bind(SocketAddr::new(source, 0))
+        .with_context(|| format!("cannot bind {source}"))?;
+    let tcp = socket.connect(server).await?;
+    tcp.set_nodelay(true)?;
+    let name = ServerName::try_from("vigil-server")?;
+    Ok(TlsConnector::from(config).connect(name, tcp).await?)
+}
+
+/// A framed connection: frames in, raw bytes out.
+pub(crate) struct Conn<S> {
+    pub(crate) frames: FramedRead<tokio::io::ReadHalf<S>, FrameCodec>,
+    pub(crate) writer: tokio::io::WriteHalf<S>,
+}
+
+impl<S: AsyncRead + AsyncWrite> Conn<S> {
+    pub(crate) fn new(stream: S) -> Conn<S> {
+        let (r, w) = tokio::io::split(stream);
+        Conn {
+            frames: FramedRead::new(r, FrameCodec::client(&Limits::default())),
+            writer: w,
+        }
+    }
+
+    /// Reads until the frame `api:kind:reference` arrives (skipping
+    /// heartbeats and broadcasts); an `err` frame for it is an error.
+    pub(crate) async fn expect(
+        &mut self,
+        api: &str,
+        kind: &str,
+        reference: &str,
+    ) -> anyhow::Result<Frame> {
+        loop {
+            let frame = match self.frames.next().await {
+                None => anyhow::bail!("connection closed before {api}:{kind}:{reference}"),
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(Err(bad))) => anyhow::bail!("malformed frame from the server: {bad}"),
+                Some(Ok(Ok(frame))) => frame,
+            };
+            if frame.reference() != reference {
+                continue;
+            }
+            if frame.api() == api && frame.kind() == kind {
+                return Ok(frame);
+            }
+            if frame.api() == vigil_proto::api::ERR {
+                anyhow::bail!("server answered {frame}");
+            }
+        }
+    }
+
+    /// Pings and waits for the pong: a refused client learns it here.
+    pub(crate) async fn admit(&mut self) -> anyhow::Result<()> {
+        self.writer.write_all(b"sys:ping:a {}\n").await?;
+        self.expect("sys", "pong", "a").await?;
+        Ok(())
+    }
+
+    /// Lists the modules; returns the `mod:sync_resp` frame.
+    pub(crate) async fn sync(&mut self) -> anyhow::Result<Frame> {
+        self.writer.write_all(b"mod:sync:s {}\n").await?;
+        self.expect("mod", "sync_resp", "s").await
+    }
+}
+
+/// One simulated client and what it recorded.
+#[derive(Debug)]
+pub(crate) struct SimClient {
+    index: usize,
+    identity: ClientIdentity,
+    /// Sessions that got as far as a completed sync.
+    pub(crate) syncs: AtomicU64,
+    /// When the last sync completed (ns since the fleet's epoch).
+    pub(crate) last_sync_ns: AtomicU64,
+    /// Connection attempts that failed before a sync.
+    pub(crate) failed_attempts: AtomicU64,
+    /// Commands received.
+    pub(crate) commands: AtomicU64,
+    /// When the last command arrived (ns since the fleet's epoch).
+    pub(crate) last_command_ns: AtomicU64,
+    /// Heartbeats received.
+    pub(crate) heartbeats: AtomicU64,
+    connected: AtomicBool,
+}
+
+impl SimClient {
+    pub(crate) fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+}
+
+/// Settings shared by every client of a fleet.
+#[derive(Debug)]
+struct FleetShared {
+    epoch: Instant,
+    server: SocketAddr,
+    stop: CancellationToken,
+    /// Bounds first connections in flight, so that starting thousands of
+    /// clients does not run into the server's handshake timeout.
+    ramp: Semaphore,
+}
+
+/// Many simulated clients.
+#[derive(Debug)]
+pub(crate) struct Fleet {
+    shared: Arc<FleetShared>,
+    pub(crate) clients: Vec<Arc<SimClient>>,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Fleet {
+    pub(crate) fn new(server: SocketAddr, epoch: Instant, ramp: usize) -> Fleet {
+        Fleet {
+            shared: Arc::new(FleetShared {
+                epoch,
+                server,
+                stop: CancellationToken::new(),
+                ramp: Semaphore::new(ramp.max(1)),
+            }),
+            clients: Vec::new(),
+            tasks: tokio::task::JoinSet::new(),
+        }
+    }
+
+    pub(crate) fn epoch(&self) -> Instant {
+        self.shared.epoch
+    }
+
+    /// Starts one client task per identity.
+    pub(crate) fn add(&mut self, identities: &[ClientIdentity]) {
+        for identity in identities {
+            let client = Arc::new(SimClient {
+                index: self.clients.len(),
+                identity: identity.clone(),
+                syncs: AtomicU64::new(0),
+                last_sync_ns: AtomicU64::new(0),
+                failed_attempts: AtomicU64::new(0),
+                commands: AtomicU64::new(0),
+                last_command_ns: AtomicU64::new(0),
+                heartbeats: AtomicU64::new(0),
+                connected: AtomicBool::new(false),
+            });
+            self.clients.push(client.clone());
+            self.tasks.spawn(run(client, self.shared.clone()));
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.clients.len()
+    }
+
+    pub(crate) fn connected(&self) -> usize {
+        self.clients.iter().filter(|c| c.is_connected()).count()
+    }
+
+    /// Waits until every client is connected, printing progress; fails
+    /// after `limit`.
+    pub(crate) async fn wait_connected(&self, what: &str, limit: Duration) -> anyhow::Result<()> {
+        let t0 = Instant::now();
+        let mut last_print = Instant::now();
+        loop {
+            let n = self.connected();
+            if n == self.len() {
+                eprintln!(
+                    "  {what}: {n}/{} connected in {:.1} s",
+                    self.len(),
+                    t0.elapsed().as_secs_f64()
+                );
+                return Ok(());
+            }
+            if last_print.elapsed() >= Duration::from_secs(1) {
+                eprintln!("  {what}: {n}/{} connected", self.len());
+                last_print = Instant::now();
+            }
+            anyhow::ensure!(
+                t0.elapsed() < limit,
+                "{what}: only {n} of {} clients connected within {limit:?}",
+                self.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Total heartbeats received by the fleet.
+    pub(crate) fn heartbeats(&self) -> u64 {
+        self.clients
+            .iter()
+            .map(|c| c.heartbeats.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Closes every connection and waits for the tasks.
+    pub(crate) async fn stop(mut self) {
+        self.shared.stop.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// A client's life: connect, serve, and reconnect with backoff.
+async fn run(client: Arc<SimClient>, shared: Arc<FleetShared>) {
+    let backoff = Backoff::default();
+    let mut attempt: u32 = 0;
+    let mut first = true;
+    loop {
+        let permit = if first {
+            tokio::select! {
+                () = shared.stop.cancelled() => return,
+                p = shared.ramp.acquire() => p.ok(),
+            }
+        } else {
+            None
+        };
+        first = false;
+        let synced = tokio::select! {
+            () = shared.stop.cancelled() => return,
+            r = session(&client, &shared, permit) => r,
+        };
+        client.connected.store(false, Ordering::Relaxed);
+        if synced {
+            attempt = 0;
+        } else {
+            client.failed_attempts.fetch_add(1, Ordering::Relaxed);
+        }
+        let delay = backoff.delay(attempt, &mut rand::rng());
+        attempt = attempt.saturating_add(1);
+        tokio::select! {
+            () = shared.stop.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// One connection; returns whether it got as far as a completed sync.
+async fn session(
+    client: &SimClient,
+    shared: &FleetShared,
+    ramp: Option<tokio::sync::SemaphorePermit<'_>>,
+) -> bool {
+    let setup = async {
+        let stream = connect_tls(
+            client.identity.config.clone(),
+            source_address(client.index),
+            shared.server,
+            None,
+        )
+        .await?;
+        let mut conn = Conn::new(stream);
+        conn.admit().await?;
+        conn.sync().await?;
+        anyhow::Ok(conn)
+    };
+    let mut conn = match tokio::time::timeout(SETUP_TIMEOUT, setup).await {
+        Ok(Ok(conn)) => conn,
+        _ => return false,
+    };
+    drop(ramp);
+    client.syncs.fetch_add(1, Ordering::Relaxed);
+    client
+        .last_sync_ns
+        .store(nanos_since(shared.epoch), Ordering::Relaxed);
+    client.connected.store(true, Ordering::Relaxed);
+    let _ = serve(client, shared, &mut conn).await;
+    true
+}
+
+/// Reads frames until the connection ends: answers each `cmd:exec` with
+/// a `cmd:ack` at once, counts heartbeats, pings when idle.
+async fn serve<S: AsyncRead + AsyncWrite>(
+    client: &SimClient,
+    shared: &FleetShared,
+    conn: &mut Conn<S>,
+) -> anyhow::Result<()> {
+    let mut last_write = Instant::now();
+    let mut pings: u64 = 0;
+    loop {
+        let idle = tokio::time::sleep_until((last_write + IDLE_PING).into());
+        let next = tokio::select! {
+            next = conn.frames.next() => next,
+            () = idle => {
+                pings += 1;
+                conn.writer.write_all(format!("sys:ping:i{pings} {{}}\n").as_bytes()).await?;
+                last_write = Instant::now();
+                continue;
+            }
+        };
+        let frame = match next {
+            None => return Ok(()),
+            Some(Err(e)) => return Err(e.into()),
+            Some(Ok(Err(_))) => continue,
+            Some(Ok(Ok(frame))) => frame,
+        };
+        match (frame.api(), frame.kind()) {
+            ("cmd", "exec") => {
+                client
+                    .last_command_ns
+                    .store(nanos_since(shared.epoch), Ordering::Relaxed);
+                client.commands.fetch_add(1, Ordering::Relaxed);
+                let ack = Ack {
+                    command_id: frame
+                        .payload()
+                        .get("command_id")
+                        .and_then(|v| v.as_str())
+                        .map(str::to_owned),
+                    status: AckStatus::Done,
+                    code: None,
+                    detail: String::new(),
+                    result: None,
+                };
+                let bytes = ClientRequest::Ack(ack)
+                    .to_frame(frame.reference())
+                    .to_bytes();
+                conn.writer.write_all(&bytes).await?;
+                last_write = Instant::now();
+            }
+            ("hb", "beat") => {
+                client.heartbeats.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+}
