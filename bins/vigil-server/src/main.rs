@@ -414,7 +414,9 @@ fn raise_fd_limit() {
     };
     match setrlimit(Resource::Nofile, raised) {
         Ok(()) => tracing::debug!(limit = hard, "raised the open-file limit to the hard limit"),
-        Err(e) => tracing::warn!(error = %e, soft = ?limit.current, "cannot raise the open-file limit"),
+        Err(e) => {
+            tracing::warn!(error = %e, soft = ?limit.current, "cannot raise the open-file limit")
+        }
     }
 }
 

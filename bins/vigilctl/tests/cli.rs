@@ -1,116 +1,13 @@
 //! The three binaries as a user runs them: real processes, real files,
 //! real TLS on loopback.
 
-use std::io::{BufRead as _, BufReader};
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// Path of a workspace binary, building the server and client binaries if
-/// this test was run on its own (`cargo test -p vigilctl`).
-fn bin(name: &str) -> PathBuf {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    let dir = Path::new(env!("CARGO_BIN_EXE_vigilctl"))
-        .parent()
-        .expect("bin dir")
-        .to_owned();
-    let path = dir.join(name);
-    if !path.exists() {
-        BUILT.get_or_init(|| {
-            let status = Command::new(env!("CARGO"))
-                .args(["build", "-p", "vigil-server-bin", "-p", "vigil-client-bin"])
-                .status()
-                .expect("cargo build");
-            assert!(status.success(), "building the binaries failed");
-        });
-    }
-    path
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.env_remove("VIGIL_LOG").env_remove("RUST_LOG");
-    let out = cmd.output().expect("spawn");
-    eprintln!(
-        "$ {cmd:?}\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-/// A `vigil-server` process, killed on drop.
-struct ServerProcess(Child);
-
-impl ServerProcess {
-    /// Starts the server and waits until its log says it listens.
-    fn start(args: &[&str], envs: &[(&str, &str)]) -> ServerProcess {
-        let mut child = Command::new(bin("vigil-server"))
-            .args(args)
-            .envs(envs.iter().copied())
-            .env("VIGIL_LOG", "info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn vigil-server");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("server| {line}");
-                if line.contains("vigil server listening") {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        rx.recv_timeout(Duration::from_secs(20))
-            .expect("server started listening");
-        ServerProcess(child)
-    }
-
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.0.id().to_string();
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = self.0.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "server did not exit after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn init(dir: &Path, port: u16) -> String {
-    let out = run(Command::new(bin("vigilctl"))
-        .arg("init")
-        .arg(dir)
-        .args(["--port", &port.to_string()])
-        .args(["--http-port", &free_port().to_string()]));
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).expect("utf8")
-}
+use common::{ServerProcess, Watched, bin, free_port, init, lines_in, run, wait_lines};
 
 #[test]
 fn help_explains_every_binary() {
@@ -136,13 +33,74 @@ fn help_explains_every_binary() {
                 "sync",
             ][..],
         ),
-        ("vigilctl", &["init", "fingerprint", "demo"][..]),
+        (
+            "vigilctl",
+            &[
+                "init",
+                "fingerprint",
+                "demo",
+                "send",
+                "sign",
+                "relay",
+                "emergency-shutdown",
+                "audit",
+                "clients",
+                "modules",
+                "command",
+                "keygen",
+                "VIGIL_API",
+                "api-token",
+            ][..],
+        ),
     ] {
         let out = run(Command::new(bin(name)).arg("--help"));
         assert!(out.status.success(), "{name} --help");
         let text = String::from_utf8_lossy(&out.stdout);
         for n in needles {
             assert!(text.contains(n), "{name} --help lacks {n:?}");
+        }
+    }
+}
+
+#[test]
+fn every_vigilctl_subcommand_explains_itself() {
+    for (sub, needles) in [
+        (
+            &["send"][..],
+            &[
+                "--wait",
+                "--client",
+                "--args",
+                "--api",
+                "--token-file",
+                "--data-dir",
+                "VIGIL_API",
+            ][..],
+        ),
+        (
+            &["sign"],
+            &["--key", "--wa-id", "--type", "--expires-in", "sort_keys"],
+        ),
+        (&["relay"], &["--wait", "/v1/commands", "byte for byte"]),
+        (
+            &["emergency-shutdown"],
+            &["--key", "--wa-id", "--target", "SHUTDOWN_NOW", "no token"],
+        ),
+        (&["audit", "verify"], &["line number", "seq"]),
+        (&["clients"], &["/v1/clients"]),
+        (&["modules"], &["/v1/modules"]),
+        (&["command"], &["/v1/commands/ID"]),
+        (
+            &["keygen"],
+            &["--out", "--id", "--commands", "--force", "0600"],
+        ),
+        (&["bench-send"], &["--connections", "--duration"]),
+    ] {
+        let out = run(Command::new(bin("vigilctl")).args(sub).arg("--help"));
+        assert!(out.status.success(), "{sub:?} --help");
+        let text = String::from_utf8_lossy(&out.stdout);
+        for n in needles {
+            assert!(text.contains(n), "vigilctl {sub:?} --help lacks {n:?}");
         }
     }
 }
@@ -387,92 +345,6 @@ fn demo_runs_and_exits_zero() {
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("Demo complete"), "{text}");
-}
-
-/// A child process whose stderr lines are collected, killed on drop.
-struct Watched {
-    child: Child,
-    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-impl Watched {
-    fn spawn(cmd: &mut Command, label: &'static str) -> Watched {
-        let mut child = cmd
-            .env("VIGIL_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn");
-        let stderr = child.stderr.take().expect("stderr");
-        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("{label}| {line}");
-                sink.lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .push(line);
-            }
-        });
-        Watched { child, lines }
-    }
-
-    fn count(&self, needle: &str) -> usize {
-        self.lines
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-            .filter(|l| l.contains(needle))
-            .count()
-    }
-
-    fn wait_for(&self, needle: &str, n: usize, within: Duration) {
-        let deadline = Instant::now() + within;
-        while self.count(needle) < n {
-            assert!(
-                Instant::now() < deadline,
-                "no {n}x {needle:?} within {within:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
-    }
-}
-
-impl Drop for Watched {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-CONT", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn lines_in(path: &Path) -> usize {
-    std::fs::read_to_string(path)
-        .map(|s| s.lines().count())
-        .unwrap_or(0)
-}
-
-fn wait_lines(path: &Path, n: usize, within: Duration) {
-    let deadline = Instant::now() + within;
-    while lines_in(path) < n {
-        assert!(
-            Instant::now() < deadline,
-            "{} has fewer than {n} lines after {within:?}",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]
