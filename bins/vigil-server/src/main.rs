@@ -336,11 +336,10 @@ fn resolve(cli: Cli) -> anyhow::Result<(ServerConfig, HttpConfig, Watches)> {
         let replay_path = data_dir.join("relay-replay.log");
         let guard = vigil_command::ReplayGuard::open(&replay_path, std::time::SystemTime::now())
             .with_context(|| format!("cannot open the replay guard {}", replay_path.display()))?;
-        http.relay = Some(
-            vigil_command::Verifier::new(authorities)
-                .with_supported_types(["RUN", "SHUTDOWN_NOW"])
-                .with_replay_guard(std::sync::Arc::new(guard)),
-        );
+        http.relay = Some(vigil_server::Relay::new(
+            authorities,
+            std::sync::Arc::new(guard),
+        ));
     }
 
     Ok((

@@ -22,7 +22,7 @@ use http_body_util::Full;
 use hyper::{Response, StatusCode};
 use serde_json::{Value, json};
 use vigil_auth::Fingerprint;
-use vigil_command::{Refusal, SignedCommand, Verifier};
+use vigil_command::{Refusal, SignedCommand};
 
 use crate::{ServerHandle, Target};
 
@@ -102,10 +102,26 @@ async fn audit(
         .map_err(|e| detail(StatusCode::SERVICE_UNAVAILABLE, e))
 }
 
+/// Logs, audits and answers a refusal.
+async fn refuse(server: &ServerHandle, command: &SignedCommand, refusal: &Refusal) -> Resp {
+    tracing::error!(command_id = %command.command_id, code = refusal.code(), detail = %refusal.message(), "EMERGENCY SHUTDOWN refused");
+    if let Err(resp) = audit(
+        server,
+        "refused",
+        Some(command),
+        json!({"code": refusal.code(), "detail": refusal.message()}),
+    )
+    .await
+    {
+        return resp;
+    }
+    refusal_response(refusal)
+}
+
 /// Handles one emergency shutdown request.
 pub(crate) async fn shutdown(
     server: &ServerHandle,
-    verifier: Option<&Verifier>,
+    relay: Option<&crate::http::Relay>,
     body: &[u8],
 ) -> Resp {
     let received = now_iso();
@@ -142,7 +158,7 @@ pub(crate) async fn shutdown(
             ),
         );
     }
-    let Some(verifier) = verifier else {
+    let Some(relay) = relay else {
         let _ = audit(
             server,
             "refused",
@@ -155,20 +171,10 @@ pub(crate) async fn shutdown(
             "this server has no emergency authorities (start it with --authorities)",
         );
     };
-    if let Err(refusal) = verifier.verify(&command, SystemTime::now()) {
-        tracing::error!(command_id = %command.command_id, code = refusal.code(), detail = %refusal.message(), "EMERGENCY SHUTDOWN refused");
-        if let Err(resp) = audit(
-            server,
-            "refused",
-            Some(&command),
-            json!({"code": refusal.code(), "detail": refusal.message()}),
-        )
-        .await
-        {
-            return resp;
-        }
-        return refusal_response(&refusal);
-    }
+    let verified = match relay.verify(&command) {
+        Ok(v) => v,
+        Err(refusal) => return refuse(server, &command, &refusal).await,
+    };
     // Where does it go?
     let own = server.agent_id().to_owned();
     enum Plan {
@@ -179,7 +185,7 @@ pub(crate) async fn shutdown(
     let plan = match command.target_agent_id.as_deref() {
         Some(id) if id == own => Plan::ServerOnly,
         Some(id) => match id.parse::<Fingerprint>() {
-            Ok(fp) if server.is_connected(&fp) => Plan::Client(fp),
+            Ok(fp) if fp.to_hex() == id && server.is_connected(&fp) => Plan::Client(fp),
             _ => {
                 let _ = audit(server, "refused", Some(&command), json!("unknown target")).await;
                 return detail(
@@ -190,6 +196,10 @@ pub(crate) async fn shutdown(
         },
         None => Plan::Everyone,
     };
+    // The id is spent only now that the command is deliverable.
+    if let Err(refusal) = relay.record(&verified) {
+        return refuse(server, &command, &refusal).await;
+    }
     if let Err(resp) = audit(server, "accepted", Some(&command), Value::Null).await {
         return resp;
     }

@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use subtle::ConstantTimeEq as _;
 use tokio::net::TcpListener;
 use vigil_auth::Fingerprint;
-use vigil_command::{SignedCommand, Verifier};
+use vigil_command::{Authorities, Refusal, ReplayGuard, SignedCommand, Verifier};
 
 use crate::{DeliveryReport, Outcome, ServerError, ServerHandle, Target};
 
@@ -51,10 +51,9 @@ pub struct HttpConfig {
     pub read_timeout: Duration,
     /// REST connections at once; more are closed at once.
     pub max_connections: usize,
-    /// Checks commands posted to `/v1/commands` and `/emergency/shutdown`:
-    /// the authorities the server relays for, freshness, and a replay
-    /// guard. Without it both routes answer 503.
-    pub relay: Option<Verifier>,
+    /// Checks commands posted to `/v1/commands` and `/emergency/shutdown`.
+    /// Without it both routes answer 503.
+    pub relay: Option<Relay>,
 }
 
 impl std::fmt::Debug for HttpConfig {
@@ -65,6 +64,55 @@ impl std::fmt::Debug for HttpConfig {
             .field("read_timeout", &self.read_timeout)
             .field("relay", &self.relay.is_some())
             .finish_non_exhaustive()
+    }
+}
+
+/// What the server checks before it relays a command signed elsewhere.
+#[derive(Debug, Clone)]
+pub struct Relay {
+    verifier: Verifier,
+    replay: Arc<ReplayGuard>,
+}
+
+impl Relay {
+    /// Relays `RUN` and `SHUTDOWN_NOW` commands signed by `authorities`
+    /// (each key for its own types), fresh, and seen once by `replay`.
+    ///
+    /// The replay guard records a command only once it is known to be
+    /// deliverable (after the signature, the authority and the target were
+    /// checked), so that a command refused for an unknown target can be
+    /// sent again once its target is there.
+    pub fn new(authorities: Authorities, replay: Arc<ReplayGuard>) -> Self {
+        Relay {
+            verifier: Verifier::new(authorities).with_supported_types(["RUN", "SHUTDOWN_NOW"]),
+            replay,
+        }
+    }
+
+    /// Checks signature, freshness and authority, and that the id was not
+    /// accepted before (without recording it).
+    pub(crate) fn verify(
+        &self,
+        command: &SignedCommand,
+    ) -> Result<vigil_command::VerifiedCommand, Refusal> {
+        let verified = self.verifier.verify(command, SystemTime::now())?;
+        if self.replay.contains(&command.command_id, SystemTime::now()) {
+            return Err(Refusal::Replayed {
+                command_id: command.command_id.clone(),
+            });
+        }
+        Ok(verified)
+    }
+
+    /// Records the command id; refuses one seen before.
+    pub(crate) fn record(&self, verified: &vigil_command::VerifiedCommand) -> Result<(), Refusal> {
+        self.replay
+            .check_and_record(
+                &verified.command().command_id,
+                verified.forget_after(),
+                SystemTime::now(),
+            )
+            .map_err(Refusal::from)
     }
 }
 
@@ -366,7 +414,9 @@ async fn route(
         (&Method::GET, "/v1/modules") => modules(state),
         (&Method::GET, "/metrics") => metrics(state),
         (&Method::GET, p) => {
-            let id = p.trim_start_matches("/v1/commands/");
+            let raw_id = p.trim_start_matches("/v1/commands/");
+            let id = percent_encoding::percent_decode_str(raw_id).decode_utf8_lossy();
+            let id = id.as_ref();
             match state.server.command(id) {
                 Some(record) => json_response(
                     StatusCode::OK,
@@ -429,6 +479,14 @@ fn target_of(state: &State, client_id: Option<&str>) -> Result<Target, ApiError>
                     ),
                 )
             })?;
+            if fp.to_hex() != id {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "unknown client {id:?}: client ids are key fingerprints in lowercase hex"
+                    ),
+                ));
+            }
             if !state.server.is_connected(&fp) {
                 return Err(ApiError::new(
                     StatusCode::NOT_FOUND,
@@ -547,7 +605,7 @@ async fn relay(state: &State, body: &[u8], query: &str) -> Resp {
         Ok(w) => w,
         Err(e) => return e.into_response(),
     };
-    let Some(verifier) = &state.config.relay else {
+    let Some(relay_check) = &state.config.relay else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "this server relays no signed commands (start it with --authorities)",
@@ -564,17 +622,24 @@ async fn relay(state: &State, body: &[u8], query: &str) -> Resp {
             return error(status, e);
         }
     };
-    if let Err(refusal) = verifier.verify(&command, SystemTime::now()) {
+    let refused = |refusal: Refusal| {
         state.server.audit_later(
             "command.refused",
             json!({"command_id": command.command_id, "wa_id": command.wa_id, "code": refusal.code(), "detail": refusal.message()}),
         );
-        return crate::emergency::refusal_response(&refusal);
-    }
+        crate::emergency::refusal_response(&refusal)
+    };
+    let verified = match relay_check.verify(&command) {
+        Ok(v) => v,
+        Err(refusal) => return refused(refusal),
+    };
     let target = match target_of(state, command.target_agent_id.as_deref()) {
         Ok(t) => t,
         Err(e) => return e.into_response(),
     };
+    if let Err(refusal) = relay_check.record(&verified) {
+        return refused(refusal);
+    }
     let raw = one_line(body);
     match state.server.relay(&command, &raw, &target, "relay").await {
         Ok(delivery) => answer(delivery, wait).await,

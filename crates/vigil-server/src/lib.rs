@@ -47,7 +47,7 @@ pub use config::{
 pub use delivery::{ClientOutcome, Delivery, DeliveryReport, Outcome, Target};
 pub use http::{
     DEFAULT_HTTP_PORT, DEFAULT_MAX_BODY, DEFAULT_MAX_HTTP_CONNECTIONS, DEFAULT_READ_TIMEOUT,
-    HttpConfig, HttpServer, MAX_WAIT,
+    HttpConfig, HttpServer, MAX_WAIT, Relay,
 };
 pub use record::{CommandRecord, TargetState};
 pub use server::{Counter, Server, ServerHandle, ServerStats};

@@ -103,11 +103,7 @@ impl Api {
             .expect("guard");
         let mut config = HttpConfig::new("127.0.0.1:0".parse().expect("addr"), TOKEN);
         config.read_timeout = Duration::from_millis(800);
-        config.relay = Some(
-            Verifier::new(authorities)
-                .with_supported_types(["RUN", "SHUTDOWN_NOW"])
-                .with_replay_guard(Arc::new(guard)),
-        );
+        config.relay = Some(vigil_server::Relay::new(authorities, Arc::new(guard)));
         let api = HttpServer::bind(config, server.handle.clone())
             .await
             .expect("bind");
@@ -581,4 +577,51 @@ async fn emergency_statuses_and_targets() {
         kinds.iter().filter(|k| *k == "emergency.attempt").count() >= 9,
         "every attempt audited: {kinds:?}"
     );
+}
+
+#[tokio::test]
+async fn refused_targets_do_not_spend_the_command_id_and_ids_are_looked_up_decoded() {
+    let api = Api::start().await;
+    let ran = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (_client, stop) = agent(&api, ran.clone()).await;
+    let me = api.agent.fingerprint.to_hex();
+
+    // A target that is not connected: 404, twice (the id is not spent).
+    let absent = vigil_auth::Fingerprint::from_bytes([3; 32]).to_hex();
+    let cmd = signed(&api.keys.1, "ops 1", "RUN", Some(absent));
+    for _ in 0..2 {
+        let (status, body) = api.call("POST", "/v1/commands", Some(cmd.clone())).await;
+        assert_eq!(status, 404, "{body}");
+    }
+    // A connected client named in uppercase is not this client's id: 404,
+    // not a command the client would refuse as misdirected.
+    let upper = signed(&api.keys.1, "ops 2", "RUN", Some(me.to_uppercase()));
+    let (status, body) = api.call("POST", "/v1/commands", Some(upper)).await;
+    assert_eq!(status, 404, "{body}");
+    let em = signed(
+        &api.keys.1,
+        "em-upper",
+        "SHUTDOWN_NOW",
+        Some(me.to_uppercase()),
+    );
+    let (status, body) = http(
+        api.http,
+        "POST",
+        "/emergency/shutdown",
+        None,
+        Some(em.to_string().as_bytes()),
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+
+    // The same id, now deliverable, goes through, and its record is found
+    // under its percent-encoded id.
+    let ok = signed(&api.keys.1, "ops 1", "RUN", Some(me.clone()));
+    let (status, body) = api.call("POST", "/v1/commands?wait=10", Some(ok)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["results"][0]["status"], "done", "{body}");
+    let (status, record) = api.call("GET", "/v1/commands/ops%201", None).await;
+    assert_eq!(status, 200, "{record}");
+    assert_eq!(record["targets"][&me]["status"], "done");
+    stop.cancel();
 }
