@@ -9,19 +9,16 @@ fn bench() -> &'static str {
     env!("CARGO_BIN_EXE_vigil-bench")
 }
 
-/// The `vigil-server` beside the bench binary, built if this test runs on
-/// its own (`cargo test -p vigil-bench`).
+/// The `vigil-server` beside the bench binary, built (or brought up to
+/// date) first: cargo builds only this package's binaries for its tests.
 fn server_bin() -> PathBuf {
     let dir = Path::new(bench()).parent().expect("bin dir").to_owned();
-    let path = dir.join("vigil-server");
-    if !path.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "vigil-server-bin"])
-            .status()
-            .expect("cargo build");
-        assert!(status.success(), "building vigil-server failed");
-    }
-    path
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "-p", "vigil-server-bin"])
+        .status()
+        .expect("cargo build");
+    assert!(status.success(), "building vigil-server failed");
+    dir.join("vigil-server")
 }
 
 #[test]

@@ -17,15 +17,23 @@ pub(crate) fn bin(name: &str) -> PathBuf {
         .expect("bin dir")
         .to_owned();
     let path = dir.join(name);
-    if !path.exists() {
-        BUILT.get_or_init(|| {
-            let status = Command::new(env!("CARGO"))
-                .args(["build", "-p", "vigil-server-bin", "-p", "vigil-client-bin"])
-                .status()
-                .expect("cargo build");
-            assert!(status.success(), "building the binaries failed");
-        });
-    }
+    // Cargo builds only this package's binaries for its tests: build the
+    // server and the client too (a no-op when they are up to date), so a
+    // test never runs a stale binary.
+    BUILT.get_or_init(|| {
+        let status = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "vigil-server-bin",
+                "-p",
+                "vigil-client-bin",
+            ])
+            .status()
+            .expect("cargo build");
+        assert!(status.success(), "building the binaries failed");
+    });
     path
 }
 
