@@ -437,7 +437,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config, http)) {
+    let result = runtime.block_on(serve(config, http));
+    // A module run that hangs cannot be stopped; do not wait for it.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("vigil-server: {e:#}");

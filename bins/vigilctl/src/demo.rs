@@ -157,7 +157,8 @@ pub(crate) async fn run() -> anyhow::Result<()> {
             serde_json::json!({"asked_by": "demo"}),
             "show what signed commands do",
             &Target::Clients(vec![written.client]),
-        )?
+        )
+        .await?
         .wait(Duration::from_secs(10))
         .await;
     let ack = acked(&report)?;
@@ -454,6 +455,7 @@ async fn deliver_one(
 ) -> anyhow::Result<vigil_proto::Ack> {
     let report = handle
         .deliver(body, &Target::Clients(vec![client]))
+        .await?
         .wait(Duration::from_secs(10))
         .await;
     acked(&report)

@@ -187,16 +187,20 @@ impl Connection {
             self.inner.pending().remove(&reference);
             return Err(self.inner.reason());
         }
-        if self
-            .requests
-            .send(request.to_frame(&reference))
-            .await
-            .is_err()
-        {
+        // One deadline for queueing and answering: a full outgoing queue
+        // (a peer that stopped reading) cannot hold the caller forever.
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        let queued =
+            tokio::time::timeout_at(deadline, self.requests.send(request.to_frame(&reference)))
+                .await;
+        if !matches!(queued, Ok(Ok(()))) {
             self.inner.pending().remove(&reference);
-            return Err(self.inner.reason());
+            return Err(match queued {
+                Err(_) => ClientError::Timeout("outgoing queue"),
+                _ => self.inner.reason(),
+            });
         }
-        let answer = tokio::time::timeout(self.request_timeout, rx).await;
+        let answer = tokio::time::timeout_at(deadline, rx).await;
         match answer {
             Ok(Ok(ServerMessage::Error(body))) => Err(ClientError::Server(body)),
             Ok(Ok(msg)) => Ok(msg),
@@ -430,7 +434,14 @@ async fn write_loop<W>(
                 ClientRequest::Ping.to_frame(&format!("ping{pings}"))
             }
         };
-        if let Err(e) = sink.send(frame).await {
+        // A peer that stopped reading must not keep this task (and the
+        // socket) alive once the connection is given up.
+        let sent = tokio::select! {
+            biased;
+            () = inner.cancel.cancelled() => break,
+            sent = sink.send(frame) => sent,
+        };
+        if let Err(e) = sent {
             let reason = match e {
                 CodecError::Io(e) => ClientError::from_io(e),
                 other => ClientError::Protocol(other.to_string()),

@@ -207,6 +207,12 @@ impl Client {
         conn.exec(module, args, &sum).await
     }
 
+    /// [`Client::verify_module`] with owned arguments, for a set of
+    /// verifications in flight.
+    async fn verify_owned(&self, conn: Arc<Connection>, module: String, expected: String) {
+        self.verify_module(&conn, &module, Some(&expected)).await;
+    }
+
     /// Verifies one module and records the outcome.
     async fn verify_module(&self, conn: &Connection, module: &str, expected: Option<&str>) {
         self.state().trusted.remove(module);
@@ -417,13 +423,17 @@ impl Client {
         self.emit(ClientEvent::Synced {
             modules: modules.clone(),
         });
+        // Verifications run beside the loop below, so that heartbeats and
+        // commands are handled while module bytes download.
+        let mut verifying = futures_util::stream::FuturesUnordered::new();
         for m in &modules {
-            self.verify_module(&conn, &m.name, Some(&m.sum)).await;
+            verifying.push(self.verify_owned(conn.clone(), m.name.clone(), m.sum.clone()));
         }
         let running = Arc::new(tokio::sync::Semaphore::new(MAX_RUNNING_COMMANDS));
         let end = loop {
             let (reference, msg) = tokio::select! {
                 reason = &mut closed => break SessionEnd::Lost(reason),
+                Some(()) = futures_util::StreamExt::next(&mut verifying), if !verifying.is_empty() => continue,
                 Some(pushed) = broadcasts.recv() => pushed,
             };
             match msg {
@@ -441,7 +451,12 @@ impl Client {
                     self.emit(ClientEvent::Broadcast(ServerMessage::ModReload(
                         info.clone(),
                     )));
-                    self.verify_module(&conn, &info.name, Some(&info.sum)).await;
+                    self.state().trusted.remove(&info.name);
+                    verifying.push(self.verify_owned(
+                        conn.clone(),
+                        info.name.clone(),
+                        info.sum.clone(),
+                    ));
                 }
                 ServerMessage::ModUnload { module } => {
                     if self.state().trusted.remove(&module).is_some() {
@@ -558,7 +573,17 @@ impl Client {
         let conn = conn.clone();
         let reference = reference.to_owned();
         let events = self.events.clone();
-        let permit = running.clone().acquire_owned().await.ok();
+        // Never wait here: this loop also reads heartbeats.
+        let Ok(permit) = running.clone().try_acquire_owned() else {
+            let refused = Refused {
+                command_id: Some(cmd.command_id.clone()),
+                code: "busy".into(),
+                detail: format!("{MAX_RUNNING_COMMANDS} commands are already running"),
+            };
+            tracing::warn!(command_id = %cmd.command_id, "command refused: too many running");
+            let _ = conn.notify(ClientRequest::Ack(refused.ack()), &reference);
+            return None;
+        };
         tokio::spawn(async move {
             let _permit = permit;
             let outcome = tokio::time::timeout(timeout, handler.execute(&name, &args)).await;

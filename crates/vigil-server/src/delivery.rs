@@ -119,27 +119,45 @@ impl Delivery {
     }
 }
 
-/// Deliveries waiting for acknowledgements, by (session, REF).
+type PendingMap = HashMap<(u64, String), (String, oneshot::Sender<Ack>)>;
+
+/// Deliveries waiting for acknowledgements, by (session, REF), with the
+/// command id each is for.
 #[derive(Debug, Default)]
-pub(crate) struct Pending(Mutex<HashMap<(u64, String), oneshot::Sender<Ack>>>);
+pub(crate) struct Pending(Mutex<PendingMap>);
 
 impl Pending {
-    fn map(&self) -> MutexGuard<'_, HashMap<(u64, String), oneshot::Sender<Ack>>> {
+    fn map(&self) -> MutexGuard<'_, PendingMap> {
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    pub(crate) fn insert(&self, session: u64, reference: &str) -> oneshot::Receiver<Ack> {
+    pub(crate) fn insert(
+        &self,
+        session: u64,
+        reference: &str,
+        command_id: &str,
+    ) -> oneshot::Receiver<Ack> {
         let (tx, rx) = oneshot::channel();
-        self.map().insert((session, reference.to_owned()), tx);
+        self.map()
+            .insert((session, reference.to_owned()), (command_id.to_owned(), tx));
         rx
     }
 
-    /// Resolves a delivery; false if none was waiting under that REF.
+    /// Resolves a delivery, if one waits under that REF on that session
+    /// and the ack names its command; false otherwise (nothing changes).
     pub(crate) fn resolve(&self, session: u64, reference: &str, ack: Ack) -> bool {
-        match self.map().remove(&(session, reference.to_owned())) {
-            Some(tx) => {
+        let mut map = self.map();
+        let key = (session, reference.to_owned());
+        let matches = map
+            .get(&key)
+            .is_some_and(|(id, _)| ack.command_id.as_deref() == Some(id.as_str()));
+        if !matches {
+            return false;
+        }
+        match map.remove(&key) {
+            Some((_, tx)) => {
                 let _ = tx.send(ack);
                 true
             }

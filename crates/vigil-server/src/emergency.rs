@@ -93,7 +93,8 @@ async fn audit(
         "wa_id": cmd.map(|c| c.wa_id.clone()),
         "wa_public_key": cmd.map(|c| c.wa_public_key.clone()),
         "target_agent_id": cmd.and_then(|c| c.target_agent_id.clone()),
-        "reason": cmd.map(|c| c.reason.clone()),
+        // Not yet authenticated: keep what the caller controls short.
+        "reason": cmd.map(|c| crate::session::truncate(&c.reason, 256)),
         "detail": extra,
     });
     server

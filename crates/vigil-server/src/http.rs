@@ -444,14 +444,13 @@ fn wait_of(query: &str) -> Result<Option<Duration>, ApiError> {
                         format!("wait must be a number of seconds, got {v:?}"),
                     )
                 })?;
-            let d = Duration::from_secs_f64(secs);
-            if d > MAX_WAIT {
+            if secs > MAX_WAIT.as_secs_f64() {
                 return Err(ApiError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     format!("wait may be at most {} seconds", MAX_WAIT.as_secs()),
                 ));
             }
-            return Ok(Some(d));
+            return Ok(Some(Duration::from_secs_f64(secs)));
         }
     }
     Ok(None)
@@ -590,7 +589,7 @@ async fn send(state: &State, body: &[u8], query: &str) -> Resp {
         .unwrap_or_else(|| "sent through the REST API".into());
     match state
         .server
-        .issue_command(&req.command, req.args, &reason, &target)
+        .send_command(&req.command, req.args, &reason, &target)
         .await
     {
         Ok(delivery) => answer(delivery, wait).await,
@@ -768,6 +767,12 @@ fn metrics(state: &State) -> Resp {
         "counter",
         "Failsafe transitions reported by clients.",
         &[("", s.failsafe_reports.get())],
+    );
+    metric(
+        "vigil_audit_dropped_total",
+        "counter",
+        "Audit records dropped because the backlog was full.",
+        &[("", s.audit_dropped.get())],
     );
     metric(
         "vigil_heartbeats_total",

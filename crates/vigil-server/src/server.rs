@@ -75,6 +75,10 @@ pub struct ServerStats {
     pub module_unloaded: Counter,
     /// Module files rejected.
     pub module_rejected: Counter,
+    /// Audit records dropped because too many were waiting (handshake
+    /// refusals, acknowledgements; never commands, which are refused
+    /// instead).
+    pub audit_dropped: Counter,
 }
 
 pub(crate) struct Shared {
@@ -87,17 +91,28 @@ pub(crate) struct Shared {
     next_delivery: AtomicU64,
     pub(crate) commands: CommandLog,
     stopped: tokio::sync::watch::Sender<bool>,
+    audit_slots: Arc<Semaphore>,
 }
 
 impl Shared {
     pub(crate) fn audit_later(&self, kind: &'static str, details: Value) {
-        if let Some(log) = self.config.audit.clone() {
-            tokio::spawn(async move {
-                if let Err(e) = log.append(kind, details).await {
-                    tracing::error!(kind, error = %e, "audit log write failed");
-                }
-            });
-        }
+        let Some(log) = self.config.audit.clone() else {
+            return;
+        };
+        // Records the server does not wait for are bounded: past this many
+        // in flight (a handshake flood, a slow disk) they are counted and
+        // dropped rather than piling up as tasks.
+        let Ok(permit) = self.audit_slots.clone().try_acquire_owned() else {
+            self.stats.audit_dropped.inc();
+            tracing::debug!(kind, "audit backlog full: record dropped");
+            return;
+        };
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(e) = log.append(kind, details).await {
+                tracing::error!(kind, error = %e, "audit log write failed");
+            }
+        });
     }
 
     fn sessions(&self) -> MutexGuard<'_, HashMap<u64, SessionHandle>> {
@@ -189,15 +204,31 @@ impl ServerHandle {
     /// targeted clients, encoded once, and returns a [`Delivery`] that
     /// collects their acknowledgements. The server does not sign or alter
     /// the command: clients verify it with their own keys.
-    pub fn deliver(&self, command: &Map<String, Value>, target: &Target) -> Delivery {
-        self.deliver_payload(command_id_of(command), target, |reference| {
+    ///
+    /// The command is recorded in the audit log first (as `command.issued`
+    /// via `deliver`); if it cannot be, nothing is sent. The server does not
+    /// check the command: use it for commands checked elsewhere.
+    pub async fn deliver(
+        &self,
+        command: &Map<String, Value>,
+        target: &Target,
+    ) -> Result<Delivery, ServerError> {
+        let command_id = command_id_of(command);
+        self.audit(
+            "command.issued",
+            serde_json::json!({"command_id": command_id, "via": "deliver", "target": target_json(target)}),
+        )
+        .await?;
+        Ok(self.deliver_payload(command_id, target, |reference| {
             session::encode(&ServerMessage::Command(command.clone()), reference)
-        })
+        }))
     }
 
-    /// Like [`ServerHandle::deliver`], but sends `raw` (one line of JSON, a
-    /// signed command as it was received) byte for byte.
-    pub fn deliver_raw(&self, command_id: &str, raw: &[u8], target: &Target) -> Delivery {
+    /// Sends `raw` (one line of JSON, a signed command as it was received)
+    /// byte for byte. The caller has audited it; `raw` must hold no line
+    /// break (it would end the frame early).
+    pub(crate) fn deliver_raw(&self, command_id: &str, raw: &[u8], target: &Target) -> Delivery {
+        debug_assert!(!raw.contains(&b'\n'));
         self.deliver_payload(command_id.to_owned(), target, |reference| {
             let mut out = Vec::with_capacity(raw.len() + reference.len() + 10);
             out.extend_from_slice(b"cmd:exec:");
@@ -232,7 +263,7 @@ impl ServerHandle {
             }
             reached.insert(fp);
             let id = handle.info.id;
-            let rx = self.shared.pending.insert(id, &reference);
+            let rx = self.shared.pending.insert(id, &reference, &command_id);
             let outcome = match handle.tx.try_send(bytes.clone()) {
                 Ok(()) => {
                     self.shared.stats.commands_sent.inc();
@@ -277,57 +308,12 @@ impl ServerHandle {
         }
     }
 
-    /// Signs a `RUN` command with the server's authority key and delivers
-    /// it. With one target client, the command names it in
-    /// `target_agent_id` (its fingerprint), so that no other client would
-    /// run it.
-    pub fn send_command(
-        &self,
-        command: &str,
-        args: Value,
-        reason: &str,
-        target: &Target,
-    ) -> Result<Delivery, ServerError> {
-        let authority = self
-            .shared
-            .config
-            .authority
-            .as_ref()
-            .ok_or(ServerError::NoAuthority)?;
-        let now = vigil_command::Timestamp::from_system_time(SystemTime::now())
-            .map_err(|e| ServerError::Sign(e.to_string()))?;
-        let mut unsigned = vigil_command::UnsignedCommand::new(
-            new_command_id(),
-            "RUN",
-            authority.id.clone(),
-            now,
-            reason,
-        );
-        unsigned.command = Some(command.to_owned());
-        unsigned.args = Some(args);
-        if let Target::Clients(list) = target
-            && let [only] = list.as_slice()
-        {
-            unsigned.target_agent_id = Some(only.to_hex());
-        }
-        let signed = unsigned
-            .sign(&authority.key)
-            .map_err(|e| ServerError::Sign(e.to_string()))?;
-        let body = match serde_json::to_value(&signed) {
-            Ok(Value::Object(map)) => map,
-            Ok(_) | Err(_) => {
-                return Err(ServerError::Sign(
-                    "command did not serialize to an object".into(),
-                ));
-            }
-        };
-        Ok(self.deliver(&body, target))
-    }
-
-    /// Signs a `RUN` command like [`ServerHandle::send_command`], but
-    /// records it durably in the audit log first: if the record cannot be
-    /// written, nothing is sent ([`ServerError::Audit`]).
-    pub async fn issue_command(
+    /// Signs a `RUN` command with the server's authority key, records it
+    /// durably in the audit log, and delivers it; if the record cannot be
+    /// written, nothing is sent ([`ServerError::Audit`]). With one target
+    /// client, the command names it in `target_agent_id` (its fingerprint),
+    /// so that no other client would run it.
+    pub async fn send_command(
         &self,
         command: &str,
         args: Value,
@@ -373,10 +359,12 @@ impl ServerHandle {
         target: &Target,
         via: &'static str,
     ) -> Result<Delivery, ServerError> {
-        let targets = match target {
-            Target::All => Value::String("all".into()),
-            Target::Clients(list) => list.iter().map(|f| Value::String(f.to_hex())).collect(),
-        };
+        let targets = target_json(target);
+        if raw.contains(&b'\n') || raw.contains(&b'\r') {
+            return Err(ServerError::Sign(
+                "a relayed command must be one line of JSON".into(),
+            ));
+        }
         self.audit(
             "command.issued",
             serde_json::json!({
@@ -551,6 +539,7 @@ impl Server {
                 next_delivery: AtomicU64::new(1),
                 commands: CommandLog::default(),
                 stopped: tokio::sync::watch::channel(false).0,
+                audit_slots: Arc::new(Semaphore::new(AUDIT_BACKLOG)),
             }),
         })
     }
@@ -792,6 +781,16 @@ async fn module_broadcaster(shared: Arc<Shared>, registry: vigil_modules::Module
         tracing::debug!(clients = sent, frame = %msg.to_frame("-"), "module change broadcast");
     }
 }
+
+fn target_json(target: &Target) -> Value {
+    match target {
+        Target::All => Value::String("all".into()),
+        Target::Clients(list) => list.iter().map(|f| Value::String(f.to_hex())).collect(),
+    }
+}
+
+/// Audit records the server does not wait for, in flight at most.
+const AUDIT_BACKLOG: usize = 4096;
 
 /// A fresh command id: 128 random bits, hex.
 pub(crate) fn new_command_id() -> String {

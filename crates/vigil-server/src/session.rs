@@ -290,32 +290,34 @@ fn dispatch(shared: &Shared, session: &SessionInfo, frame: &Frame) -> Reply {
                     "client refused a command"
                 ),
                 _ => {
-                    tracing::info!(command_id = ?ack.command_id, status = ?ack.status, "command acknowledged")
+                    tracing::debug!(command_id = ?ack.command_id, status = ?ack.status, "command acknowledged")
                 }
             }
-            if let Some(id) = &ack.command_id {
-                shared.commands.set(
-                    id,
-                    &session.fingerprint,
-                    crate::record::TargetState::of_ack(&ack),
-                );
-                shared.audit_later(
-                    "command.acknowledged",
-                    serde_json::json!({
-                        "command_id": id,
-                        "client": session.fingerprint.to_hex(),
-                        "status": ack.status,
-                        "code": ack.code,
-                        "detail": ack.detail,
-                    }),
-                );
-            }
+            // Only an ack that answers a delivery to this session, for the
+            // command that was delivered, is recorded.
+            let record = ack.command_id.clone().map(|id| {
+                let state = crate::record::TargetState::of_ack(&ack);
+                let details = serde_json::json!({
+                    "command_id": id,
+                    "client": session.fingerprint.to_hex(),
+                    "status": ack.status,
+                    "code": ack.code,
+                    "detail": truncate(&ack.detail, 1024),
+                });
+                (id, state, details)
+            });
             if shared.pending.resolve(session.id, reference, ack) {
+                if let Some((id, state, details)) = record {
+                    shared.commands.set(&id, &session.fingerprint, state);
+                    shared.audit_later("command.acknowledged", details);
+                }
                 return Reply::Nothing;
             }
             return error_reply(
                 ErrorCode::BadPayload,
-                format!("no command was delivered to this session with REF {reference:?}"),
+                format!(
+                    "no command was delivered to this session with REF {reference:?} and that command_id"
+                ),
                 reference,
             );
         }
@@ -352,6 +354,18 @@ fn dispatch(shared: &Shared, session: &SessionInfo, frame: &Frame) -> Reply {
         }
     };
     Reply::Now(encode(&reply, reference))
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary.
+pub(crate) fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
 }
 
 /// The protocol's view of a registry entry.

@@ -372,6 +372,7 @@ async fn bad_requests_get_the_documented_status_and_nothing_is_sent() {
         ),
         ("POST", "/send?wait=abc", Some(br#"{"command": "x"}"#), 422),
         ("POST", "/send?wait=3600", Some(br#"{"command": "x"}"#), 422),
+        ("POST", "/send?wait=1e20", Some(br#"{"command": "x"}"#), 422),
         ("POST", "/v1/commands", Some(br#"{"command_id": "x"}"#), 422),
         ("GET", "/v1/commands/unknown-id", None, 404),
         ("GET", "/nowhere", None, 404),
@@ -623,5 +624,49 @@ async fn refused_targets_do_not_spend_the_command_id_and_ids_are_looked_up_decod
     let (status, record) = api.call("GET", "/v1/commands/ops%201", None).await;
     assert_eq!(status, 200, "{record}");
     assert_eq!(record["targets"][&me]["status"], "done");
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn a_client_cannot_acknowledge_a_command_it_was_not_sent() {
+    let api = Api::start().await;
+    let ran = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let other = GeneratedIdentity::generate("other").expect("identity");
+    // Trust a second client that will try to answer for the first.
+    api.server
+        .write_trust(&[api.agent.fingerprint, other.fingerprint]);
+    support::eventually(|| api.server.trust.is_trusted(&other.fingerprint)).await;
+    let (_client, stop) = agent(&api, ran).await;
+    let (status, body) = api
+        .call(
+            "POST",
+            "/send",
+            Some(json!({"command": "slow-to-answer", "client_id": api.agent.fingerprint.to_hex()})),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["command_id"].as_str().expect("id").to_owned();
+    let (mut rd, mut wr) = tokio::io::split(support::raw_tls(&api.server, &other).await);
+    let forged = format!(
+        "cmd:ack:d1 {{\"command_id\":\"{id}\",\"status\":\"failed\",\"detail\":\"spoofed\"}}\n"
+    );
+    wr.write_all(forged.as_bytes()).await.expect("write");
+    let mut buf = bytes::BytesMut::new();
+    let answer = loop {
+        let frame = support::read_frame(&mut rd, &mut buf)
+            .await
+            .expect("an answer");
+        if frame.api() == "err" {
+            break frame;
+        }
+    };
+    assert_eq!(answer.kind(), "bad_payload");
+    let (_, record) = api.call("GET", &format!("/v1/commands/{id}"), None).await;
+    let other_hex = other.fingerprint.to_hex();
+    assert!(record["targets"].get(&other_hex).is_none(), "{record}");
+    assert_ne!(
+        record["targets"][api.agent.fingerprint.to_hex()]["detail"],
+        "spoofed"
+    );
     stop.cancel();
 }

@@ -215,6 +215,8 @@ async fn ack_of(
     let report = server
         .handle
         .deliver(body, &Target::Clients(vec![client]))
+        .await
+        .expect("delivered")
         .wait(Duration::from_secs(10))
         .await;
     match &report.outcomes[..] {
@@ -240,6 +242,7 @@ async fn a_signed_command_runs_and_is_acknowledged_with_its_result() {
             "integration test",
             &Target::Clients(vec![setup.id.fingerprint]),
         )
+        .await
         .expect("signed");
     let report = delivery.wait(Duration::from_secs(10)).await;
     let [one] = &report.outcomes[..] else {
@@ -261,6 +264,7 @@ async fn a_signed_command_runs_and_is_acknowledged_with_its_result() {
         .server
         .handle
         .send_command("fail", json!(null), "t", &Target::All)
+        .await
         .expect("signed")
         .wait(Duration::from_secs(10))
         .await;
@@ -278,6 +282,7 @@ async fn a_signed_command_runs_and_is_acknowledged_with_its_result() {
         .server
         .handle
         .send_command("echo", json!(null), "t", &Target::Clients(vec![absent]))
+        .await
         .expect("signed")
         .wait(Duration::from_secs(1))
         .await;
@@ -499,7 +504,7 @@ async fn refused_commands_and_forged_heartbeats_do_not_feed_the_failsafe() {
                 unsigned(&format!("junk-{i}"), "RUN", "vigil-server"),
                 &stranger,
             );
-            let _ = handle.deliver(&cmd, &Target::Clients(vec![me]));
+            let _ = handle.deliver(&cmd, &Target::Clients(vec![me])).await;
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
