@@ -15,43 +15,23 @@
 //! client and then shuts the server down. The server appends its id to
 //! `relay_chain` when it relays (that field is not signed).
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{Response, StatusCode};
+use hyper::StatusCode;
 use serde_json::{Value, json};
 use vigil_auth::Fingerprint;
 use vigil_command::{Refusal, SignedCommand};
 
 use crate::{ServerHandle, Target};
 
-type Resp = Response<Full<Bytes>>;
+use crate::http::Resp;
 
 /// How long to wait for clients to acknowledge a relayed shutdown.
 const ACK_WAIT: Duration = Duration::from_secs(5);
 /// How long to wait for the server's sessions to close.
 const STOP_WAIT: Duration = Duration::from_secs(10);
 
-fn json_response(status: StatusCode, body: &Value) -> Resp {
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
-    resp
-}
-
-fn detail(status: StatusCode, text: impl std::fmt::Display) -> Resp {
-    json_response(status, &json!({ "detail": text.to_string() }))
-}
-
-fn now_iso() -> String {
-    vigil_command::Timestamp::from_system_time(SystemTime::now())
-        .map(|t| t.isoformat())
-        .unwrap_or_default()
-}
+use crate::http::{error as detail, json_response, now_iso};
 
 /// The CIRIS status and detail for a refusal.
 pub(crate) fn refusal_response(refusal: &Refusal) -> Resp {

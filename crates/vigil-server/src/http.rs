@@ -152,9 +152,9 @@ impl std::fmt::Debug for HttpServer {
     }
 }
 
-type Resp = Response<Full<Bytes>>;
+pub(crate) type Resp = Response<Full<Bytes>>;
 
-fn json_response(status: StatusCode, body: &Value) -> Resp {
+pub(crate) fn json_response(status: StatusCode, body: &Value) -> Resp {
     let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
@@ -164,7 +164,7 @@ fn json_response(status: StatusCode, body: &Value) -> Resp {
     resp
 }
 
-fn error(status: StatusCode, detail: impl std::fmt::Display) -> Resp {
+pub(crate) fn error(status: StatusCode, detail: impl std::fmt::Display) -> Resp {
     json_response(status, &json!({ "detail": detail.to_string() }))
 }
 
@@ -181,7 +181,7 @@ impl ApiError {
     }
 }
 
-fn now_iso() -> String {
+pub(crate) fn now_iso() -> String {
     vigil_command::Timestamp::from_system_time(SystemTime::now())
         .map(|t| t.isoformat())
         .unwrap_or_default()
