@@ -155,7 +155,7 @@ impl ServerSetup {
         std::fs::create_dir_all(dir.join("mods"))?;
         let mut token_bytes = [0u8; 16];
         rand::fill(&mut token_bytes);
-        let token = token_bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let token = hex::encode(token_bytes);
         Ok(ServerSetup {
             dir: dir.to_owned(),
             bin,

@@ -177,7 +177,7 @@ fn load_or_make_token(path: &Path) -> anyhow::Result<String> {
             let mut bytes = [0u8; 32];
             getrandom::fill(&mut bytes)
                 .map_err(|e| anyhow::anyhow!("no randomness for the API token: {e}"))?;
-            let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            let token: String = hex::encode(bytes);
             vigil_auth::write_file(path, format!("{token}\n").as_bytes(), 0o600, false)?;
             tracing::info!(path = %path.display(), "made a new REST API token");
             Ok(token)

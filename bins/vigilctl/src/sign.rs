@@ -48,7 +48,7 @@ pub(crate) struct CommandFlags {
 pub(crate) fn new_command_id() -> anyhow::Result<String> {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no OS randomness: {e}"))?;
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let hex: String = hex::encode(bytes);
     Ok(format!("cmd_{hex}"))
 }
 

@@ -215,7 +215,6 @@ impl Client {
 
     /// Verifies one module and records the outcome.
     async fn verify_module(&self, conn: &Connection, module: &str, expected: Option<&str>) {
-        self.state().trusted.remove(module);
         match conn.verify(module, expected).await {
             Ok(info) => {
                 tracing::info!(module = %info.name, sum = %info.sum, size = info.size, desc = %info.desc, "module verified");
@@ -446,22 +445,24 @@ impl Client {
                         break SessionEnd::Shutdown(command_id);
                     }
                 }
-                ServerMessage::ModLoad(info) | ServerMessage::ModReload(info) => {
+                ServerMessage::ModLoad(ref info) | ServerMessage::ModReload(ref info) => {
                     tracing::info!(module = %info.name, sum = %info.sum, "module changed on the server; verifying");
-                    self.emit(ClientEvent::Broadcast(ServerMessage::ModReload(
-                        info.clone(),
-                    )));
+                    // Distrusted at once; trusted again once the new bytes
+                    // are verified.
                     self.state().trusted.remove(&info.name);
                     verifying.push(self.verify_owned(
                         conn.clone(),
                         info.name.clone(),
                         info.sum.clone(),
                     ));
+                    self.emit(ClientEvent::Broadcast(msg));
                 }
-                ServerMessage::ModUnload { module } => {
-                    if self.state().trusted.remove(&module).is_some() {
+                ServerMessage::ModUnload { ref module } => {
+                    if self.state().trusted.remove(module).is_some() {
                         tracing::info!(module, "module unloaded by the server; forgotten");
                     }
+                    let module = module.clone();
+                    self.emit(ClientEvent::Broadcast(msg));
                     self.emit(ClientEvent::ModuleForgotten { module });
                 }
                 other => {

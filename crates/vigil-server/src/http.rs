@@ -330,6 +330,53 @@ async fn handle(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resp
     resp
 }
 
+/// The routes, resolved once from the method and the path.
+enum Route<'a> {
+    EmergencyShutdown,
+    EmergencyTest,
+    Health,
+    Send,
+    Relay,
+    Clients,
+    Modules,
+    Metrics,
+    Command(&'a str),
+}
+
+impl<'a> Route<'a> {
+    /// The route for `path`, or the error: 404 for an unknown path, 405 for
+    /// a known path with another method.
+    fn resolve(method: &Method, path: &'a str) -> Result<(Route<'a>, bool), ApiError> {
+        // (route, the method it takes, whether it needs the bearer token)
+        let (route, wants, token) = match path {
+            "/emergency/shutdown" => (Route::EmergencyShutdown, Method::POST, false),
+            "/emergency/test" => (Route::EmergencyTest, Method::GET, false),
+            "/health" => (Route::Health, Method::GET, false),
+            "/send" => (Route::Send, Method::POST, true),
+            "/v1/commands" => (Route::Relay, Method::POST, true),
+            "/v1/clients" => (Route::Clients, Method::GET, true),
+            "/v1/modules" => (Route::Modules, Method::GET, true),
+            "/metrics" => (Route::Metrics, Method::GET, true),
+            p => match p.strip_prefix("/v1/commands/") {
+                Some(id) => (Route::Command(id), Method::GET, true),
+                None => {
+                    return Err(ApiError::new(
+                        StatusCode::NOT_FOUND,
+                        format!("no route {path}"),
+                    ));
+                }
+            },
+        };
+        if *method != wants {
+            return Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{method} is not allowed on {path}"),
+            ));
+        }
+        Ok((route, token))
+    }
+}
+
 async fn route(
     state: &State,
     req: Request<Incoming>,
@@ -337,60 +384,12 @@ async fn route(
     path: &str,
     query: &str,
 ) -> Resp {
+    let (route, needs_token) = match Route::resolve(method, path) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
     // The emergency routes need no token: the signature is the authentication.
-    match (method, path) {
-        (&Method::POST, "/emergency/shutdown") => {
-            return match read_body(state, req).await {
-                Ok(body) => {
-                    crate::emergency::shutdown(&state.server, state.config.relay.as_ref(), &body)
-                        .await
-                }
-                Err(resp) => resp,
-            };
-        }
-        (&Method::GET, "/emergency/test") => {
-            return json_response(
-                StatusCode::OK,
-                &json!({
-                    "status": "ok",
-                    "message": "Emergency endpoint accessible",
-                    "crypto_available": true,
-                    "timestamp": now_iso(),
-                }),
-            );
-        }
-        (&Method::GET, "/health") => return health(state),
-        _ => {}
-    }
-    let known = matches!(
-        (method, path),
-        (&Method::POST, "/send")
-            | (&Method::POST, "/v1/commands")
-            | (&Method::GET, "/v1/clients")
-            | (&Method::GET, "/v1/modules")
-            | (&Method::GET, "/metrics")
-    ) || (method == Method::GET && path.starts_with("/v1/commands/"));
-    if !known {
-        let allowed = [
-            "/send",
-            "/v1/commands",
-            "/v1/clients",
-            "/v1/modules",
-            "/metrics",
-            "/health",
-        ];
-        if allowed.contains(&path)
-            || path.starts_with("/v1/commands/")
-            || path.starts_with("/emergency/")
-        {
-            return error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                format!("{method} is not allowed on {path}"),
-            );
-        }
-        return error(StatusCode::NOT_FOUND, format!("no route {path}"));
-    }
-    if !authorized(state, &req) {
+    if needs_token && !authorized(state, &req) {
         let mut resp = error(
             StatusCode::UNAUTHORIZED,
             "missing or wrong bearer token (Authorization: Bearer <token>)",
@@ -401,23 +400,37 @@ async fn route(
         );
         return resp;
     }
-    match (method, path) {
-        (&Method::POST, "/send") => match read_body(state, req).await {
+    match route {
+        Route::EmergencyShutdown => match read_body(state, req).await {
+            Ok(body) => {
+                crate::emergency::shutdown(&state.server, state.config.relay.as_ref(), &body).await
+            }
+            Err(resp) => resp,
+        },
+        Route::EmergencyTest => json_response(
+            StatusCode::OK,
+            &json!({
+                "status": "ok",
+                "message": "Emergency endpoint accessible",
+                "crypto_available": true,
+                "timestamp": now_iso(),
+            }),
+        ),
+        Route::Health => health(state),
+        Route::Send => match read_body(state, req).await {
             Ok(body) => send(state, &body, query).await,
             Err(resp) => resp,
         },
-        (&Method::POST, "/v1/commands") => match read_body(state, req).await {
+        Route::Relay => match read_body(state, req).await {
             Ok(body) => relay(state, &body, query).await,
             Err(resp) => resp,
         },
-        (&Method::GET, "/v1/clients") => clients(state),
-        (&Method::GET, "/v1/modules") => modules(state),
-        (&Method::GET, "/metrics") => metrics(state),
-        (&Method::GET, p) => {
-            let raw_id = p.trim_start_matches("/v1/commands/");
+        Route::Clients => clients(state),
+        Route::Modules => modules(state),
+        Route::Metrics => metrics(state),
+        Route::Command(raw_id) => {
             let id = percent_encoding::percent_decode_str(raw_id).decode_utf8_lossy();
-            let id = id.as_ref();
-            match state.server.command(id) {
+            match state.server.command(&id) {
                 Some(record) => json_response(
                     StatusCode::OK,
                     &serde_json::to_value(record).unwrap_or(Value::Null),
@@ -425,7 +438,6 @@ async fn route(
                 None => error(StatusCode::NOT_FOUND, format!("no recent command {id:?}")),
             }
         }
-        _ => error(StatusCode::NOT_FOUND, format!("no route {path}")),
     }
 }
 

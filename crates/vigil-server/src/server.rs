@@ -805,17 +805,7 @@ pub(crate) fn new_command_id() -> String {
         bytes[..8].copy_from_slice(&(nanos as u64).to_le_bytes());
         bytes[8..].copy_from_slice(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
     }
-    format!("cmd_{}", hex_lower(&bytes))
-}
-
-fn hex_lower(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    format!("cmd_{}", hex::encode(bytes))
 }
 
 /// Signs one heartbeat per interval and sends the same frame to every
