@@ -202,36 +202,37 @@ pub(crate) async fn one_connection(ctx: &Ctx, id: &ClientIdentity) -> anyhow::Re
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let exec = |reference: &str| {
-        ClientRequest::Exec {
-            module: "hello.so".into(),
-            args: "bench".into(),
-            sum: sum.clone(),
-        }
-        .to_frame(reference)
-        .to_bytes()
-    };
+    let exec = |reference: &str| exec_frame(&sum, reference);
 
-    // Sequential: one in flight.
-    let mut seq = Vec::new();
-    let mut errors = 0u64;
-    let deadline = Instant::now() + duration;
-    let mut n = 0u64;
-    while Instant::now() < deadline {
-        n += 1;
-        let reference = format!("q{n}");
-        let frame = exec(&reference);
-        let start = Instant::now();
-        conn.writer.write_all(&frame).await?;
-        match conn.expect("mod", "exec_resp", &reference).await {
-            Ok(_) => {
-                if n > 100 {
-                    seq.push(start.elapsed());
-                }
-            }
-            Err(_) => errors += 1,
-        }
-    }
+    // Sequential round trips, from a blocking client on its own thread
+    // (see `blocking.rs`): first pings, the same path without a module
+    // run, then execs.
+    let (config, addr, exec_sum) = (id.config.clone(), ctx.setup.addr(), sum.clone());
+    let (pings, seq, errors) = tokio::task::spawn_blocking(move || {
+        let mut conn = crate::blocking::BlockingConn::connect(config, addr)?;
+        let (pings, _) = crate::blocking::measure(&mut conn, duration / 3, 100, |i| {
+            (
+                format!("sys:ping:r{i} {{}}\n").into_bytes(),
+                format!("sys:pong:r{i}"),
+            )
+        });
+        let (seq, errors) = crate::blocking::measure(&mut conn, duration, 100, |i| {
+            let reference = format!("q{i}");
+            (
+                exec_frame(&exec_sum, &reference),
+                format!("mod:exec_resp:{reference}"),
+            )
+        });
+        anyhow::Ok((pings, seq, errors))
+    })
+    .await
+    .context("sequential client panicked")??;
+    let pings = Sample::new(pings);
+    eprintln!(
+        "  sequential ping (no module): p50 {:.1} µs, p99 {:.1} µs",
+        us(pings.percentile(50.0)),
+        us(pings.percentile(99.0))
+    );
     let seq = Sample::new(seq);
     eprintln!(
         "  sequential: {} round trips, p50 {:.1} µs, p99 {:.1} µs",
@@ -328,8 +329,22 @@ pub(crate) async fn one_connection(ctx: &Ctx, id: &ClientIdentity) -> anyhow::Re
                 "round_trip": seq.json_us(),
                 "errors": errors,
             },
+            "sequential_ping": {
+                "round_trip": pings.json_us(),
+            },
         }),
     })
+}
+
+/// `mod:exec` of hello.so with the verified sum.
+fn exec_frame(sum: &str, reference: &str) -> Vec<u8> {
+    ClientRequest::Exec {
+        module: "hello.so".into(),
+        args: "bench".into(),
+        sum: sum.to_owned(),
+    }
+    .to_frame(reference)
+    .to_bytes()
 }
 
 /// One fan-out: `POST /send` to every client, each client's receive time
@@ -386,7 +401,7 @@ async fn fanout_trial(api: &Api, fleets: &[&Fleet], wait_s: f64) -> anyhow::Resu
     let mut missing = 0;
     for (c, b) in clients.iter().zip(&before) {
         if c.commands.load(Ordering::Relaxed) > *b {
-            let at = c.last_command_ns.load(Ordering::Relaxed);
+            let at = c.last_ack_ns.load(Ordering::Relaxed);
             latencies.push(Duration::from_nanos(at.saturating_sub(t0)));
         } else {
             missing += 1;

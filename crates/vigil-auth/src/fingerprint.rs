@@ -50,7 +50,13 @@ impl Fingerprint {
 
     /// Lowercase hex, as `sha256sum` prints it.
     pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
+        let mut out = [0u8; 64];
+        // Cannot fail: the output is exactly twice the input, and hex
+        // digits are ASCII.
+        let _ = hex::encode_to_slice(self.0, &mut out);
+        std::str::from_utf8(&out)
+            .map(str::to_owned)
+            .unwrap_or_default()
     }
 
     /// The first 12 hex digits, for logs.

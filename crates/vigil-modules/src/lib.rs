@@ -31,6 +31,7 @@
 
 pub mod dev;
 mod elf;
+mod exec;
 mod loader;
 mod registry;
 mod watcher;
@@ -39,6 +40,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use elf::{ElfError, validate as validate_elf};
+pub use exec::{ExecBatch, ExecCall};
 pub use loader::LoadError;
 pub use registry::{
     DEFAULT_EXEC_TIMEOUT, DEFAULT_MAX_CONCURRENT, DEFAULT_MAX_MODULE_SIZE, ExecOutput, Module,
@@ -96,6 +98,9 @@ pub enum ExecError {
     /// The run took too long; it may still be running.
     #[error("module run exceeded its {0:?} timeout")]
     Timeout(Duration),
+    /// Not run: an earlier call of the same batch ran past the timeout.
+    #[error("not run: an earlier module run of the same batch exceeded its {0:?} timeout")]
+    Abandoned(Duration),
     /// The module returned an error.
     #[error("module failed: {0}")]
     Failed(String),

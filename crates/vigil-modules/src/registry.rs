@@ -10,7 +10,8 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use tokio::sync::{Semaphore, broadcast};
 
-use crate::loader::{Library, Outcome};
+use crate::exec::{ExecBatch, ExecCall};
+use crate::loader::Library;
 use crate::{ExecError, ModuleError, elf};
 
 /// Default time a module may run before its caller gets a timeout.
@@ -81,6 +82,10 @@ impl Module {
     /// The name the module gives itself (its file name is the key).
     pub fn declared_name(&self) -> &str {
         self.library.name()
+    }
+
+    pub(crate) fn library(&self) -> &Library {
+        &self.library
     }
 }
 
@@ -381,41 +386,34 @@ impl ModuleRegistry {
         args: &[u8],
         expected_sum: &str,
     ) -> Result<ExecOutput, ExecError> {
-        let module = self
-            .get(name)
-            .ok_or_else(|| ExecError::UnknownModule(name.to_owned()))?;
-        if module.summary.sum != expected_sum {
-            return Err(ExecError::StaleSum {
-                name: name.to_owned(),
-                given: expected_sum.to_owned(),
-                current: module.summary.sum.clone(),
-            });
-        }
-        let timeout = self.inner.config.exec_timeout;
-        let permit = tokio::time::timeout(timeout, self.inner.slots.clone().acquire_owned())
-            .await
-            .map_err(|_| ExecError::Busy)?
-            .map_err(|_| ExecError::Busy)?;
-        let sum = module.summary.sum.clone();
-        let args = args.to_vec();
-        let task = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            module.library.execute(&args)
-        });
-        let outcome = match tokio::time::timeout(timeout, task).await {
-            Err(_) => return Err(ExecError::Timeout(timeout)),
-            Ok(Err(join)) => return Err(ExecError::Panicked(join.to_string())),
-            Ok(Ok(outcome)) => outcome,
+        let call = ExecCall {
+            module: name.to_owned(),
+            args: args.to_vec(),
+            sum: expected_sum.to_owned(),
         };
-        let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
-        match outcome {
-            Outcome::Ok(b) => Ok(ExecOutput {
-                result: text(b),
-                sum,
-            }),
-            Outcome::Err(b) => Err(ExecError::Failed(text(b))),
-            Outcome::Panicked(b) => Err(ExecError::Panicked(text(b))),
+        match self.exec_batch(vec![((), call)]).next().await {
+            Some(((), answer)) => answer,
+            None => Err(ExecError::Panicked("the run ended without a result".into())),
         }
+    }
+
+    /// Runs several calls one after another on one blocking thread, which
+    /// holds one of the [`RegistryConfig::max_concurrent`] slots; each
+    /// call's `tag` comes back with its answer.
+    ///
+    /// Each call is checked first (module loaded, sum current) and
+    /// answered at once if it fails. Waiting for a slot longer than the
+    /// timeout answers [`ExecError::Busy`]; a call running past the timeout
+    /// answers [`ExecError::Timeout`], and the calls after it
+    /// [`ExecError::Abandoned`] without running. One batch costs one thread
+    /// hand-off, however many calls it holds.
+    pub fn exec_batch<T: Send + 'static>(&self, calls: Vec<(T, ExecCall)>) -> ExecBatch<T> {
+        ExecBatch::new(
+            self.inner.config.exec_timeout,
+            &self.inner.slots,
+            calls,
+            |name| self.get(name),
+        )
     }
 }
 

@@ -16,9 +16,13 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Default cap on connections, counting those still in the handshake.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
-/// Default number of frames queued for one client before it counts as a
-/// slow consumer and is disconnected.
-pub const DEFAULT_OUTBOUND_QUEUE: usize = 1024;
+/// Default bytes queued for one client (heartbeats, broadcasts, commands)
+/// before it counts as a slow consumer and is disconnected: about 370
+/// commands or 650 heartbeats.
+pub const DEFAULT_MAX_OUTBOUND_BYTES: usize = 256 * 1024;
+/// Default time a client may leave the server's writes blocked (it does
+/// not read) before it counts as a slow consumer and is disconnected.
+pub const DEFAULT_WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default time given to sessions to finish when the server shuts down.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -28,7 +32,8 @@ pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 /// Default `wa_id` of the server's authority key.
 pub const DEFAULT_AUTHORITY_ID: &str = "vigil-server";
 
-/// Default number of module runs in flight for one session.
+/// Default number of module runs in flight for one session (each a batch
+/// of the calls that arrived together, run one after another).
 pub const DEFAULT_MAX_EXECS_PER_SESSION: usize = 32;
 
 /// Everything a [`Server`](crate::Server) needs.
@@ -49,14 +54,20 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// Most connections at once, counting those in the handshake.
     pub max_connections: usize,
-    /// Frames queued for one client before it is disconnected as too slow.
-    pub outbound_queue: usize,
+    /// Bytes queued for one client before it is disconnected as too slow.
+    /// A module sent in answer to `mod:verify` does not count (it is
+    /// shared by every reply); at most two such answers wait per client.
+    pub max_outbound_bytes: usize,
+    /// Time the client may leave writes blocked before it is disconnected
+    /// as too slow.
+    pub write_stall_timeout: Duration,
     /// Time sessions get to finish at shutdown.
     pub drain_timeout: Duration,
     /// The modules served, if any; without a registry `mod:sync` lists
     /// nothing.
     pub modules: Option<ModuleRegistry>,
-    /// Module runs in flight per session; more requests wait.
+    /// Module runs in flight per session; more requests wait. Calls that
+    /// arrive together run as one batch, one after another, on one thread.
     pub max_execs_per_session: usize,
     /// The server's Ed25519 authority: signs heartbeats and the commands
     /// it issues itself. Without it, no heartbeats are sent.
@@ -105,7 +116,8 @@ impl ServerConfig {
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
-            outbound_queue: DEFAULT_OUTBOUND_QUEUE,
+            max_outbound_bytes: DEFAULT_MAX_OUTBOUND_BYTES,
+            write_stall_timeout: DEFAULT_WRITE_STALL_TIMEOUT,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             modules: None,
             max_execs_per_session: DEFAULT_MAX_EXECS_PER_SESSION,

@@ -1,19 +1,23 @@
 //! Delivering signed commands to clients and tracking each delivery to its
-//! acknowledgement.
+//! acknowledgements.
 //!
 //! A command is encoded once, as `cmd:exec:<ref>` with one REF for the whole
-//! delivery, and queued to every targeted session. Each session's `cmd:ack`
-//! with that REF resolves that session's entry; a session that ends first
-//! resolves it as disconnected.
+//! delivery, and queued to every targeted session together with a handle
+//! on its slot in the delivery's [`Tracker`] ([`Awaited`]). A session that
+//! writes the command keeps the handle until the client answers; its
+//! `cmd:ack` with that REF and that command id settles its slot, and
+//! nothing else can: an ack counts only on the session the command was
+//! delivered to. A session that ends first settles its slots as
+//! disconnected. Nothing in this is global: an ack costs a lookup among its
+//! own session's unanswered commands and one slot update.
 
-use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use serde_json::{Map, Value};
-use tokio::sync::oneshot;
+use serde_json::{Map, Value, json};
+use tokio::sync::Notify;
 use vigil_auth::Fingerprint;
-use vigil_proto::Ack;
+use vigil_proto::{Ack, AckStatus};
 
 /// Which clients a command goes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +44,9 @@ pub enum Outcome {
     Disconnected,
     /// No answer within the wait.
     Pending,
+    /// The client left too many commands unanswered; the server stopped
+    /// waiting for this one.
+    Unanswered,
 }
 
 /// One client's entry in a [`DeliveryReport`].
@@ -68,110 +75,341 @@ pub struct DeliveryReport {
 /// A command on its way; [`Delivery::wait`] collects the answers.
 #[derive(Debug)]
 pub struct Delivery {
-    pub(crate) command_id: String,
-    pub(crate) reference: String,
-    pub(crate) waiting: Vec<(Fingerprint, u64, oneshot::Receiver<Ack>)>,
-    pub(crate) done: Vec<ClientOutcome>,
+    pub(crate) tracker: std::sync::Arc<Tracker>,
+    /// Outcomes known when the command was queued.
+    pub(crate) immediate: Vec<ClientOutcome>,
+    /// Sessions the command was queued for.
+    pub(crate) queued: Vec<(Fingerprint, u64)>,
 }
 
 impl Delivery {
     /// The command's id.
     pub fn command_id(&self) -> &str {
-        &self.command_id
+        &self.tracker.command_id
     }
 
     /// The clients (fingerprint, session) the command was queued for.
     pub fn queued(&self) -> Vec<(Fingerprint, u64)> {
-        self.waiting.iter().map(|(fp, s, _)| (*fp, *s)).collect()
+        self.queued.clone()
     }
 
     /// Outcomes known at once (not connected, queue full).
     pub fn immediate(&self) -> &[ClientOutcome] {
-        &self.done
+        &self.immediate
     }
 
     /// How many sessions the command was queued for.
     pub fn sent(&self) -> usize {
-        self.waiting.len()
+        self.queued.len()
     }
 
-    /// Waits up to `timeout` for every session's acknowledgement.
+    /// Waits up to `timeout` for every session's acknowledgement; a session
+    /// that has not answered by then is [`Outcome::Pending`].
     pub async fn wait(self, timeout: Duration) -> DeliveryReport {
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut outcomes = self.done;
-        for (client, session, rx) in self.waiting {
-            let outcome = match tokio::time::timeout_at(deadline, rx).await {
-                Ok(Ok(ack)) => Outcome::Acked(ack),
-                Ok(Err(_)) => Outcome::Disconnected,
-                Err(_) => Outcome::Pending,
-            };
-            outcomes.push(ClientOutcome {
-                client,
-                session,
-                outcome,
-            });
+        let tracker = &self.tracker;
+        loop {
+            let settled = tracker.settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            if tracker.open() == 0 {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, settled).await.is_err() {
+                break;
+            }
         }
-        DeliveryReport {
-            command_id: self.command_id,
-            reference: self.reference,
-            outcomes,
-        }
+        tracker.report()
     }
 }
 
-type PendingMap = HashMap<(u64, String), (String, oneshot::Sender<Ack>)>;
+/// How a slot stands. A `done` ack with nothing else to say is kept
+/// without an allocation: a fan-out to thousands is mostly those.
+#[derive(Debug, Clone)]
+enum SlotState {
+    Pending,
+    Done,
+    Acked(Box<Ack>),
+    Settled(Outcome),
+}
 
-/// Deliveries waiting for acknowledgements, by (session, REF), with the
-/// command id each is for.
+#[derive(Debug, Clone)]
+struct Slot {
+    client: Fingerprint,
+    session: u64,
+    state: SlotState,
+}
+
+/// What an acknowledgement adds to the audit log: acks are recorded in
+/// groups, one record per delivery and group.
+#[derive(Debug, Clone)]
+pub(crate) struct AckEntry {
+    client: Fingerprint,
+    status: AckStatus,
+    code: Option<String>,
+    detail: String,
+}
+
+impl AckEntry {
+    fn json(&self) -> Value {
+        let mut v = json!({"client": self.client.to_hex(), "status": self.status});
+        if let Value::Object(map) = &mut v {
+            if let Some(code) = &self.code {
+                map.insert("code".into(), Value::String(code.clone()));
+            }
+            if !self.detail.is_empty() {
+                map.insert("detail".into(), Value::String(self.detail.clone()));
+            }
+        }
+        v
+    }
+}
+
+/// Acknowledgements of one delivery, for one audit record.
+#[derive(Debug)]
+pub(crate) struct AckGroup {
+    command_id: String,
+    acks: Vec<AckEntry>,
+}
+
+impl AckGroup {
+    /// The details of its `command.acknowledged` record.
+    pub(crate) fn details(&self) -> Value {
+        let acks: Vec<Value> = self.acks.iter().map(AckEntry::json).collect();
+        json!({"command_id": self.command_id, "acks": acks})
+    }
+}
+
+/// Most acks in one audit record.
+pub(crate) const ACKS_PER_RECORD: usize = 512;
+/// Longest an ack waits for its group's audit record.
+pub(crate) const ACK_AUDIT_DELAY: Duration = Duration::from_millis(200);
+
+#[derive(Debug)]
+struct TrackState {
+    /// One per targeted session, then one per targeted client that was
+    /// not connected (session 0).
+    slots: Vec<Slot>,
+    open: usize,
+    /// Acks not yet written to the audit log.
+    unaudited: Vec<AckEntry>,
+}
+
+/// One delivery's bookkeeping, shared by the sessions it was queued to,
+/// the waiter and the command log.
+#[derive(Debug)]
+pub(crate) struct Tracker {
+    pub(crate) command_id: String,
+    pub(crate) reference: String,
+    state: Mutex<TrackState>,
+    settled: Notify,
+}
+
+/// A session's claim on its slot of a delivery: what it keeps until the
+/// client answers.
+#[derive(Debug, Clone)]
+pub(crate) struct Awaited {
+    pub(crate) tracker: std::sync::Arc<Tracker>,
+    pub(crate) slot: u32,
+}
+
+impl Awaited {
+    pub(crate) fn acknowledge(&self, session: u64, ack: Ack) -> AckEffects {
+        self.tracker.acknowledge(self.slot, session, ack)
+    }
+
+    pub(crate) fn settle(&self, session: u64, outcome: Outcome) -> Option<AckGroup> {
+        self.tracker.settle(self.slot, session, outcome)
+    }
+}
+
+/// What settling an ack asks of the caller.
 #[derive(Debug, Default)]
-pub(crate) struct Pending(Mutex<PendingMap>);
+pub(crate) struct AckEffects {
+    /// Whether the ack matched a pending slot (and counted).
+    pub(crate) counted: bool,
+    /// Acks to write as one audit record now.
+    pub(crate) audit_now: Option<AckGroup>,
+    /// Whether to schedule [`Tracker::take_audit`] after
+    /// [`ACK_AUDIT_DELAY`] (the first ack of a new group).
+    pub(crate) audit_later: bool,
+}
 
-impl Pending {
-    fn map(&self) -> MutexGuard<'_, PendingMap> {
-        self.0
+impl Tracker {
+    /// A tracker for these slots: `(client, session, outcome)`, where
+    /// `None` is a session still to answer. Slot `i` is the `i`th.
+    pub(crate) fn new(
+        command_id: String,
+        reference: String,
+        slots: Vec<(Fingerprint, u64, Option<Outcome>)>,
+    ) -> Tracker {
+        let open = slots.iter().filter(|(_, _, o)| o.is_none()).count();
+        let slots = slots
+            .into_iter()
+            .map(|(client, session, outcome)| Slot {
+                client,
+                session,
+                state: match outcome {
+                    None => SlotState::Pending,
+                    Some(o) => SlotState::Settled(o),
+                },
+            })
+            .collect();
+        Tracker {
+            command_id,
+            reference,
+            state: Mutex::new(TrackState {
+                slots,
+                open,
+                unaudited: Vec::new(),
+            }),
+            settled: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, TrackState> {
+        // Each update leaves the state consistent before anything can panic.
+        self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    pub(crate) fn insert(
-        &self,
-        session: u64,
-        reference: &str,
-        command_id: &str,
-    ) -> oneshot::Receiver<Ack> {
-        let (tx, rx) = oneshot::channel();
-        self.map()
-            .insert((session, reference.to_owned()), (command_id.to_owned(), tx));
-        rx
+    /// Slots still waiting for an answer.
+    pub(crate) fn open(&self) -> usize {
+        self.lock().open
     }
 
-    /// Resolves a delivery, if one waits under that REF on that session
-    /// and the ack names its command; false otherwise (nothing changes).
-    pub(crate) fn resolve(&self, session: u64, reference: &str, ack: Ack) -> bool {
-        let mut map = self.map();
-        let key = (session, reference.to_owned());
-        let matches = map
-            .get(&key)
-            .is_some_and(|(id, _)| ack.command_id.as_deref() == Some(id.as_str()));
-        if !matches {
-            return false;
-        }
-        match map.remove(&key) {
-            Some((_, tx)) => {
-                let _ = tx.send(ack);
-                true
-            }
-            None => false,
+    /// How many clients this delivery tracks.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().slots.len()
+    }
+
+    /// Slot `slot`, if it is `session`'s.
+    fn slot_mut(state: &mut TrackState, slot: u32, session: u64) -> Option<&mut Slot> {
+        state
+            .slots
+            .get_mut(usize::try_from(slot).ok()?)
+            .filter(|s| s.session == session)
+    }
+
+    fn close_slot(&self, state: &mut TrackState) {
+        state.open = state.open.saturating_sub(1);
+        if state.open == 0 {
+            self.settled.notify_waiters();
         }
     }
 
-    /// Drops every delivery waiting on a session that ended.
-    pub(crate) fn forget_session(&self, session: u64) {
-        self.map().retain(|(s, _), _| *s != session);
+    /// Settles `session`'s slot with the client's answer, if the slot is
+    /// still pending and the ack names this delivery's command.
+    pub(crate) fn acknowledge(&self, slot: u32, session: u64, ack: Ack) -> AckEffects {
+        if ack.command_id.as_deref() != Some(self.command_id.as_str()) {
+            return AckEffects::default();
+        }
+        let mut state = self.lock();
+        let Some(slot) = Self::slot_mut(&mut state, slot, session) else {
+            return AckEffects::default();
+        };
+        if !matches!(slot.state, SlotState::Pending) {
+            return AckEffects::default();
+        }
+        let client = slot.client;
+        let entry = AckEntry {
+            client,
+            status: ack.status,
+            code: ack.code.clone(),
+            detail: crate::session::truncate(&ack.detail, 1024),
+        };
+        slot.state = if ack.status == AckStatus::Done
+            && ack.code.is_none()
+            && ack.detail.is_empty()
+            && ack.result.is_none()
+        {
+            SlotState::Done
+        } else {
+            SlotState::Acked(Box::new(ack))
+        };
+        self.close_slot(&mut state);
+        let first = state.unaudited.is_empty();
+        state.unaudited.push(entry);
+        let mut effects = AckEffects {
+            counted: true,
+            ..AckEffects::default()
+        };
+        if state.open == 0 || state.unaudited.len() >= ACKS_PER_RECORD {
+            effects.audit_now = self.audit_record(&mut state);
+        } else {
+            effects.audit_later = first;
+        }
+        effects
     }
 
-    pub(crate) fn remove(&self, session: u64, reference: &str) {
-        self.map().remove(&(session, reference.to_owned()));
+    /// Settles `session`'s slot, if still pending, with `outcome` (the
+    /// session ended, or stopped waiting). Returns the acks to audit if
+    /// this was the last open slot.
+    pub(crate) fn settle(&self, slot: u32, session: u64, outcome: Outcome) -> Option<AckGroup> {
+        let mut state = self.lock();
+        let slot = Self::slot_mut(&mut state, slot, session)?;
+        if !matches!(slot.state, SlotState::Pending) {
+            return None;
+        }
+        slot.state = SlotState::Settled(outcome);
+        self.close_slot(&mut state);
+        if state.open == 0 {
+            self.audit_record(&mut state)
+        } else {
+            None
+        }
+    }
+
+    /// The acks not yet audited.
+    pub(crate) fn take_audit(&self) -> Option<AckGroup> {
+        self.audit_record(&mut self.lock())
+    }
+
+    /// Takes the acks not yet audited; the record is made by the caller,
+    /// outside the lock.
+    fn audit_record(&self, state: &mut TrackState) -> Option<AckGroup> {
+        if state.unaudited.is_empty() {
+            return None;
+        }
+        Some(AckGroup {
+            command_id: self.command_id.clone(),
+            acks: std::mem::take(&mut state.unaudited),
+        })
+    }
+
+    fn outcome_of(&self, state: &SlotState) -> Outcome {
+        match state {
+            SlotState::Pending => Outcome::Pending,
+            SlotState::Done => Outcome::Acked(Ack {
+                command_id: Some(self.command_id.clone()),
+                status: AckStatus::Done,
+                code: None,
+                detail: String::new(),
+                result: None,
+            }),
+            SlotState::Acked(ack) => Outcome::Acked((**ack).clone()),
+            SlotState::Settled(o) => o.clone(),
+        }
+    }
+
+    /// Every slot's outcome so far.
+    pub(crate) fn report(&self) -> DeliveryReport {
+        let state = self.lock();
+        let outcomes = state
+            .slots
+            .iter()
+            .map(|s| ClientOutcome {
+                client: s.client,
+                session: s.session,
+                outcome: self.outcome_of(&s.state),
+            })
+            .collect();
+        DeliveryReport {
+            command_id: self.command_id.clone(),
+            reference: self.reference.clone(),
+            outcomes,
+        }
     }
 }
 

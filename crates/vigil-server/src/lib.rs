@@ -35,6 +35,7 @@ mod config;
 mod delivery;
 mod emergency;
 mod http;
+mod outbound;
 mod record;
 mod server;
 mod session;
@@ -42,7 +43,8 @@ mod session;
 pub use config::{
     Authority, DEFAULT_AUTHORITY_ID, DEFAULT_DRAIN_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_MAX_EXECS_PER_SESSION, DEFAULT_OUTBOUND_QUEUE, DEFAULT_PORT, ServerConfig,
+    DEFAULT_MAX_EXECS_PER_SESSION, DEFAULT_MAX_OUTBOUND_BYTES, DEFAULT_PORT,
+    DEFAULT_WRITE_STALL_TIMEOUT, ServerConfig,
 };
 pub use delivery::{ClientOutcome, Delivery, DeliveryReport, Outcome, Target};
 pub use http::{

@@ -2,23 +2,25 @@
 //! `GET /v1/commands/{id}`.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
 use serde_json::Value;
-use vigil_auth::Fingerprint;
 use vigil_proto::{Ack, AckStatus};
 
-use crate::delivery::Outcome;
+use crate::delivery::{Outcome, Tracker};
 
 /// How many commands are remembered.
 const KEEP: usize = 10_000;
+/// How many target slots the remembered commands may hold in all (about
+/// 56 bytes each); past it the oldest commands are forgotten.
+const KEEP_TARGETS: usize = 200_000;
 
 /// One client's view of a command.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TargetState {
     /// `pending`, `done`, `failed`, `refused`, `not_connected`,
-    /// `disconnected` or `queue_full`.
+    /// `disconnected`, `queue_full` or `unanswered`.
     pub status: &'static str,
     /// The client's reason or error.
     #[serde(skip_serializing_if = "String::is_empty")]
@@ -38,6 +40,7 @@ impl TargetState {
             Outcome::NotConnected => Self::status("not_connected"),
             Outcome::QueueFull => Self::status("queue_full"),
             Outcome::Disconnected => Self::status("disconnected"),
+            Outcome::Unanswered => Self::status("unanswered"),
             _ => Self::status("pending"),
         }
     }
@@ -84,42 +87,75 @@ pub struct CommandRecord {
     pub targets: BTreeMap<String, TargetState>,
 }
 
-/// Recent commands, bounded.
+/// A remembered command: what it was, and its delivery.
+#[derive(Debug)]
+struct Entry {
+    record: CommandRecord,
+    delivery: Option<Arc<Tracker>>,
+}
+
+impl Entry {
+    fn targets(&self) -> usize {
+        self.delivery.as_ref().map_or(0, |t| t.len())
+    }
+}
+
+#[derive(Debug, Default)]
+struct Log {
+    map: HashMap<String, Entry>,
+    order: VecDeque<String>,
+    /// Target slots held by the remembered deliveries.
+    targets: usize,
+}
+
+/// Recent commands, bounded in number and in the target slots their
+/// deliveries hold (a fan-out to 10,000 clients holds 10,000).
 #[derive(Debug, Default)]
 pub(crate) struct CommandLog {
-    inner: Mutex<(HashMap<String, CommandRecord>, VecDeque<String>)>,
+    inner: Mutex<Log>,
 }
 
 impl CommandLog {
-    fn lock(&self) -> MutexGuard<'_, (HashMap<String, CommandRecord>, VecDeque<String>)> {
+    fn lock(&self) -> MutexGuard<'_, Log> {
         self.inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    pub(crate) fn insert(&self, record: CommandRecord) {
-        let mut guard = self.lock();
-        let (map, order) = &mut *guard;
-        if map
-            .insert(record.command_id.clone(), record.clone())
-            .is_none()
-        {
-            order.push_back(record.command_id);
+    /// Remembers a command and its delivery, forgetting the oldest ones
+    /// past the bounds.
+    pub(crate) fn insert(&self, record: CommandRecord, delivery: Option<Arc<Tracker>>) {
+        let entry = Entry { record, delivery };
+        let mut log = self.lock();
+        let id = entry.record.command_id.clone();
+        log.targets += entry.targets();
+        match log.map.insert(id.clone(), entry) {
+            Some(old) => log.targets -= old.targets().min(log.targets),
+            None => log.order.push_back(id),
         }
-        while order.len() > KEEP {
-            if let Some(old) = order.pop_front() {
-                map.remove(&old);
+        while log.order.len() > KEEP || (log.targets > KEEP_TARGETS && log.order.len() > 1) {
+            let Some(old) = log.order.pop_front() else {
+                break;
+            };
+            if let Some(gone) = log.map.remove(&old) {
+                log.targets -= gone.targets().min(log.targets);
             }
         }
     }
 
-    pub(crate) fn set(&self, command_id: &str, client: &Fingerprint, state: TargetState) {
-        if let Some(record) = self.lock().0.get_mut(command_id) {
-            record.targets.insert(client.to_hex(), state);
-        }
-    }
-
     pub(crate) fn get(&self, command_id: &str) -> Option<CommandRecord> {
-        self.lock().0.get(command_id).cloned()
+        let (mut record, delivery) = {
+            let log = self.lock();
+            let entry = log.map.get(command_id)?;
+            (entry.record.clone(), entry.delivery.clone())
+        };
+        if let Some(tracker) = delivery {
+            for o in tracker.report().outcomes {
+                record
+                    .targets
+                    .insert(o.client.to_hex(), TargetState::of_outcome(&o.outcome));
+            }
+        }
+        Some(record)
     }
 }

@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use bytes::Bytes;
 use serde_json::{Map, Value};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -19,8 +19,9 @@ use vigil_auth::Fingerprint;
 use vigil_auth::peer_fingerprint;
 use vigil_proto::ServerMessage;
 
-use crate::delivery::{ClientOutcome, Delivery, Outcome, Pending, Target, command_id_of};
-use crate::record::{CommandLog, CommandRecord, TargetState};
+use crate::delivery::{Awaited, ClientOutcome, Delivery, Outcome, Target, Tracker, command_id_of};
+use crate::outbound::{Item, Refused};
+use crate::record::{CommandLog, CommandRecord};
 use crate::session::{self, SessionHandle, SessionInfo};
 use crate::{ServerConfig, ServerError};
 
@@ -87,8 +88,11 @@ pub(crate) struct Shared {
     pub(crate) stats: ServerStats,
     sessions: Mutex<HashMap<u64, SessionHandle>>,
     next_id: AtomicU64,
-    pub(crate) pending: Pending,
     next_delivery: AtomicU64,
+    /// Encoded `mod:verify_resp` payloads by module name, with the sum
+    /// they are for: one base64 copy per module version, shared by every
+    /// reply.
+    verify_bodies: Mutex<HashMap<String, (String, Bytes)>>,
     pub(crate) commands: CommandLog,
     stopped: tokio::sync::watch::Sender<bool>,
     audit_slots: Arc<Semaphore>,
@@ -115,6 +119,13 @@ impl Shared {
         });
     }
 
+    /// Records a group of acknowledgements, without waiting.
+    pub(crate) fn audit_acks(&self, group: Option<crate::delivery::AckGroup>) {
+        if let Some(group) = group {
+            self.audit_later("command.acknowledged", group.details());
+        }
+    }
+
     fn sessions(&self) -> MutexGuard<'_, HashMap<u64, SessionHandle>> {
         // A panic while holding this lock cannot leave the map inconsistent
         // (every operation on it is a single insert, remove or read).
@@ -124,12 +135,87 @@ impl Shared {
     }
 
     pub(crate) fn register(&self, handle: SessionHandle) {
+        let out = handle.out.clone();
         self.sessions().insert(handle.info.id, handle);
+        // Shutdown cancels the sessions it finds; one registered after
+        // that sweep cancels itself.
+        if self.shutdown.is_cancelled() {
+            out.cancel();
+        }
+    }
+
+    /// Ends every session (shutdown).
+    fn cancel_all(&self) {
+        for handle in self.sessions().values() {
+            handle.out.cancel();
+        }
     }
 
     pub(crate) fn deregister(&self, id: u64) {
         self.sessions().remove(&id);
-        self.pending.forget_session(id);
+    }
+
+    /// The payload of a `mod:verify_resp` for this module version (its
+    /// bytes in base64), encoded once per version.
+    pub(crate) fn verify_body(&self, module: &vigil_modules::Module) -> Bytes {
+        let summary = module.summary();
+        let mut cache = self
+            .verify_bodies
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((sum, body)) = cache.get(&summary.name)
+            && *sum == summary.sum
+        {
+            return body.clone();
+        }
+        let frame = ServerMessage::VerifyResp {
+            module: summary.name.clone(),
+            content: module.bytes().to_vec(),
+            sum: summary.sum.clone(),
+            desc: summary.description.clone(),
+        }
+        .to_frame("-")
+        .to_bytes();
+        // `mod:verify_resp:- {...}\n`: keep the JSON between the first
+        // space and the newline.
+        let start = frame.iter().position(|&b| b == b' ').map_or(0, |i| i + 1);
+        let end = frame.len().saturating_sub(1).max(start);
+        let body = Bytes::from(frame).slice(start..end);
+        cache.insert(summary.name.clone(), (summary.sum.clone(), body.clone()));
+        body
+    }
+
+    /// Forgets the encoded payload of a module that is gone.
+    fn forget_verify_body(&self, name: &str) {
+        self.verify_bodies
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(name);
+    }
+
+    /// Queues `item` for one session; a full queue marks the client a
+    /// slow consumer (its session ends).
+    fn push(
+        &self,
+        session: u64,
+        client: &Fingerprint,
+        out: &crate::outbound::Outbound,
+        item: Item,
+    ) -> Result<(), Refused> {
+        let refused = match out.push(item) {
+            Ok(()) => return Ok(()),
+            Err((refused, _)) => refused,
+        };
+        if refused == Refused::Full {
+            tracing::warn!(
+                session,
+                client = %client.short(),
+                limit = self.config.max_outbound_bytes,
+                "client is not reading: outbound queue past its limit, disconnecting"
+            );
+            self.stats.slow_consumers.inc();
+        }
+        Err(refused)
     }
 
     /// Closes every session whose key is no longer trusted.
@@ -143,7 +229,7 @@ impl Shared {
                     peer = %handle.info.peer,
                     "client key removed from the trust file: closing its session"
                 );
-                handle.cancel.cancel();
+                handle.out.cancel();
             }
         }
     }
@@ -253,58 +339,71 @@ impl ServerHandle {
             Target::All => None,
             Target::Clients(list) => Some(list.iter().copied().collect()),
         };
-        let mut reached: HashSet<Fingerprint> = HashSet::new();
-        let mut waiting = Vec::new();
-        let mut done = Vec::new();
-        for handle in self.shared.sessions().values() {
-            let fp = handle.info.fingerprint;
-            if wanted.as_ref().is_some_and(|w| !w.contains(&fp)) {
-                continue;
-            }
-            reached.insert(fp);
-            let id = handle.info.id;
-            let rx = self.shared.pending.insert(id, &reference, &command_id);
-            let outcome = match handle.tx.try_send(bytes.clone()) {
-                Ok(()) => {
-                    self.shared.stats.commands_sent.inc();
-                    waiting.push((fp, id, rx));
-                    continue;
-                }
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    tracing::warn!(session = id, client = %fp.short(), "client is not reading: outbound queue full, disconnecting");
-                    self.shared.stats.slow_consumers.inc();
-                    handle.cancel.cancel();
-                    Outcome::QueueFull
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => Outcome::Disconnected,
-            };
-            self.shared.pending.remove(id, &reference);
-            done.push(ClientOutcome {
-                client: fp,
-                session: id,
-                outcome,
-            });
-        }
+        // Which sessions get it, decided under the lock; queued after, so
+        // that every session's tracker slot exists before its ack can.
+        let targets: Vec<(Fingerprint, u64, crate::outbound::SharedOutbound)> = self
+            .shared
+            .sessions()
+            .values()
+            .filter(|h| {
+                wanted
+                    .as_ref()
+                    .is_none_or(|w| w.contains(&h.info.fingerprint))
+            })
+            .map(|h| (h.info.fingerprint, h.info.id, h.out.clone()))
+            .collect();
+        let reached: HashSet<Fingerprint> = targets.iter().map(|(fp, _, _)| *fp).collect();
+        let mut slots: Vec<(Fingerprint, u64, Option<Outcome>)> =
+            targets.iter().map(|(fp, id, _)| (*fp, *id, None)).collect();
+        let mut immediate = Vec::new();
         for fp in wanted.into_iter().flatten() {
             if !reached.contains(&fp) {
-                done.push(ClientOutcome {
+                slots.push((fp, 0, Some(Outcome::NotConnected)));
+                immediate.push(ClientOutcome {
                     client: fp,
                     session: 0,
                     outcome: Outcome::NotConnected,
                 });
             }
         }
+        let tracker = Arc::new(Tracker::new(command_id, reference, slots));
+        let mut queued = Vec::with_capacity(targets.len());
+        for (slot, (fp, id, out)) in (0u32..).zip(targets) {
+            let awaited = Awaited {
+                tracker: tracker.clone(),
+                slot,
+            };
+            let item = Item {
+                bytes: bytes.clone(),
+                delivery: Some(awaited.clone()),
+            };
+            let outcome = match self.shared.push(id, &fp, &out, item) {
+                Ok(()) => {
+                    self.shared.stats.commands_sent.inc();
+                    queued.push((fp, id));
+                    continue;
+                }
+                Err(Refused::Full) => Outcome::QueueFull,
+                Err(Refused::Closed) => Outcome::Disconnected,
+            };
+            // Nothing to audit: no ack was recorded on this slot.
+            let _ = awaited.settle(id, outcome.clone());
+            immediate.push(ClientOutcome {
+                client: fp,
+                session: id,
+                outcome,
+            });
+        }
         tracing::info!(
-            command_id,
-            reference,
-            sessions = waiting.len(),
+            command_id = %tracker.command_id,
+            reference = %tracker.reference,
+            sessions = queued.len(),
             "command delivered"
         );
         Delivery {
-            command_id,
-            reference,
-            waiting,
-            done,
+            tracker,
+            immediate,
+            queued,
         }
     }
 
@@ -377,34 +476,19 @@ impl ServerHandle {
             }),
         )
         .await?;
-        self.shared.commands.insert(CommandRecord {
-            command_id: command.command_id.clone(),
-            command_type: command.command_type.clone(),
-            command: command.command.clone(),
-            wa_id: command.wa_id.clone(),
-            via,
-            targets: Default::default(),
-        });
         let delivery = self.deliver_raw(&command.command_id, raw, target);
-        for (fp, _, _) in &delivery.waiting {
-            self.shared.commands.set(
-                &command.command_id,
-                fp,
-                TargetState::of_outcome(&Outcome::Pending),
-            );
-        }
-        for done in &delivery.done {
-            self.shared.commands.set(
-                &command.command_id,
-                &done.client,
-                TargetState::of_outcome(&done.outcome),
-            );
-        }
-        let sessions: Vec<String> = delivery
-            .waiting
-            .iter()
-            .map(|(fp, _, _)| fp.to_hex())
-            .collect();
+        self.shared.commands.insert(
+            CommandRecord {
+                command_id: command.command_id.clone(),
+                command_type: command.command_type.clone(),
+                command: command.command.clone(),
+                wa_id: command.wa_id.clone(),
+                via,
+                targets: Default::default(),
+            },
+            Some(delivery.tracker.clone()),
+        );
+        let sessions: Vec<String> = delivery.queued.iter().map(|(fp, _)| fp.to_hex()).collect();
         self.audit_later(
             "command.delivered",
             serde_json::json!({"command_id": command.command_id, "clients": sessions}),
@@ -476,20 +560,20 @@ impl ServerHandle {
     }
 
     fn send_to_all(&self, bytes: &Bytes) -> usize {
+        let handles: Vec<(u64, Fingerprint, crate::outbound::SharedOutbound)> = self
+            .shared
+            .sessions()
+            .values()
+            .map(|h| (h.info.id, h.info.fingerprint, h.out.clone()))
+            .collect();
         let mut queued = 0;
-        for handle in self.shared.sessions().values() {
-            match handle.tx.try_send(bytes.clone()) {
-                Ok(()) => queued += 1,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    tracing::warn!(
-                        session = handle.info.id,
-                        client = %handle.info.fingerprint.short(),
-                        "client is not reading: outbound queue full, disconnecting"
-                    );
-                    self.shared.stats.slow_consumers.inc();
-                    handle.cancel.cancel();
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+        for (id, fp, out) in handles {
+            let item = Item {
+                bytes: bytes.clone(),
+                delivery: None,
+            };
+            if self.shared.push(id, &fp, &out, item).is_ok() {
+                queued += 1;
             }
         }
         queued
@@ -535,8 +619,8 @@ impl Server {
                 stats: ServerStats::default(),
                 sessions: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
-                pending: Pending::default(),
                 next_delivery: AtomicU64::new(1),
+                verify_bodies: Mutex::new(HashMap::new()),
                 commands: CommandLog::default(),
                 stopped: tokio::sync::watch::channel(false).0,
                 audit_slots: Arc::new(Semaphore::new(AUDIT_BACKLOG)),
@@ -632,6 +716,7 @@ impl Server {
             sessions = shared.sessions().len(),
             "shutting down: closing sessions"
         );
+        shared.cancel_all();
         tracker.close();
         if tokio::time::timeout(shared.config.drain_timeout, tracker.wait())
             .await
@@ -756,7 +841,10 @@ async fn module_broadcaster(shared: Arc<Shared>, registry: vigil_modules::Module
             Ok(RegistryEvent::Reloaded { module, .. }) => {
                 ServerMessage::ModReload(session::module_info(&module))
             }
-            Ok(RegistryEvent::Unloaded { name, .. }) => ServerMessage::ModUnload { module: name },
+            Ok(RegistryEvent::Unloaded { name, .. }) => {
+                shared.forget_verify_body(&name);
+                ServerMessage::ModUnload { module: name }
+            }
             Ok(_) => continue,
             Err(RecvError::Lagged(n)) => {
                 // Some changes were missed: tell clients about every module

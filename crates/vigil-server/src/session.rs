@@ -1,30 +1,58 @@
-//! One client connection: read frames, answer them, write through a bounded
-//! queue.
+//! One client connection, served by one task.
+//!
+//! The task owns the TLS stream. It reads frames and answers each one,
+//! writes what other tasks queue for the client (heartbeats, broadcasts,
+//! commands: [`crate::outbound`]), runs modules in batches on blocking
+//! threads and writes their answers, and keeps the deliveries it wrote
+//! until the client acknowledges them. Everything it has to write goes out
+//! together: one TLS record and one `write` per batch, not per frame.
+//!
+//! Bounds: input is read only while the answers waiting to be written stay
+//! under the byte limit, at most two module bodies wait to be written, and
+//! module runs in flight are capped; a client that leaves writes blocked
+//! past the stall timeout, or lets its queue pass the byte limit, is a slow
+//! consumer and is disconnected. A session silent past the idle timeout is
+//! closed.
 
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io::IoSlice;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::SystemTime;
 
-use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt as _;
-use tokio::io::{AsyncWrite, AsyncWriteExt as _};
-use tokio::sync::{Semaphore, mpsc};
-use tokio_util::codec::FramedRead;
-use tokio_util::sync::CancellationToken;
+use bytes::{Buf as _, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+use tokio::time::{Instant, Sleep};
+use tokio_util::codec::Decoder as _;
 use tracing::Instrument as _;
 use vigil_auth::Fingerprint;
-use vigil_modules::{ExecError, ModuleRegistry, ModuleSummary};
+use vigil_modules::{ExecBatch, ExecCall, ExecError, ExecOutput, ModuleSummary};
 use vigil_proto::{
-    AckStatus, ClientRequest, CodecError, ErrorBody, ErrorCode, Frame, FrameCodec, ModuleInfo,
-    ServerMessage,
+    AckStatus, ClientRequest, CodecError, ErrorBody, ErrorCode, Frame, FrameCodec, FrameError,
+    ModuleInfo, ServerMessage,
 };
 
+use crate::delivery::{ACK_AUDIT_DELAY, Awaited, Outcome};
+use crate::outbound::{Item, Outbound, SharedOutbound, Status};
 use crate::server::Shared;
 
-/// Initial read buffer of a session.
-const READ_BUFFER: usize = 512;
-/// Most bytes gathered into one write.
+/// Bytes read from the TLS stream at a time.
+const READ_CHUNK: usize = 8 * 1024;
+/// Most slices handed to one vectored write (one TLS record, one syscall).
+const WRITE_SLICES: usize = 64;
+/// Most bytes taken from the queue before writing.
 const WRITE_BATCH: usize = 64 * 1024;
+/// Most module calls in one batch.
+const MAX_BATCH: usize = 64;
+/// Module bodies (`mod:verify_resp`) waiting to be written, at most;
+/// reading pauses at this many.
+const MAX_BODIES: usize = 2;
+/// Commands written to a client and not yet acknowledged, at most; past
+/// it the oldest is settled as [`Outcome::Unanswered`].
+const MAX_AWAITING: usize = 4096;
 
 /// What the server knows about a connected client.
 #[derive(Debug, Clone)]
@@ -43,8 +71,8 @@ pub struct SessionInfo {
 #[derive(Debug)]
 pub(crate) struct SessionHandle {
     pub(crate) info: SessionInfo,
-    pub(crate) tx: mpsc::Sender<Bytes>,
-    pub(crate) cancel: CancellationToken,
+    /// Its queue; cancelling it ends the session.
+    pub(crate) out: SharedOutbound,
 }
 
 /// Why a session ended.
@@ -55,7 +83,10 @@ enum End {
     Idle,
     TooLarge(usize),
     Io(std::io::Error),
-    WriterGone,
+    /// The queue passed its byte limit.
+    QueueFull,
+    /// Writes stayed blocked past the stall timeout.
+    WriteStalled,
 }
 
 pub(crate) fn encode(msg: &ServerMessage, reference: &str) -> Bytes {
@@ -65,7 +96,7 @@ pub(crate) fn encode(msg: &ServerMessage, reference: &str) -> Bytes {
 /// Runs a session on an established TLS stream until it ends.
 pub(crate) async fn run<S>(shared: Arc<Shared>, stream: S, info: SessionInfo)
 where
-    S: tokio::io::AsyncRead + AsyncWrite + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let span = tracing::info_span!(
         "session",
@@ -74,275 +105,466 @@ where
         peer = %info.peer
     );
     async move {
-        let (reader, writer) = tokio::io::split(stream);
-        let (tx, rx) = mpsc::channel::<Bytes>(shared.config.outbound_queue);
-        let cancel = shared.shutdown.child_token();
-        let writer_task = tokio::spawn(write_loop(rx, writer, cancel.clone()).in_current_span());
-
+        let out = Arc::new(Outbound::new(shared.config.max_outbound_bytes));
         shared.register(SessionHandle {
             info: info.clone(),
-            tx: tx.clone(),
-            cancel: cancel.clone(),
+            out: out.clone(),
         });
+        let mut session = Session::new(shared.clone(), info, stream, out);
         // The fingerprint may have been revoked between the handshake and
         // the registration: the revocation sweep may have missed us.
-        let end = if shared.config.trust.is_trusted(&info.fingerprint) {
+        let end = if shared.config.trust.is_trusted(&session.info.fingerprint) {
             tracing::info!("client connected");
-            read_loop(&shared, &info, reader, &tx, &cancel).await
+            session.serve().await
         } else {
             End::Cancelled
         };
-        shared.deregister(info.id);
-        match &end {
-            End::PeerClosed => tracing::info!("client disconnected"),
-            End::Cancelled if !shared.config.trust.is_trusted(&info.fingerprint) => {
-                tracing::warn!("session closed: client key no longer trusted")
-            }
-            End::Cancelled => tracing::info!("session closed by server"),
-            End::Idle => tracing::info!(
-                timeout = ?shared.config.idle_timeout,
-                "session closed: client silent past the idle timeout"
-            ),
-            End::TooLarge(limit) => {
-                tracing::warn!(limit, "session closed: client sent an oversized frame")
-            }
-            End::Io(e) => tracing::info!(error = %e, "session ended by transport error"),
-            End::WriterGone => tracing::info!("session ended: could not write to client"),
-        }
-        // Let the writer send what is queued (an error frame, say), but not
-        // for longer than the drain timeout.
-        drop(tx);
-        if matches!(end, End::Cancelled) {
-            cancel.cancel();
-        }
-        let mut writer_task = writer_task;
-        if tokio::time::timeout(shared.config.drain_timeout, &mut writer_task)
-            .await
-            .is_err()
-        {
-            writer_task.abort();
-        }
+        shared.deregister(session.info.id);
+        session.log_end(&end);
+        session.finish(&end).await;
     }
     .instrument(span)
     .await
 }
 
-async fn read_loop<R>(
-    shared: &Shared,
-    info: &SessionInfo,
-    reader: R,
-    tx: &mpsc::Sender<Bytes>,
-    cancel: &CancellationToken,
-) -> End
+/// One thing the session has to act on.
+enum Event {
+    Frame(Result<Frame, FrameError>),
+    End(End),
+}
+
+/// A piece of output: a frame, or part of one (a shared module body).
+#[derive(Debug)]
+struct Chunk {
+    bytes: Bytes,
+    /// A module body shared with other replies (not counted in the byte
+    /// limit; at most [`MAX_BODIES`] wait).
+    body: bool,
+}
+
+struct Session<S> {
+    shared: Arc<Shared>,
+    info: SessionInfo,
+    stream: S,
+    codec: FrameCodec,
+    /// Bytes read and not yet decoded; empty and unallocated when idle.
+    rbuf: BytesMut,
+    eof: bool,
+    /// What other tasks queued for this client.
+    queue: SharedOutbound,
+    /// Output waiting to be written, in order.
+    out: VecDeque<Chunk>,
+    /// Bytes in `out`, module bodies excepted.
+    out_bytes: usize,
+    /// Module bodies in `out`.
+    bodies: usize,
+    /// Commands written (or about to be) and not acknowledged yet.
+    awaiting: VecDeque<Awaited>,
+    /// Module calls read but not started: they start together.
+    calls: Vec<((String, String), ExecCall)>,
+    /// Module runs in flight, answered by (REF, module).
+    execs: Vec<ExecBatch<(String, String)>>,
+    last_read: Instant,
+    /// Since when writes have been blocked with output waiting.
+    stalled_since: Option<Instant>,
+}
+
+impl<S> Session<S>
 where
-    R: tokio::io::AsyncRead + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
-    // Client frames are small: start with a small buffer (it grows for a
-    // large frame), since an idle connection keeps it.
-    let mut frames = FramedRead::with_capacity(
-        reader,
-        FrameCodec::server(&shared.config.limits),
-        READ_BUFFER,
-    );
-    let execs = Arc::new(Semaphore::new(shared.config.max_execs_per_session.max(1)));
-    loop {
-        let next = tokio::select! {
-            biased;
-            () = cancel.cancelled() => return End::Cancelled,
-            next = tokio::time::timeout(shared.config.idle_timeout, frames.next()) => next,
-        };
-        let reply = match next {
-            Err(_) => return End::Idle,
-            Ok(None) => return End::PeerClosed,
-            Ok(Some(Err(CodecError::FrameTooLarge { limit }))) => {
-                let body = ErrorBody::new(
-                    ErrorCode::FrameTooLarge,
-                    format!("frame exceeds the limit of {limit} bytes; closing the connection"),
-                );
-                let _ = tx.send(encode(&ServerMessage::Error(body), "-")).await;
-                return End::TooLarge(limit);
-            }
-            Ok(Some(Err(CodecError::Io(e)))) => return End::Io(e),
-            Ok(Some(Err(other))) => return End::Io(std::io::Error::other(other)),
-            Ok(Some(Ok(Err(bad)))) => {
-                tracing::debug!(error = %bad, "malformed frame");
-                shared.stats.bad_frames.inc();
-                let body = ErrorBody::new(bad.code(), bad.to_string());
-                encode(&ServerMessage::Error(body), bad.reference().unwrap_or("-"))
-            }
-            Ok(Some(Ok(Ok(frame)))) => match dispatch(shared, info, &frame) {
-                Reply::Now(bytes) => bytes,
-                Reply::Nothing => continue,
-                Reply::Exec {
-                    registry,
-                    module,
-                    args,
-                    sum,
-                } => {
-                    // Runs proceed concurrently, answered by REF; past the
-                    // per-session limit, reading waits.
-                    let permit = tokio::select! {
-                        () = cancel.cancelled() => return End::Cancelled,
-                        permit = execs.clone().acquire_owned() => match permit {
-                            Ok(p) => p,
-                            Err(_) => return End::Cancelled,
-                        },
-                    };
-                    let tx = tx.clone();
-                    let reference = frame.reference().to_owned();
-                    tokio::spawn(
-                        async move {
-                            let bytes = exec(&registry, module, &args, &sum, &reference).await;
-                            drop(permit);
-                            let _ = tx.send(bytes).await;
-                        }
-                        .in_current_span(),
-                    );
-                    continue;
-                }
-            },
-        };
-        if tx.send(reply).await.is_err() {
-            return End::WriterGone;
+    fn new(shared: Arc<Shared>, info: SessionInfo, stream: S, queue: SharedOutbound) -> Self {
+        let codec = FrameCodec::server(&shared.config.limits);
+        Session {
+            shared,
+            info,
+            stream,
+            codec,
+            rbuf: BytesMut::new(),
+            eof: false,
+            queue,
+            out: VecDeque::new(),
+            out_bytes: 0,
+            bodies: 0,
+            awaiting: VecDeque::new(),
+            calls: Vec::new(),
+            execs: Vec::new(),
+            last_read: Instant::now(),
+            stalled_since: None,
         }
     }
-}
 
-/// What to do with one well-formed frame.
-enum Reply {
-    /// Send this now.
-    Now(Bytes),
-    /// Nothing to send (an acknowledgement or a report).
-    Nothing,
-    /// Run a module, then send its answer.
-    Exec {
-        registry: ModuleRegistry,
-        module: String,
-        args: String,
-        sum: String,
-    },
-}
-
-fn error_reply(code: ErrorCode, message: String, reference: &str) -> Reply {
-    Reply::Now(encode(
-        &ServerMessage::Error(ErrorBody::new(code, message)),
-        reference,
-    ))
-}
-
-fn unknown_module(module: &str, reference: &str) -> Reply {
-    error_reply(
-        ErrorCode::UnknownModule,
-        format!("no module named {module:?} is loaded"),
-        reference,
-    )
-}
-
-/// Answers one well-formed frame.
-fn dispatch(shared: &Shared, session: &SessionInfo, frame: &Frame) -> Reply {
-    let reference = frame.reference();
-    let request = match ClientRequest::from_frame(frame) {
-        Ok(request) => request,
-        Err(e) => {
-            tracing::debug!(frame = %frame, error = %e, "request not understood");
-            shared.stats.bad_frames.inc();
-            return Reply::Now(encode(&ServerMessage::Error(e.to_body()), reference));
+    /// Serves until the session ends, and says why.
+    async fn serve(&mut self) -> End {
+        let timer = tokio::time::sleep(self.shared.config.idle_timeout);
+        tokio::pin!(timer);
+        loop {
+            let event = std::future::poll_fn(|cx| self.poll_event(cx, timer.as_mut())).await;
+            match event {
+                Event::Frame(Ok(frame)) => self.dispatch(&frame),
+                Event::Frame(Err(bad)) => {
+                    tracing::debug!(error = %bad, "malformed frame");
+                    self.shared.stats.bad_frames.inc();
+                    let body = ErrorBody::new(bad.code(), bad.to_string());
+                    self.reply(&ServerMessage::Error(body), bad.reference().unwrap_or("-"));
+                }
+                Event::End(end) => return end,
+            }
         }
-    };
-    let registry = shared.config.modules.as_ref();
-    let reply = match request {
-        ClientRequest::Sync => ServerMessage::SyncResp {
-            modules: registry
-                .map(|r| r.list().iter().map(module_info).collect())
-                .unwrap_or_default(),
-        },
-        ClientRequest::Verify { module } => match registry.and_then(|r| r.get(&module)) {
-            Some(m) => ServerMessage::VerifyResp {
-                module,
-                content: m.bytes().to_vec(),
-                sum: m.summary().sum.clone(),
-                desc: m.summary().description.clone(),
+    }
+
+    /// Whether another frame may be taken in: the client's answers must
+    /// not pile up unwritten.
+    fn may_read(&self) -> bool {
+        self.calls.len() < MAX_BATCH
+            && self.bodies < MAX_BODIES
+            && self.out_bytes < self.shared.config.max_outbound_bytes
+    }
+
+    fn poll_event(&mut self, cx: &mut Context<'_>, mut timer: Pin<&mut Sleep>) -> Poll<Event> {
+        loop {
+            // A frame already buffered comes first: answers to a burst of
+            // requests are written together after it.
+            let decoded = self.may_read();
+            if decoded {
+                match self.codec.decode(&mut self.rbuf) {
+                    Ok(Some(item)) => return Poll::Ready(Event::Frame(item)),
+                    Ok(None) => {}
+                    Err(CodecError::FrameTooLarge { limit }) => {
+                        self.rbuf = BytesMut::new();
+                        return Poll::Ready(Event::End(End::TooLarge(limit)));
+                    }
+                    Err(CodecError::Io(e)) => return Poll::Ready(Event::End(End::Io(e))),
+                    Err(other) => {
+                        return Poll::Ready(Event::End(End::Io(std::io::Error::other(other))));
+                    }
+                }
+                if self.eof {
+                    return Poll::Ready(match self.codec.decode_eof(&mut self.rbuf) {
+                        Ok(Some(item)) => Event::Frame(item),
+                        _ => Event::End(End::PeerClosed),
+                    });
+                }
+                if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
+                    // An idle session keeps no read buffer.
+                    self.rbuf = BytesMut::new();
+                }
+            }
+            self.start_calls();
+            self.poll_execs(cx);
+            let (left, status) = self.take_queued(cx);
+            match status {
+                Status::Open => {}
+                Status::Overflowed => return Poll::Ready(Event::End(End::QueueFull)),
+                Status::Cancelled => return Poll::Ready(Event::End(End::Cancelled)),
+            }
+            match self.poll_write_out(cx) {
+                Poll::Ready(Ok(())) => self.stalled_since = None,
+                Poll::Ready(Err(e)) => return Poll::Ready(Event::End(End::Io(e))),
+                Poll::Pending => {
+                    if self.stalled_since.is_none() {
+                        let now = Instant::now();
+                        self.stalled_since = Some(now);
+                        let due = now + self.shared.config.write_stall_timeout;
+                        if timer.deadline() > due {
+                            timer.as_mut().reset(due);
+                        }
+                    }
+                }
+            }
+            if left && self.stalled_since.is_none() {
+                // More is queued, and the queue wakes the session only
+                // when it goes from empty to not.
+                continue;
+            }
+            if !self.may_read() {
+                // Reading waits for answers to be written or runs to end.
+            } else if !decoded {
+                // Room again (a run ended, output was written): frames
+                // may be waiting in the buffer.
+                continue;
+            } else if !self.eof {
+                match self.poll_read_more(cx) {
+                    Poll::Ready(Ok(0)) => {
+                        self.eof = true;
+                        continue;
+                    }
+                    Poll::Ready(Ok(_)) => {
+                        self.last_read = Instant::now();
+                        continue;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Event::End(End::Io(e))),
+                    Poll::Pending => {}
+                }
+            }
+            return match self.poll_timer(cx, timer.as_mut()) {
+                Some(end) => Poll::Ready(Event::End(end)),
+                None => Poll::Pending,
+            };
+        }
+    }
+
+    /// The idle and stall deadlines, checked when the timer fires; the
+    /// timer moves only then, not at every read.
+    fn poll_timer(&mut self, cx: &mut Context<'_>, mut timer: Pin<&mut Sleep>) -> Option<End> {
+        loop {
+            if timer.as_mut().poll(cx).is_pending() {
+                return None;
+            }
+            let now = Instant::now();
+            let idle_due = self.last_read + self.shared.config.idle_timeout;
+            if now >= idle_due {
+                return Some(End::Idle);
+            }
+            let mut due = idle_due;
+            if let Some(since) = self.stalled_since {
+                let stall_due = since + self.shared.config.write_stall_timeout;
+                if now >= stall_due {
+                    return Some(End::WriteStalled);
+                }
+                due = due.min(stall_due);
+            }
+            timer.as_mut().reset(due);
+        }
+    }
+
+    /// Reads what the stream has into the read buffer.
+    fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        let mut chunk = [const { std::mem::MaybeUninit::<u8>::uninit() }; READ_CHUNK];
+        let mut buf = ReadBuf::uninit(&mut chunk);
+        match Pin::new(&mut self.stream).poll_read(cx, &mut buf) {
+            Poll::Ready(Ok(())) => {
+                let filled = buf.filled();
+                self.rbuf.extend_from_slice(filled);
+                Poll::Ready(Ok(filled.len()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Moves queued frames into the output; commands among them are now
+    /// this session's to see acknowledged. Returns whether frames are
+    /// left in the queue, and its status.
+    fn take_queued(&mut self, cx: &mut Context<'_>) -> (bool, Status) {
+        // Past a batch of output, only the queue's status is read.
+        let budget = WRITE_BATCH.saturating_sub(self.out_bytes);
+        let queue = self.queue.clone();
+        queue.poll_take(cx, budget, |item: Item| {
+            if let Some(awaited) = item.delivery {
+                self.await_ack(awaited);
+            }
+            self.push_chunk(item.bytes, false);
+        })
+    }
+
+    fn await_ack(&mut self, awaited: Awaited) {
+        if self.awaiting.len() >= MAX_AWAITING
+            && let Some(oldest) = self.awaiting.pop_front()
+        {
+            tracing::debug!(command_id = %oldest.tracker.command_id, "too many unanswered commands: no longer waiting for the oldest");
+            self.shared
+                .audit_acks(oldest.settle(self.info.id, Outcome::Unanswered));
+        }
+        self.awaiting.push_back(awaited);
+    }
+
+    fn push_chunk(&mut self, bytes: Bytes, body: bool) {
+        if bytes.is_empty() {
+            return;
+        }
+        if body {
+            self.bodies += 1;
+        } else {
+            self.out_bytes += bytes.len();
+        }
+        self.out.push_back(Chunk { bytes, body });
+    }
+
+    fn reply(&mut self, msg: &ServerMessage, reference: &str) {
+        self.push_chunk(encode(msg, reference), false);
+    }
+
+    fn error_reply(&mut self, code: ErrorCode, message: String, reference: &str) {
+        self.reply(
+            &ServerMessage::Error(ErrorBody::new(code, message)),
+            reference,
+        );
+    }
+
+    /// Writes the output, as many frames per write as fit, then flushes.
+    /// Ready(Ok) once everything is written.
+    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while !self.out.is_empty() {
+            let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
+            let mut n = 0;
+            for (slot, chunk) in slices.iter_mut().zip(self.out.iter()) {
+                *slot = IoSlice::new(&chunk.bytes);
+                n += 1;
+            }
+            let written = match Pin::new(&mut self.stream).poll_write_vectored(cx, &slices[..n]) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(written)) => written,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            };
+            self.stalled_since = None;
+            self.consume(written);
+        }
+        if self.out.capacity() > 64 {
+            self.out = VecDeque::new();
+        }
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    /// Starts and answers the module calls still pending, and writes
+    /// everything; Ready once done (or the stream failed).
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            self.start_calls();
+            self.poll_execs(cx);
+            match self.poll_write_out(cx) {
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Ready(Ok(())) if self.execs.is_empty() && self.calls.is_empty() => {
+                    return Poll::Ready(());
+                }
+                // A batch ended and left calls to start.
+                Poll::Ready(Ok(())) if !self.calls.is_empty() && self.execs.is_empty() => {}
+                _ => return Poll::Pending,
+            }
+        }
+    }
+
+    /// Drops `n` written bytes from the front of the output.
+    fn consume(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(front) = self.out.front_mut() else {
+                return;
+            };
+            let len = front.bytes.len();
+            if n < len {
+                front.bytes.advance(n);
+                if !front.body {
+                    self.out_bytes -= n;
+                }
+                return;
+            }
+            n -= len;
+            if front.body {
+                self.bodies -= 1;
+            } else {
+                self.out_bytes -= len;
+            }
+            self.out.pop_front();
+        }
+    }
+
+    /// Starts the module calls read so far as one batch, if a run slot of
+    /// this session is free.
+    fn start_calls(&mut self) {
+        if self.calls.is_empty() || self.execs.len() >= self.shared.config.max_execs_per_session {
+            return;
+        }
+        let calls = std::mem::take(&mut self.calls);
+        match &self.shared.config.modules {
+            Some(registry) => self.execs.push(registry.exec_batch(calls)),
+            None => {
+                for ((reference, module), _) in calls {
+                    self.unknown_module(&module, &reference);
+                }
+            }
+        }
+    }
+
+    /// Writes the answers of module runs that finished.
+    fn poll_execs(&mut self, cx: &mut Context<'_>) {
+        let mut i = 0;
+        while i < self.execs.len() {
+            match self.execs[i].poll_next(cx) {
+                Poll::Ready(Some(((reference, module), answer))) => {
+                    let bytes = exec_answer(module, answer, &reference);
+                    self.push_chunk(bytes, false);
+                }
+                Poll::Ready(None) => {
+                    self.execs.swap_remove(i);
+                }
+                Poll::Pending => i += 1,
+            }
+        }
+    }
+
+    fn unknown_module(&mut self, module: &str, reference: &str) {
+        self.error_reply(
+            ErrorCode::UnknownModule,
+            format!("no module named {module:?} is loaded"),
+            reference,
+        );
+    }
+
+    /// Answers one well-formed frame.
+    fn dispatch(&mut self, frame: &Frame) {
+        let reference = frame.reference();
+        let request = match ClientRequest::from_frame(frame) {
+            Ok(request) => request,
+            Err(e) => {
+                tracing::debug!(frame = %frame, error = %e, "request not understood");
+                self.shared.stats.bad_frames.inc();
+                self.reply(&ServerMessage::Error(e.to_body()), reference);
+                return;
+            }
+        };
+        let registry = self.shared.config.modules.as_ref();
+        match request {
+            ClientRequest::Sync => {
+                let modules = registry
+                    .map(|r| r.list().iter().map(module_info).collect())
+                    .unwrap_or_default();
+                self.reply(&ServerMessage::SyncResp { modules }, reference);
+            }
+            ClientRequest::Verify { module } => match registry.and_then(|r| r.get(&module)) {
+                Some(m) => {
+                    // The module's bytes are encoded once per version and
+                    // shared by every reply.
+                    let body = self.shared.verify_body(&m);
+                    let header = format!("mod:verify_resp:{reference} ");
+                    self.push_chunk(Bytes::from(header), false);
+                    self.push_chunk(body, true);
+                    self.push_chunk(Bytes::from_static(b"\n"), false);
+                }
+                None => self.unknown_module(&module, reference),
             },
-            None => return unknown_module(&module, reference),
-        },
-        ClientRequest::Exec { module, args, sum } => match registry {
-            Some(r) => {
-                return Reply::Exec {
-                    registry: r.clone(),
-                    module,
-                    args,
+            ClientRequest::Exec { module, args, sum } => {
+                let call = ExecCall {
+                    module: module.clone(),
+                    args: args.into_bytes(),
                     sum,
                 };
+                self.calls.push(((reference.to_owned(), module), call));
             }
-            None => return unknown_module(&module, reference),
-        },
-        ClientRequest::Ping => ServerMessage::Pong,
-        ClientRequest::Ack(ack) => {
-            let counter = match ack.status {
-                AckStatus::Done => &shared.stats.acks_done,
-                AckStatus::Failed => &shared.stats.acks_failed,
-                AckStatus::Refused => &shared.stats.acks_refused,
-            };
-            counter.inc();
-            match ack.status {
-                AckStatus::Refused => tracing::warn!(
-                    command_id = ?ack.command_id, code = ?ack.code, detail = %ack.detail,
-                    "client refused a command"
-                ),
-                _ => {
-                    tracing::debug!(command_id = ?ack.command_id, status = ?ack.status, "command acknowledged")
-                }
+            ClientRequest::Ping => self.reply(&ServerMessage::Pong, reference),
+            ClientRequest::Ack(ack) => self.acknowledged(ack, reference),
+            ClientRequest::FailsafeReport(report) => {
+                self.shared.stats.failsafe_reports.inc();
+                self.shared.audit_later(
+                    "failsafe.reported",
+                    serde_json::json!({
+                        "client": self.info.fingerprint.to_hex(),
+                        "event": report.event,
+                        "at": report.at,
+                        "silent_ms": report.silent_ms,
+                        "break_commands": report.break_commands,
+                    }),
+                );
+                tracing::warn!(
+                    event = %report.event, at = %report.at, silent_ms = report.silent_ms,
+                    break_commands = report.break_commands.len(),
+                    "client reports a failsafe transition"
+                );
             }
-            // Only an ack that answers a delivery to this session, for the
-            // command that was delivered, is recorded.
-            let record = ack.command_id.clone().map(|id| {
-                let state = crate::record::TargetState::of_ack(&ack);
-                let details = serde_json::json!({
-                    "command_id": id,
-                    "client": session.fingerprint.to_hex(),
-                    "status": ack.status,
-                    "code": ack.code,
-                    "detail": truncate(&ack.detail, 1024),
-                });
-                (id, state, details)
-            });
-            if shared.pending.resolve(session.id, reference, ack) {
-                if let Some((id, state, details)) = record {
-                    shared.commands.set(&id, &session.fingerprint, state);
-                    shared.audit_later("command.acknowledged", details);
-                }
-                return Reply::Nothing;
-            }
-            return error_reply(
-                ErrorCode::BadPayload,
-                format!(
-                    "no command was delivered to this session with REF {reference:?} and that command_id"
-                ),
-                reference,
-            );
-        }
-        ClientRequest::FailsafeReport(report) => {
-            shared.stats.failsafe_reports.inc();
-            shared.audit_later(
-                "failsafe.reported",
-                serde_json::json!({
-                    "client": session.fingerprint.to_hex(),
-                    "event": report.event,
-                    "at": report.at,
-                    "silent_ms": report.silent_ms,
-                    "break_commands": report.break_commands,
-                }),
-            );
-            tracing::warn!(
-                event = %report.event, at = %report.at, silent_ms = report.silent_ms,
-                break_commands = report.break_commands.len(),
-                "client reports a failsafe transition"
-            );
-            return Reply::Nothing;
-        }
-        // A request type added to the protocol but not served here.
-        _ => {
-            return error_reply(
+            // A request type added to the protocol but not served here.
+            _ => self.error_reply(
                 ErrorCode::UnknownType,
                 format!(
                     "{}:{} is not served by this server",
@@ -350,10 +572,125 @@ fn dispatch(shared: &Shared, session: &SessionInfo, frame: &Frame) -> Reply {
                     frame.kind()
                 ),
                 reference,
+            ),
+        }
+    }
+
+    /// Counts an acknowledgement if it answers a command delivered to
+    /// this session under that REF, for that command id.
+    fn acknowledged(&mut self, ack: vigil_proto::Ack, reference: &str) {
+        let counter = match ack.status {
+            AckStatus::Done => &self.shared.stats.acks_done,
+            AckStatus::Failed => &self.shared.stats.acks_failed,
+            AckStatus::Refused => &self.shared.stats.acks_refused,
+        };
+        counter.inc();
+        match ack.status {
+            AckStatus::Refused => tracing::warn!(
+                command_id = ?ack.command_id, code = ?ack.code, detail = %ack.detail,
+                "client refused a command"
+            ),
+            _ => {
+                tracing::debug!(command_id = ?ack.command_id, status = ?ack.status, "command acknowledged")
+            }
+        }
+        let found = self
+            .awaiting
+            .iter()
+            .position(|a| a.tracker.reference == reference);
+        let effects = found.and_then(|i| {
+            let effects = self.awaiting.get(i)?.acknowledge(self.info.id, ack);
+            effects.counted.then_some((i, effects))
+        });
+        let Some((i, effects)) = effects else {
+            self.error_reply(
+                ErrorCode::BadPayload,
+                format!(
+                    "no command was delivered to this session with REF {reference:?} and that command_id"
+                ),
+                reference,
+            );
+            return;
+        };
+        let awaited = self.awaiting.remove(i);
+        self.shared.audit_acks(effects.audit_now);
+        if effects.audit_later
+            && let Some(Awaited { tracker, .. }) = awaited
+        {
+            // The first ack of a group: record the group soon, even if
+            // no more acks come to fill it.
+            let shared = self.shared.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(ACK_AUDIT_DELAY).await;
+                shared.audit_acks(tracker.take_audit());
+            });
+        }
+    }
+
+    fn log_end(&self, end: &End) {
+        let config = &self.shared.config;
+        match end {
+            End::PeerClosed => tracing::info!("client disconnected"),
+            End::Cancelled if !config.trust.is_trusted(&self.info.fingerprint) => {
+                tracing::warn!("session closed: client key no longer trusted")
+            }
+            End::Cancelled => tracing::info!("session closed by server"),
+            End::Idle => tracing::info!(
+                timeout = ?config.idle_timeout,
+                "session closed: client silent past the idle timeout"
+            ),
+            End::TooLarge(limit) => {
+                tracing::warn!(limit, "session closed: client sent an oversized frame")
+            }
+            End::Io(e) => tracing::info!(error = %e, "session ended by transport error"),
+            End::QueueFull => tracing::warn!(
+                limit = config.max_outbound_bytes,
+                "session closed: slow consumer, its outbound queue passed the limit"
+            ),
+            End::WriteStalled => {
+                self.shared.stats.slow_consumers.inc();
+                tracing::warn!(
+                    timeout = ?config.write_stall_timeout,
+                    "session closed: slow consumer, the client read nothing for the stall timeout"
+                )
+            }
+        }
+    }
+
+    /// Settles what the client will not answer, writes what is left (an
+    /// error frame, say) within the drain timeout unless the client is
+    /// gone or too slow, and sends TLS close_notify.
+    async fn finish(mut self, end: &End) {
+        if let End::TooLarge(limit) = end {
+            self.error_reply(
+                ErrorCode::FrameTooLarge,
+                format!("frame exceeds the limit of {limit} bytes; closing the connection"),
+                "-",
             );
         }
-    };
-    Reply::Now(encode(&reply, reference))
+        let id = self.info.id;
+        let undelivered = self.queue.close();
+        for awaited in self.awaiting.drain(..).chain(undelivered) {
+            self.shared
+                .audit_acks(awaited.settle(id, Outcome::Disconnected));
+        }
+        let drain = matches!(end, End::PeerClosed | End::Idle | End::TooLarge(_));
+        if drain {
+            // Runs already asked for are answered, within the drain
+            // timeout.
+            let _ = tokio::time::timeout(
+                self.shared.config.drain_timeout,
+                std::future::poll_fn(|cx| self.poll_drain(cx)),
+            )
+            .await;
+        }
+        // Runs not started are skipped; a running one finishes on its
+        // thread.
+        self.execs.clear();
+        // A peer that does not read gets no say in how long this takes.
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(1), self.stream.shutdown()).await;
+    }
 }
 
 /// At most `max` bytes of `s`, cut at a character boundary.
@@ -378,16 +715,9 @@ pub(crate) fn module_info(m: &ModuleSummary) -> ModuleInfo {
     }
 }
 
-/// Runs a module and encodes its answer.
-async fn exec(
-    registry: &ModuleRegistry,
-    module: String,
-    args: &str,
-    sum: &str,
-    reference: &str,
-) -> Bytes {
-    let outcome = registry.exec(&module, args.as_bytes(), sum).await;
-    let reply = match outcome {
+/// Encodes a module run's answer.
+fn exec_answer(module: String, answer: Result<ExecOutput, ExecError>, reference: &str) -> Bytes {
+    let reply = match answer {
         Ok(out) => {
             tracing::debug!(module = %module, sum = %out.sum, "module ran");
             ServerMessage::ExecResp {
@@ -400,7 +730,7 @@ async fn exec(
             let code = match &e {
                 ExecError::UnknownModule(_) => ErrorCode::UnknownModule,
                 ExecError::StaleSum { .. } => ErrorCode::StaleSum,
-                ExecError::Busy => ErrorCode::Busy,
+                ExecError::Busy | ExecError::Abandoned(_) => ErrorCode::Busy,
                 ExecError::Timeout(_) => ErrorCode::ExecTimeout,
                 _ => ErrorCode::ExecFailed,
             };
@@ -413,48 +743,4 @@ async fn exec(
         }
     };
     encode(&reply, reference)
-}
-
-async fn write_loop<W>(mut rx: mpsc::Receiver<Bytes>, mut writer: W, cancel: CancellationToken)
-where
-    W: AsyncWrite + Unpin,
-{
-    let mut batch = BytesMut::new();
-    loop {
-        let first = tokio::select! {
-            biased;
-            () = cancel.cancelled() => break,
-            next = rx.recv() => match next {
-                Some(bytes) => bytes,
-                None => break,
-            },
-        };
-        batch.extend_from_slice(&first);
-        while batch.len() < WRITE_BATCH {
-            match rx.try_recv() {
-                Ok(more) => batch.extend_from_slice(&more),
-                Err(_) => break,
-            }
-        }
-        let written = tokio::select! {
-            biased;
-            () = cancel.cancelled() => break,
-            res = async {
-                writer.write_all(&batch).await?;
-                writer.flush().await
-            } => res,
-        };
-        batch.clear();
-        if let Err(e) = written {
-            tracing::debug!(error = %e, "write failed");
-            return;
-        }
-        // Do not keep a large buffer around for an idle connection.
-        if batch.capacity() > WRITE_BATCH * 2 {
-            batch = BytesMut::new();
-        }
-    }
-    // Send TLS close_notify; a peer that does not read gets no say in how
-    // long this takes.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), writer.shutdown()).await;
 }

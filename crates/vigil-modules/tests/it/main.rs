@@ -328,3 +328,96 @@ async fn a_file_written_slowly_is_loaded_once_complete() {
         other => panic!("expected one Loaded, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_batch_answers_every_call_once_in_order() {
+    use vigil_modules::ExecCall;
+    let mods = Mods::new();
+    mods.deploy(&fixture(&[]), "fx.so");
+    let registry = mods.registry();
+    let sum = registry.list()[0].sum.clone();
+    let call = |module: &str, args: &str, sum: &str| ExecCall {
+        module: module.into(),
+        args: args.as_bytes().to_vec(),
+        sum: sum.into(),
+    };
+    let calls = vec![
+        (1, call("fx.so", "a", &sum)),
+        (2, call("nope.so", "b", &sum)),
+        (3, call("fx.so", "c", "0000")),
+        (4, call("fx.so", "fail", &sum)),
+        (5, call("fx.so", "d", &sum)),
+    ];
+    let mut batch = registry.exec_batch(calls);
+    let mut answers = Vec::new();
+    while let Some(answer) = batch.next().await {
+        answers.push(answer);
+    }
+    // Checks fail at once, ahead of the runs; the runs answer in order.
+    let tags: Vec<i32> = answers.iter().map(|(t, _)| *t).collect();
+    assert_eq!(tags, vec![2, 3, 1, 4, 5]);
+    assert!(matches!(answers[0].1, Err(ExecError::UnknownModule(_))));
+    assert!(matches!(answers[1].1, Err(ExecError::StaleSum { .. })));
+    assert_eq!(answers[2].1.as_ref().expect("ran").result, "v1: a");
+    assert_eq!(
+        answers[3].1,
+        Err(ExecError::Failed("fixture asked to fail".into()))
+    );
+    assert_eq!(answers[4].1.as_ref().expect("ran").result, "v1: d");
+}
+
+#[tokio::test]
+async fn a_hung_call_times_out_and_the_rest_of_its_batch_is_not_run() {
+    use vigil_modules::ExecCall;
+    let mods = Mods::new();
+    mods.deploy(&fixture(&[]), "fx.so");
+    let mut config = RegistryConfig::new(mods.path());
+    config.exec_timeout = Duration::from_millis(300);
+    config.max_concurrent = 1;
+    let registry = ModuleRegistry::open(config).expect("open");
+    let sum = registry.list()[0].sum.clone();
+    let call = |args: &str| ExecCall {
+        module: "fx.so".into(),
+        args: args.as_bytes().to_vec(),
+        sum: sum.clone(),
+    };
+    let started = std::time::Instant::now();
+    let mut batch = registry.exec_batch(vec![
+        ("ok", call("ok")),
+        ("hang", call("sleep 3000")),
+        ("after", call("never")),
+    ]);
+    let mut answers = Vec::new();
+    while let Some(answer) = batch.next().await {
+        answers.push(answer);
+    }
+    assert_eq!(answers[0].0, "ok");
+    assert_eq!(answers[0].1.as_ref().expect("ran").result, "v1: ok");
+    assert_eq!(
+        answers[1],
+        ("hang", Err(ExecError::Timeout(Duration::from_millis(300))))
+    );
+    assert_eq!(
+        answers[2],
+        (
+            "after",
+            Err(ExecError::Abandoned(Duration::from_millis(300)))
+        )
+    );
+    assert_eq!(answers.len(), 3);
+    // Answered at the timeout, long before the hung call returns.
+    assert!(started.elapsed() < Duration::from_millis(2500));
+    // The hung call keeps the only slot until it returns; then the slot is
+    // free again.
+    let busy = registry.exec("fx.so", b"x", &sum).await;
+    assert_eq!(busy, Err(ExecError::Busy));
+    tokio::time::sleep(Duration::from_millis(3200).saturating_sub(started.elapsed())).await;
+    assert_eq!(
+        registry
+            .exec("fx.so", b"x", &sum)
+            .await
+            .expect("runs")
+            .result,
+        "v1: x"
+    );
+}

@@ -126,11 +126,17 @@ impl Api {
     }
 
     fn audit_kinds(&self) -> Vec<String> {
+        self.audit_records()
+            .iter()
+            .filter_map(|v| v["kind"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    fn audit_records(&self) -> Vec<Value> {
         std::fs::read_to_string(&self.audit_path)
             .expect("audit log")
             .lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter_map(|v| v["kind"].as_str().map(str::to_owned))
             .collect()
     }
 }
@@ -271,6 +277,18 @@ async fn send_reaches_the_handler_and_wait_returns_its_result() {
     assert!(
         kinds.iter().filter(|k| *k == "command.issued").count() >= 2,
         "{kinds:?}"
+    );
+    // Acks are recorded in groups per delivery: this one names the client
+    // and what it answered.
+    let acked = api
+        .audit_records()
+        .into_iter()
+        .find(|r| r["kind"] == "command.acknowledged" && r["details"]["command_id"] == id.as_str())
+        .expect("the ack of the second command is audited");
+    assert_eq!(
+        acked["details"]["acks"],
+        json!([{"client": me, "status": "done"}]),
+        "{acked}"
     );
     assert!(kinds.iter().any(|k| k == "handshake.accepted"), "{kinds:?}");
     let report = vigil_audit::verify(&api.audit_path).expect("verify");

@@ -385,3 +385,86 @@ async fn refused_client_says_so_and_keeps_retrying() {
         .expect("stops")
         .expect("no panic");
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_and_others_are_served() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let slow = GeneratedIdentity::generate("slow").expect("identity");
+    let good = GeneratedIdentity::generate("good").expect("identity");
+    let server = TestServer::start_with(&[slow.fingerprint, good.fingerprint], |c| {
+        c.max_outbound_bytes = 64 * 1024;
+    })
+    .await;
+    // The slow client never reads; the other one reads everything.
+    let _slow_conn = support::raw_tls(&server, &slow).await;
+    let mut good_conn = Connection::connect(&support::client_config(&server, &good))
+        .await
+        .expect("connect");
+    let mut pushed = good_conn.take_broadcasts().expect("broadcasts");
+    let received = Arc::new(AtomicU64::new(0));
+    tokio::spawn({
+        let received = received.clone();
+        async move {
+            while pushed.recv().await.is_some() {
+                received.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    support::eventually(|| server.handle.sessions().len() == 2).await;
+    let pad = serde_json::json!({"pad": "x".repeat(1024)});
+    let msg = vigil_proto::ServerMessage::Heartbeat(pad.as_object().cloned().unwrap_or_default());
+    // Bursts of 32 KiB, each read by the good client before the next: its
+    // queue never nears the limit, while the slow client's kernel buffers
+    // fill and then its queue passes the limit.
+    let mut sent = 0u64;
+    while server.handle.stats().slow_consumers.get() == 0 {
+        for _ in 0..32 {
+            server.handle.broadcast(&msg, "b");
+            sent += 1;
+        }
+        assert!(sent < 200_000, "never counted as a slow consumer");
+        let deadline = Instant::now() + WAIT;
+        while received.load(Ordering::Relaxed) < sent {
+            assert!(
+                Instant::now() < deadline,
+                "good client got {} of {sent}",
+                received.load(Ordering::Relaxed)
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    support::eventually(|| !server.handle.is_connected(&slow.fingerprint)).await;
+    // The other client kept being served, and missed nothing.
+    assert!(server.handle.is_connected(&good.fingerprint));
+    good_conn.sync().await.expect("still served");
+    assert_eq!(server.handle.stats().slow_consumers.get(), 1);
+}
+
+#[tokio::test]
+async fn a_client_that_blocks_writes_past_the_stall_timeout_is_dropped() {
+    let slow = GeneratedIdentity::generate("slow").expect("identity");
+    let server = TestServer::start_with(&[slow.fingerprint], |c| {
+        // A queue too large to overflow here: only the stall bound acts.
+        c.max_outbound_bytes = 1 << 30;
+        c.write_stall_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let (mut rd, mut wr) = tokio::io::split(support::raw_tls(&server, &slow).await);
+    // Requests answered with a whole module each would do; pings will too,
+    // many of them, while the client reads nothing.
+    let pings = b"sys:ping:p {}\n".repeat(20_000);
+    let writer = tokio::spawn(async move {
+        for _ in 0..50 {
+            if wr.write_all(&pings).await.is_err() {
+                return;
+            }
+        }
+    });
+    support::eventually(|| server.handle.stats().slow_consumers.get() == 1).await;
+    support::eventually(|| server.handle.sessions().is_empty()).await;
+    writer.abort();
+    // The connection was closed by the server: reading ends.
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), rd.read_to_end(&mut sink)).await;
+}

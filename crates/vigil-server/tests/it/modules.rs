@@ -292,3 +292,50 @@ async fn verify_returns_the_exact_bytes_over_the_wire() {
         .expect("base64");
     assert_eq!(content, std::fs::read(&hello).expect("read"));
 }
+
+#[tokio::test]
+async fn pipelined_execs_and_verifies_each_get_one_answer() {
+    let id = GeneratedIdentity::generate("c").expect("identity");
+    let ms = ModServer::start(&[id.fingerprint], Duration::from_secs(10)).await;
+    let hello = build("mods/hello", &[]);
+    ms.deploy(&hello, "hello.so");
+    support::eventually(|| ms.registry.list().len() == 1).await;
+    let sum = sha256_hex(&hello);
+    let (mut rd, mut wr) = tokio::io::split(raw_tls(&ms.server, &id).await);
+    // Many requests in one write: execs run in batches, verifies share
+    // one encoded copy of the module; every REF is answered exactly once.
+    let mut burst = Vec::new();
+    for i in 0..300 {
+        if i % 50 == 0 {
+            burst.extend_from_slice(
+                format!("mod:verify:v{i} {{\"mod\":\"hello.so\"}}\n").as_bytes(),
+            );
+        }
+        burst.extend_from_slice(
+            format!("mod:exec:e{i} {{\"mod\":\"hello.so\",\"args\":\"n{i}\",\"sum\":\"{sum}\"}}\n")
+                .as_bytes(),
+        );
+    }
+    burst.extend_from_slice(b"sys:ping:last {}\n");
+    wr.write_all(&burst).await.expect("write");
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = HashMap::new();
+    loop {
+        let frame = read_frame(&mut rd, &mut buf).await.expect("answer");
+        let reference = frame.reference().to_owned();
+        match frame.kind() {
+            "exec_resp" => {
+                let i = reference.trim_start_matches('e');
+                assert_eq!(frame.payload()["result"], format!("Hello, n{i}!").as_str());
+            }
+            "verify_resp" => assert_eq!(frame.payload()["sum"], sum.as_str()),
+            "pong" => {}
+            other => panic!("unexpected {other}: {frame}"),
+        }
+        *seen.entry(reference).or_insert(0) += 1;
+        if seen.len() == 300 + 6 + 1 {
+            break;
+        }
+    }
+    assert!(seen.values().all(|n| *n == 1), "{seen:?}");
+}
