@@ -737,7 +737,12 @@ async fn connection(
     peer: SocketAddr,
     _permit: OwnedSemaphorePermit,
 ) {
-    let handshake = tokio::time::timeout(shared.config.handshake_timeout, acceptor.accept(tcp));
+    // Boxed: the handshake's state (a whole TLS connection) is freed when
+    // it ends instead of sizing the task for the session's lifetime.
+    let handshake = tokio::time::timeout(
+        shared.config.handshake_timeout,
+        Box::pin(acceptor.accept(tcp)),
+    );
     let tls = tokio::select! {
         () = shared.shutdown.cancelled() => return,
         result = handshake => match result {

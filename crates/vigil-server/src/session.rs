@@ -94,7 +94,14 @@ pub(crate) fn encode(msg: &ServerMessage, reference: &str) -> Bytes {
 }
 
 /// Runs a session on an established TLS stream until it ends.
-pub(crate) async fn run<S>(shared: Arc<Shared>, stream: S, info: SessionInfo)
+///
+/// The session's state is boxed before the future is made, so that the
+/// task (alive as long as the connection) holds a pointer, not the state.
+pub(crate) fn run<S>(
+    shared: Arc<Shared>,
+    stream: S,
+    info: SessionInfo,
+) -> impl Future<Output = ()> + Send + 'static
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -104,13 +111,15 @@ where
         client = %info.fingerprint.short(),
         peer = %info.peer
     );
+    let out = Arc::new(Outbound::new(shared.config.max_outbound_bytes));
+    let session = Box::new(Session::new(shared, info, stream, out));
     async move {
-        let out = Arc::new(Outbound::new(shared.config.max_outbound_bytes));
+        let mut session = session;
+        let shared = session.shared.clone();
         shared.register(SessionHandle {
-            info: info.clone(),
-            out: out.clone(),
+            info: session.info.clone(),
+            out: session.queue.clone(),
         });
-        let mut session = Session::new(shared.clone(), info, stream, out);
         // The fingerprint may have been revoked between the handshake and
         // the registration: the revocation sweep may have missed us.
         let end = if shared.config.trust.is_trusted(&session.info.fingerprint) {
@@ -124,7 +133,6 @@ where
         session.finish(&end).await;
     }
     .instrument(span)
-    .await
 }
 
 /// One thing the session has to act on.
@@ -660,7 +668,7 @@ where
     /// Settles what the client will not answer, writes what is left (an
     /// error frame, say) within the drain timeout unless the client is
     /// gone or too slow, and sends TLS close_notify.
-    async fn finish(mut self, end: &End) {
+    async fn finish(&mut self, end: &End) {
         if let End::TooLarge(limit) = end {
             self.error_reply(
                 ErrorCode::FrameTooLarge,
