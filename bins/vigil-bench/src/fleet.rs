@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use bytes::Buf as _;
 use futures_util::StreamExt as _;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpSocket, TcpStream};
@@ -316,7 +317,7 @@ async fn session(
         conn.sync().await?;
         anyhow::Ok(conn)
     };
-    let mut conn = match tokio::time::timeout(SETUP_TIMEOUT, setup).await {
+    let conn = match tokio::time::timeout(SETUP_TIMEOUT, setup).await {
         Ok(Ok(conn)) => conn,
         _ => return false,
     };
@@ -326,7 +327,7 @@ async fn session(
         .last_sync_ns
         .store(nanos_since(shared.epoch), Ordering::Relaxed);
     client.connected.store(true, Ordering::Relaxed);
-    let _ = serve(client, shared, &mut conn).await;
+    let _ = serve(client, shared, conn).await;
     true
 }
 
@@ -338,55 +339,71 @@ async fn session(
 /// full JSON parse only if the scan fails): on two cores shared with the
 /// server, a client's own costs would otherwise be most of what is
 /// measured.
-async fn serve<S: AsyncRead + AsyncWrite>(
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     client: &SimClient,
     shared: &FleetShared,
-    conn: &mut Conn<S>,
+    conn: Conn<S>,
 ) -> anyhow::Result<()> {
+    // Frames the set-up read past are still in the codec's buffer; the
+    // stream is whole again (no lock between halves).
+    let Conn { frames, writer } = conn;
+    let parts = frames.into_parts();
+    let mut buf = parts.read_buf;
+    let mut stream = parts.io.unsplit(writer);
+    let mut out = Vec::with_capacity(256);
     let mut last_write = Instant::now();
     let mut pings: u64 = 0;
-    // Frames the set-up read past are still in the codec's buffer.
-    let mut buf = std::mem::take(conn.frames.read_buffer_mut());
-    let reader = conn.frames.get_mut();
+    // One timer, moved only when it fires.
+    let idle = tokio::time::sleep_until((last_write + IDLE_PING).into());
+    tokio::pin!(idle);
     loop {
         while let Some(end) = buf.iter().position(|&b| b == b'\n') {
-            let line = buf.split_to(end + 1);
-            if let Some(ack) = answer(client, &line[..end]) {
-                conn.writer.write_all(&ack).await?;
-                client
-                    .last_ack_ns
-                    .store(nanos_since(shared.epoch), Ordering::Relaxed);
+            if answer(client, &buf[..end], &mut out) {
                 client.commands.fetch_add(1, Ordering::Relaxed);
-                last_write = Instant::now();
             }
+            buf.advance(end + 1);
         }
-        let idle = tokio::time::sleep_until((last_write + IDLE_PING).into());
+        if !out.is_empty() {
+            stream.write_all(&out).await?;
+            out.clear();
+            client
+                .last_ack_ns
+                .store(nanos_since(shared.epoch), Ordering::Relaxed);
+            last_write = Instant::now();
+        }
         tokio::select! {
-            read = reader.read_buf(&mut buf) => {
+            read = stream.read_buf(&mut buf) => {
                 if read? == 0 {
                     return Ok(());
                 }
             }
-            () = idle => {
-                pings += 1;
-                conn.writer.write_all(format!("sys:ping:i{pings} {{}}\n").as_bytes()).await?;
-                last_write = Instant::now();
+            () = &mut idle => {
+                let due = last_write + IDLE_PING;
+                if Instant::now() >= due {
+                    pings += 1;
+                    stream.write_all(format!("sys:ping:i{pings} {{}}\n").as_bytes()).await?;
+                    last_write = Instant::now();
+                }
+                idle.as_mut().reset((last_write + IDLE_PING).into());
             }
         };
     }
 }
 
-/// The acknowledgement of a `cmd:exec` line; counts a heartbeat; `None`
-/// for anything else.
-fn answer(client: &SimClient, line: &[u8]) -> Option<Vec<u8>> {
-    let space = line.iter().position(|&b| b == b' ')?;
+/// Appends the acknowledgement of a `cmd:exec` line to `out` and says
+/// so; counts a heartbeat; ignores anything else.
+fn answer(client: &SimClient, line: &[u8], out: &mut Vec<u8>) -> bool {
+    let Some(space) = line.iter().position(|&b| b == b' ') else {
+        return false;
+    };
     let (header, payload) = (&line[..space], &line[space + 1..]);
     if header.starts_with(b"hb:beat:") {
         client.heartbeats.fetch_add(1, Ordering::Relaxed);
-        return None;
+        return false;
     }
-    let reference = header.strip_prefix(b"cmd:exec:")?;
-    let reference = std::str::from_utf8(reference).ok()?;
+    let Some(reference) = header.strip_prefix(b"cmd:exec:") else {
+        return false;
+    };
     let command_id = scan_command_id(payload).or_else(|| {
         let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
         v.get("command_id")?.as_str().map(str::to_owned)
@@ -398,13 +415,16 @@ fn answer(client: &SimClient, line: &[u8]) -> Option<Vec<u8>> {
         detail: String::new(),
         result: None,
     };
-    let mut out = Vec::with_capacity(160);
+    let start = out.len();
     out.extend_from_slice(b"cmd:ack:");
-    out.extend_from_slice(reference.as_bytes());
+    out.extend_from_slice(reference);
     out.push(b' ');
-    serde_json::to_writer(&mut out, &ack).ok()?;
+    if serde_json::to_writer(&mut *out, &ack).is_err() {
+        out.truncate(start);
+        return false;
+    }
     out.push(b'\n');
-    Some(out)
+    true
 }
 
 /// `"command_id":"<id>"` in compact JSON, when the id has no escapes.

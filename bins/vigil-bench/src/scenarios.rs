@@ -436,6 +436,7 @@ pub(crate) async fn fanout_size(
     let mut missing = 0;
     let mut not_done = 0;
     let cpu = CpuWindow::start(ctx.pid())?;
+    let own_cpu = CpuWindow::start(std::process::id())?;
     for t in 0..trials {
         let trial = fanout_trial(&ctx.api, fleets, 30.0).await?;
         let s = Sample::new(trial.latencies.clone());
@@ -454,6 +455,7 @@ pub(crate) async fn fanout_size(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let cpu = cpu.finish()?;
+    let own_cpu = own_cpu.finish()?;
     let sample = Sample::new(latencies);
     let walls = Sample::new(walls);
     let goal = fanout_goal(clients);
@@ -468,6 +470,9 @@ pub(crate) async fn fanout_size(
         "missing_receipts": missing,
         "acks_not_done": not_done,
         "server_cpu_during_trials": cpu.json(),
+        "server_cpu_per_client_us": round(cpu.cpu_s * 1e6 / (trials * clients.max(1)) as f64, 1),
+        "load_tool_cpu_during_trials": own_cpu.json(),
+        "load_tool_cpu_per_client_us": round(own_cpu.cpu_s * 1e6 / (trials * clients.max(1)) as f64, 1),
     });
     let summary = format!(
         "{clients} clients: p99 {:.1} ms (goal {:.0}), /send p50 {:.1} ms",

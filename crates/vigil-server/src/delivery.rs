@@ -14,7 +14,7 @@
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use tokio::sync::Notify;
 use vigil_auth::Fingerprint;
 use vigil_proto::{Ack, AckStatus};
@@ -151,17 +151,25 @@ pub(crate) struct AckEntry {
 }
 
 impl AckEntry {
+    /// Whether the ack says only `done`.
+    fn is_plain_done(&self) -> bool {
+        self.status == AckStatus::Done && self.code.is_none() && self.detail.is_empty()
+    }
+
     fn json(&self) -> Value {
-        let mut v = json!({"client": self.client.to_hex(), "status": self.status});
-        if let Value::Object(map) = &mut v {
-            if let Some(code) = &self.code {
-                map.insert("code".into(), Value::String(code.clone()));
-            }
-            if !self.detail.is_empty() {
-                map.insert("detail".into(), Value::String(self.detail.clone()));
-            }
+        let mut map = Map::new();
+        map.insert("client".into(), Value::String(self.client.to_hex()));
+        map.insert(
+            "status".into(),
+            serde_json::to_value(self.status).unwrap_or(Value::Null),
+        );
+        if let Some(code) = &self.code {
+            map.insert("code".into(), Value::String(code.clone()));
         }
-        v
+        if !self.detail.is_empty() {
+            map.insert("detail".into(), Value::String(self.detail.clone()));
+        }
+        Value::Object(map)
     }
 }
 
@@ -173,10 +181,27 @@ pub(crate) struct AckGroup {
 }
 
 impl AckGroup {
-    /// The details of its `command.acknowledged` record.
+    /// The details of its `command.acknowledged` record: the clients that
+    /// answered a plain `done` in `done`, every other answer in `answers`.
     pub(crate) fn details(&self) -> Value {
-        let acks: Vec<Value> = self.acks.iter().map(AckEntry::json).collect();
-        json!({"command_id": self.command_id, "acks": acks})
+        let mut done = Vec::new();
+        let mut answers = Vec::new();
+        for ack in &self.acks {
+            if ack.is_plain_done() {
+                done.push(Value::String(ack.client.to_hex()));
+            } else {
+                answers.push(ack.json());
+            }
+        }
+        let mut map = Map::new();
+        map.insert("command_id".into(), Value::String(self.command_id.clone()));
+        if !done.is_empty() {
+            map.insert("done".into(), Value::Array(done));
+        }
+        if !answers.is_empty() {
+            map.insert("answers".into(), Value::Array(answers));
+        }
+        Value::Object(map)
     }
 }
 

@@ -100,6 +100,16 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn audit_later(&self, kind: &'static str, details: Value) {
+        self.audit_later_with(kind, move || details);
+    }
+
+    /// As [`Shared::audit_later`], with the details made by the task that
+    /// writes them (off the caller's path).
+    pub(crate) fn audit_later_with(
+        &self,
+        kind: &'static str,
+        details: impl FnOnce() -> Value + Send + 'static,
+    ) {
         let Some(log) = self.config.audit.clone() else {
             return;
         };
@@ -113,7 +123,7 @@ impl Shared {
         };
         tokio::spawn(async move {
             let _permit = permit;
-            if let Err(e) = log.append(kind, details).await {
+            if let Err(e) = log.append(kind, details()).await {
                 tracing::error!(kind, error = %e, "audit log write failed");
             }
         });
@@ -122,7 +132,7 @@ impl Shared {
     /// Records a group of acknowledgements, without waiting.
     pub(crate) fn audit_acks(&self, group: Option<crate::delivery::AckGroup>) {
         if let Some(group) = group {
-            self.audit_later("command.acknowledged", group.details());
+            self.audit_later_with("command.acknowledged", move || group.details());
         }
     }
 
@@ -488,11 +498,12 @@ impl ServerHandle {
             },
             Some(delivery.tracker.clone()),
         );
-        let sessions: Vec<String> = delivery.queued.iter().map(|(fp, _)| fp.to_hex()).collect();
-        self.audit_later(
-            "command.delivered",
-            serde_json::json!({"command_id": command.command_id, "clients": sessions}),
-        );
+        let queued: Vec<Fingerprint> = delivery.queued.iter().map(|(fp, _)| *fp).collect();
+        let command_id = command.command_id.clone();
+        self.shared.audit_later_with("command.delivered", move || {
+            let clients: Vec<String> = queued.iter().map(Fingerprint::to_hex).collect();
+            serde_json::json!({"command_id": command_id, "clients": clients})
+        });
         Ok(delivery)
     }
 
