@@ -50,13 +50,15 @@ impl Fingerprint {
 
     /// Lowercase hex, as `sha256sum` prints it.
     pub fn to_hex(&self) -> String {
-        let mut out = [0u8; 64];
+        self.hex_in(&mut [0u8; 64]).to_owned()
+    }
+
+    /// Lowercase hex written into `buf`, without allocating.
+    pub fn hex_in<'a>(&self, buf: &'a mut [u8; 64]) -> &'a str {
         // Cannot fail: the output is exactly twice the input, and hex
         // digits are ASCII.
-        let _ = hex::encode_to_slice(self.0, &mut out);
-        std::str::from_utf8(&out)
-            .map(str::to_owned)
-            .unwrap_or_default()
+        let _ = hex::encode_to_slice(self.0, buf);
+        std::str::from_utf8(buf).unwrap_or_default()
     }
 
     /// The first 12 hex digits, for logs.

@@ -106,6 +106,12 @@ impl Delivery {
     /// Waits up to `timeout` for every session's acknowledgement; a session
     /// that has not answered by then is [`Outcome::Pending`].
     pub async fn wait(self, timeout: Duration) -> DeliveryReport {
+        self.settle(timeout).await.report()
+    }
+
+    /// Waits up to `timeout` for every acknowledgement; returns the
+    /// tracker to read the outcomes from.
+    pub(crate) async fn settle(self, timeout: Duration) -> std::sync::Arc<Tracker> {
         let deadline = tokio::time::Instant::now() + timeout;
         let tracker = &self.tracker;
         loop {
@@ -119,22 +125,54 @@ impl Delivery {
                 break;
             }
         }
-        tracker.report()
+        self.tracker
     }
 }
 
-/// How a slot stands. A `done` ack with nothing else to say is kept
-/// without an allocation: a fan-out to thousands is mostly those.
+/// How a slot stands, in 16 bytes: a fan-out to thousands keeps one per
+/// client, mostly plain `done` acks, which need no allocation.
 #[derive(Debug, Clone)]
 enum SlotState {
     Pending,
     Done,
     Acked(Box<Ack>),
-    Settled(Outcome),
+    NotConnected,
+    QueueFull,
+    Disconnected,
+    Unanswered,
+}
+
+impl SlotState {
+    /// The REST API's name for it (acks with details are named by their
+    /// status by the caller).
+    fn status(&self) -> &'static str {
+        match self {
+            SlotState::Pending => "pending",
+            SlotState::Done => "done",
+            SlotState::Acked(ack) => crate::record::ack_status(ack.status),
+            SlotState::NotConnected => "not_connected",
+            SlotState::QueueFull => "queue_full",
+            SlotState::Disconnected => "disconnected",
+            SlotState::Unanswered => "unanswered",
+        }
+    }
+
+    /// The state for a settled outcome.
+    fn settled(outcome: Outcome) -> SlotState {
+        match outcome {
+            Outcome::Acked(ack) => SlotState::Acked(Box::new(ack)),
+            Outcome::NotConnected => SlotState::NotConnected,
+            Outcome::QueueFull => SlotState::QueueFull,
+            Outcome::Disconnected => SlotState::Disconnected,
+            Outcome::Unanswered => SlotState::Unanswered,
+            Outcome::Pending => SlotState::Pending,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
 struct Slot {
+    // 56 bytes in all.
     client: Fingerprint,
     session: u64,
     state: SlotState,
@@ -276,7 +314,7 @@ impl Tracker {
                 session,
                 state: match outcome {
                     None => SlotState::Pending,
-                    Some(o) => SlotState::Settled(o),
+                    Some(o) => SlotState::settled(o),
                 },
             })
             .collect();
@@ -377,7 +415,7 @@ impl Tracker {
         if !matches!(slot.state, SlotState::Pending) {
             return None;
         }
-        slot.state = SlotState::Settled(outcome);
+        slot.state = SlotState::settled(outcome);
         self.close_slot(&mut state);
         if state.open == 0 {
             self.audit_record(&mut state)
@@ -414,8 +452,60 @@ impl Tracker {
                 result: None,
             }),
             SlotState::Acked(ack) => Outcome::Acked((**ack).clone()),
-            SlotState::Settled(o) => o.clone(),
+            SlotState::NotConnected => Outcome::NotConnected,
+            SlotState::QueueFull => Outcome::QueueFull,
+            SlotState::Disconnected => Outcome::Disconnected,
+            SlotState::Unanswered => Outcome::Unanswered,
         }
+    }
+
+    /// `{"command_id", "results": [...]}` with one row per slot, as the
+    /// REST API answers it: written straight from the slots, without a
+    /// report or a JSON tree in between (a fan-out has thousands).
+    pub(crate) fn results_json(&self) -> Vec<u8> {
+        #[derive(serde::Serialize)]
+        struct Row<'a> {
+            client: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            code: Option<&'a str>,
+            #[serde(skip_serializing_if = "str::is_empty")]
+            detail: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            result: Option<&'a Value>,
+            status: &'static str,
+        }
+        let state = self.lock();
+        let mut out = Vec::with_capacity(64 + state.slots.len() * 96);
+        out.extend_from_slice(b"{\"command_id\":");
+        // Writing to a Vec cannot fail; the rows hold only strings.
+        let _ = serde_json::to_writer(&mut out, &self.command_id);
+        out.extend_from_slice(b",\"results\":[");
+        let mut hex = [0u8; 64];
+        for (i, slot) in state.slots.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            let client = slot.client.hex_in(&mut hex);
+            let row = match &slot.state {
+                SlotState::Acked(ack) => Row {
+                    client,
+                    code: ack.code.as_deref(),
+                    detail: &ack.detail,
+                    result: ack.result.as_ref(),
+                    status: crate::record::ack_status(ack.status),
+                },
+                other => Row {
+                    client,
+                    code: None,
+                    detail: "",
+                    result: None,
+                    status: other.status(),
+                },
+            };
+            let _ = serde_json::to_writer(&mut out, &row);
+        }
+        out.extend_from_slice(b"]}");
+        out
     }
 
     /// Every slot's outcome so far.
@@ -444,4 +534,15 @@ pub(crate) fn command_id_of(body: &Map<String, Value>) -> String {
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slot_stays_small() {
+        // The command log keeps up to 200,000 of them.
+        assert!(std::mem::size_of::<Slot>() <= 56);
+    }
 }

@@ -155,7 +155,12 @@ impl std::fmt::Debug for HttpServer {
 pub(crate) type Resp = Response<Full<Bytes>>;
 
 pub(crate) fn json_response(status: StatusCode, body: &Value) -> Resp {
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    bytes_response(status, body.to_string().into_bytes())
+}
+
+/// A response with a JSON body already encoded.
+fn bytes_response(status: StatusCode, body: Vec<u8>) -> Resp {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         CONTENT_TYPE,
@@ -509,28 +514,12 @@ fn target_of(state: &State, client_id: Option<&str>) -> Result<Target, ApiError>
     }
 }
 
-fn delivery_json(report: &DeliveryReport) -> Value {
-    let results: Vec<Value> = report
-        .outcomes
-        .iter()
-        .map(|o| {
-            let state = crate::record::TargetState::of_outcome(&o.outcome);
-            let mut v = serde_json::to_value(&state).unwrap_or(Value::Null);
-            if let Value::Object(map) = &mut v {
-                map.insert("client".into(), Value::String(o.client.to_hex()));
-            }
-            v
-        })
-        .collect();
-    json!({ "command_id": report.command_id, "results": results })
-}
-
 async fn answer(delivery: crate::Delivery, wait: Option<Duration>) -> Resp {
     let command_id = delivery.command_id().to_owned();
     match wait {
         Some(d) => {
-            let report = delivery.wait(d).await;
-            json_response(StatusCode::OK, &delivery_json(&report))
+            let tracker = delivery.settle(d).await;
+            bytes_response(StatusCode::OK, tracker.results_json())
         }
         None => {
             let sent: Vec<String> = delivery

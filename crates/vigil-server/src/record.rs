@@ -16,6 +16,15 @@ const KEEP: usize = 10_000;
 /// 56 bytes each); past it the oldest commands are forgotten.
 const KEEP_TARGETS: usize = 200_000;
 
+/// The REST API's name for an ack's status.
+pub(crate) fn ack_status(status: AckStatus) -> &'static str {
+    match status {
+        AckStatus::Done => "done",
+        AckStatus::Failed => "failed",
+        AckStatus::Refused => "refused",
+    }
+}
+
 /// One client's view of a command.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TargetState {
@@ -47,11 +56,7 @@ impl TargetState {
 
     pub(crate) fn of_ack(ack: &Ack) -> TargetState {
         TargetState {
-            status: match ack.status {
-                AckStatus::Done => "done",
-                AckStatus::Failed => "failed",
-                AckStatus::Refused => "refused",
-            },
+            status: ack_status(ack.status),
             detail: ack.detail.clone(),
             code: ack.code.clone(),
             result: ack.result.clone(),
