@@ -42,7 +42,7 @@ mods dir="mods":
     done
 
 # Load test: 10,000 simulated mTLS clients against a real vigil-server
-# process (see docs/benchmarks.md, "Scale"). Takes several minutes.
+# process (see docs/benchmarks.md, "Scale"). Takes about a minute here.
 bench *args:
     cargo build --release -p vigil-bench -p vigil-server-bin
     cargo run --release -p vigil-bench -- --json bench.json {{args}}
