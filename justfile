@@ -51,3 +51,21 @@ bench *args:
 bench-quick *args:
     cargo build --release -p vigil-bench -p vigil-server-bin
     cargo run --release -p vigil-bench -- --quick --json bench-quick.json {{args}}
+
+# Fuzz one target, or every one in turn, for SECONDS each (libFuzzer via
+# cargo-fuzz, installed if missing). New inputs go to fuzz/work/; findings
+# to fuzz/artifacts/. See docs/reliability.md.
+fuzz target="all" seconds="600":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
+    cd fuzz
+    targets="{{target}}"
+    if [ "$targets" = all ]; then
+        targets=$(sed -n 's/^name = "\(.*\)"$/\1/p' Cargo.toml | grep -v '^vigil-fuzz$')
+    fi
+    for t in $targets; do
+        mkdir -p "work/$t"
+        cargo fuzz run --sanitizer none "$t" "work/$t" "corpus/$t" -- \
+            -max_total_time={{seconds}} -max_len=65536 -timeout=10 -print_final_stats=1
+    done

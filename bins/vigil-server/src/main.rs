@@ -113,6 +113,21 @@ struct Cli {
     /// Seconds a client may stay silent before it is disconnected [default: 90].
     #[arg(long, env = "VIGIL_IDLE_TIMEOUT", value_name = "SECS")]
     idle_timeout: Option<f64>,
+    /// KiB queued for one client (heartbeats, broadcasts, commands) before
+    /// it is disconnected as a slow consumer [default: 256].
+    #[arg(long, env = "VIGIL_MAX_OUTBOUND_KIB", value_name = "KIB")]
+    max_outbound_kib: Option<usize>,
+    /// Seconds a client may leave the server's writes blocked before it is
+    /// disconnected as a slow consumer [default: 30].
+    #[arg(long, env = "VIGIL_WRITE_STALL_TIMEOUT", value_name = "SECS")]
+    write_stall_timeout: Option<f64>,
+    /// Seconds a REST client has to send a request's head, then its body
+    /// [default: 10].
+    #[arg(long, env = "VIGIL_HTTP_READ_TIMEOUT", value_name = "SECS")]
+    http_read_timeout: Option<f64>,
+    /// Most REST connections at once [default: 1024].
+    #[arg(long, env = "VIGIL_HTTP_MAX_CONNECTIONS", value_name = "N")]
+    http_max_connections: Option<usize>,
 }
 
 /// The TOML file: the same settings as the flags.
@@ -138,6 +153,10 @@ struct FileConfig {
     max_connections: Option<usize>,
     handshake_timeout: Option<f64>,
     idle_timeout: Option<f64>,
+    max_outbound_kib: Option<usize>,
+    write_stall_timeout: Option<f64>,
+    http_read_timeout: Option<f64>,
+    http_max_connections: Option<usize>,
 }
 
 fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
@@ -303,6 +322,13 @@ fn resolve(cli: Cli) -> anyhow::Result<(ServerConfig, HttpConfig, Watches)> {
     if let Some(s) = cli.idle_timeout.or(file.idle_timeout) {
         config.idle_timeout = seconds("idle_timeout", s)?;
     }
+    if let Some(kib) = cli.max_outbound_kib.or(file.max_outbound_kib) {
+        anyhow::ensure!(kib > 0, "max_outbound_kib must be at least 1");
+        config.max_outbound_bytes = kib.saturating_mul(1024);
+    }
+    if let Some(s) = cli.write_stall_timeout.or(file.write_stall_timeout) {
+        config.write_stall_timeout = seconds("write_stall_timeout", s)?;
+    }
     // State: token, audit log, replay guard.
     let data_dir = cli
         .data_dir
@@ -330,6 +356,13 @@ fn resolve(cli: Cli) -> anyhow::Result<(ServerConfig, HttpConfig, Watches)> {
             .unwrap_or(vigil_server::DEFAULT_HTTP_PORT),
     );
     let mut http = HttpConfig::new(http_listen, token);
+    if let Some(s) = cli.http_read_timeout.or(file.http_read_timeout) {
+        http.read_timeout = seconds("http_read_timeout", s)?;
+    }
+    if let Some(n) = cli.http_max_connections.or(file.http_max_connections) {
+        anyhow::ensure!(n > 0, "http_max_connections must be at least 1");
+        http.max_connections = n;
+    }
     if let Some(path) = cli.authorities.or(from_file(file.authorities)) {
         let authorities = vigil_command::Authorities::load(&path)
             .with_context(|| format!("cannot load the authorities file {}", path.display()))?;
@@ -378,7 +411,6 @@ async fn wait_for_signal() -> &'static str {
 }
 
 async fn serve(config: ServerConfig, http: HttpConfig) -> anyhow::Result<()> {
-    let audit = config.audit.clone();
     let server = Server::bind(config).await?;
     let handle = server.handle();
     let api = HttpServer::bind(http, handle.clone()).await?;
@@ -389,12 +421,33 @@ async fn serve(config: ServerConfig, http: HttpConfig) -> anyhow::Result<()> {
         wait_for_signal().await;
         std::process::exit(130);
     });
+    let closing = server.handle();
+    ignore_file_size_signal();
     let (served, ()) = tokio::join!(server.run(), api.run());
-    if let Some(audit) = audit {
-        audit.close().await.context("closing the audit log")?;
-    }
+    closing
+        .close_audit()
+        .await
+        .context("closing the audit log")?;
     served?;
     Ok(())
+}
+
+/// A write past a file-size limit (`ulimit -f`, systemd's `LimitFSIZE`)
+/// raises SIGXFSZ, which kills the process by default. With a handler the
+/// write fails with `EFBIG` instead: the audit log fails closed (the REST
+/// API answers 503) and recovers once the limit is raised.
+fn ignore_file_size_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::from_raw(rustix::process::Signal::XFSZ.as_raw())) {
+        Ok(mut signals) => {
+            tokio::spawn(async move {
+                while signals.recv().await.is_some() {
+                    tracing::warn!("a write passed the file-size limit (SIGXFSZ)");
+                }
+            });
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot handle SIGXFSZ"),
+    }
 }
 
 /// Raises the open-file limit to the hard limit: every client is a socket.

@@ -181,4 +181,4 @@ pub use log::{
 };
 pub use record::{RecordHash, RecordHashParseError};
 pub use sink::FaultInjection;
-pub use verify::{MAX_LINE_BYTES, Problem, ProblemKind, VerifyReport, verify};
+pub use verify::{MAX_LINE_BYTES, Problem, ProblemKind, VerifyReport, verify, verify_reader};

@@ -162,6 +162,7 @@ struct Handle {
     shared: Arc<Shared>,
     max_record_bytes: usize,
     report: OpenReport,
+    options: AuditOptions,
 }
 
 impl fmt::Debug for AuditLog {
@@ -311,6 +312,7 @@ impl AuditLog {
         };
 
         let shared = Arc::new(Shared::default());
+        let kept_options = options.clone();
         let queue_capacity = options.queue_capacity.max(1);
         let (tx, rx) = mpsc::channel(queue_capacity);
         let writer = Writer {
@@ -336,6 +338,7 @@ impl AuditLog {
                 shared,
                 max_record_bytes: options.max_record_bytes.min(MAX_LINE_BYTES),
                 report,
+                options: kept_options,
             }),
         })
     }
@@ -428,6 +431,12 @@ impl AuditLog {
     /// The log's path.
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// The options the log was opened with (to open it again the same
+    /// way).
+    pub fn options(&self) -> &AuditOptions {
+        &self.inner.options
     }
 
     /// What opening the file found.

@@ -190,8 +190,16 @@ impl fmt::Display for ProblemKind {
 pub fn verify(path: impl AsRef<Path>) -> Result<VerifyReport, AuditError> {
     let path = path.as_ref();
     let file = File::open(path).map_err(|e| AuditError::io(path, "open", e))?;
-    let scan = scan(BufReader::with_capacity(1 << 16, file), true)
-        .map_err(|e| AuditError::io(path, "read", e))?;
+    verify_reader(file).map_err(|e| AuditError::io(path, "read", e))
+}
+
+/// [`verify`] on a log read from `reader` (a pipe, a copy in memory).
+///
+/// # Errors
+///
+/// Only when reading fails; problems with the content are in the report.
+pub fn verify_reader(reader: impl io::Read) -> io::Result<VerifyReport> {
+    let scan = scan(BufReader::with_capacity(1 << 16, reader), true)?;
     Ok(VerifyReport {
         records: scan.records,
         last_seq: scan.last_seq,

@@ -7,9 +7,9 @@
 //! settle time, then the registry reconciles that name with the disk.
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant, SystemTime};
 
 use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
 use notify::{EventKind, RecursiveMode, Watcher as _};
@@ -18,17 +18,85 @@ use crate::{ModuleError, ModuleRegistry};
 
 /// How long events for one file must be quiet before it is reconciled.
 const SETTLE: Duration = Duration::from_millis(50);
+/// How often the directory itself is checked: a directory that is removed
+/// (or renamed away) and made again is watched again and rescanned.
+const DIR_CHECK: Duration = Duration::from_secs(1);
 
 /// Keeps the directory watched; dropping it stops the watch.
 #[derive(Debug)]
 pub struct ModuleWatcher {
-    _watcher: notify::RecommendedWatcher,
+    _watcher: Arc<Mutex<notify::RecommendedWatcher>>,
     _thread: std::thread::JoinHandle<()>,
+}
+
+/// The directory's identity, or `None` when it is not there: device,
+/// inode and creation time (an inode number is often reused at once by a
+/// directory made again).
+fn identity(dir: &Path) -> Option<(u64, u64, Option<SystemTime>)> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(dir)
+        .ok()
+        .filter(std::fs::Metadata::is_dir)
+        .map(|m| (m.dev(), m.ino(), m.created().ok()))
+}
+
+/// Follows the directory itself: the watch ends with the directory, so a
+/// new one at the same path is watched again and rescanned.
+struct DirCheck {
+    dir: PathBuf,
+    watcher: Arc<Mutex<notify::RecommendedWatcher>>,
+    seen: Option<(u64, u64, Option<SystemTime>)>,
+    /// The watch may be gone (the directory was removed or renamed away).
+    lost: bool,
+    next: Instant,
+}
+
+impl DirCheck {
+    fn run(&mut self, registry: &ModuleRegistry) {
+        self.next = Instant::now() + DIR_CHECK;
+        let now = identity(&self.dir);
+        if !self.lost && now == self.seen {
+            return;
+        }
+        if now.is_none() {
+            if !self.lost || self.seen.is_some() {
+                tracing::warn!(
+                    dir = %self.dir.display(),
+                    "the module directory is gone; loaded modules keep serving until it is back"
+                );
+            }
+            self.lost = true;
+            self.seen = None;
+            return;
+        }
+        let mut watcher = self
+            .watcher
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _ = watcher.unwatch(&self.dir);
+        if let Err(e) = watcher.watch(&self.dir, RecursiveMode::NonRecursive) {
+            // Tried again at the next check.
+            tracing::error!(dir = %self.dir.display(), error = %e, "cannot watch the module directory again");
+            return;
+        }
+        drop(watcher);
+        tracing::info!(
+            dir = %self.dir.display(),
+            "the module directory is there again: watching it and rescanning"
+        );
+        self.lost = false;
+        self.seen = now;
+        if let Err(e) = registry.rescan() {
+            tracing::error!(error = %e, "cannot rescan the module directory");
+        }
+    }
 }
 
 enum Msg {
     Name(String),
     Rescan,
+    /// Something happened to the directory itself.
+    Dir,
 }
 
 fn name_of(path: &Path) -> Option<String> {
@@ -62,8 +130,10 @@ impl ModuleRegistry {
             source,
         };
         let (tx, rx) = mpsc::channel::<Msg>();
+        let watched = dir.clone();
         let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             let msgs = match res {
+                Ok(event) if event.paths.contains(&watched) => vec![Msg::Dir],
                 Ok(event) => match relevant(&event) {
                     Some(names) => names.into_iter().map(Msg::Name).collect(),
                     None => vec![Msg::Rescan],
@@ -81,10 +151,18 @@ impl ModuleRegistry {
         watcher
             .watch(&dir, RecursiveMode::NonRecursive)
             .map_err(err)?;
+        let watcher = Arc::new(Mutex::new(watcher));
+        let mut check = DirCheck {
+            dir: dir.clone(),
+            watcher: watcher.clone(),
+            seen: identity(&dir),
+            lost: false,
+            next: Instant::now() + DIR_CHECK,
+        };
         let registry = self.clone();
         let thread = std::thread::Builder::new()
             .name("vigil-mods-watch".into())
-            .spawn(move || settle_loop(&registry, &rx))
+            .spawn(move || settle_loop(&registry, &rx, &mut check))
             .map_err(|e| ModuleError::Watch {
                 path: dir.clone(),
                 source: notify::Error::io(e),
@@ -97,24 +175,35 @@ impl ModuleRegistry {
     }
 }
 
-fn settle_loop(registry: &ModuleRegistry, rx: &mpsc::Receiver<Msg>) {
+fn settle_loop(registry: &ModuleRegistry, rx: &mpsc::Receiver<Msg>, check: &mut DirCheck) {
     let mut pending: HashMap<String, Instant> = HashMap::new();
     let mut rescan: Option<Instant> = None;
     loop {
-        let next = pending.values().chain(rescan.iter()).min().copied();
-        let msg = match next {
-            Some(due) => rx.recv_timeout(due.saturating_duration_since(Instant::now())),
-            None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
-        };
+        let next = pending
+            .values()
+            .chain(rescan.iter())
+            .chain(std::iter::once(&check.next))
+            .min()
+            .copied()
+            .unwrap_or(check.next);
+        let msg = rx.recv_timeout(next.saturating_duration_since(Instant::now()));
         match msg {
             Ok(Msg::Name(name)) => {
                 pending.insert(name, Instant::now() + SETTLE);
             }
             Ok(Msg::Rescan) => rescan = Some(Instant::now() + SETTLE),
+            Ok(Msg::Dir) => {
+                // Removed or renamed away: the watch may be gone with it.
+                check.lost = true;
+                check.next = Instant::now();
+            }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         }
         let now = Instant::now();
+        if check.next <= now {
+            check.run(registry);
+        }
         if rescan.is_some_and(|due| due <= now) {
             rescan = None;
             pending.clear();

@@ -245,17 +245,7 @@ impl HttpServer {
                 drop(tcp);
                 continue;
             };
-            let conn_state = state.clone();
-            let service = hyper::service::service_fn(move |req| {
-                let state = conn_state.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(&state, req, peer).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(state.config.read_timeout)
-                .max_buf_size(64 * 1024)
-                .serve_connection(TokioIo::new(tcp), service);
-            let conn = graceful.watch(conn);
+            let conn = graceful.watch(connection(state.clone(), tcp, peer));
             tokio::spawn(async move {
                 let _permit = permit;
                 if let Err(e) = conn.await {
@@ -274,6 +264,56 @@ impl HttpServer {
         }
         tracing::info!("REST API stopped");
     }
+}
+
+impl HttpServer {
+    /// Serves HTTP/1.1 on one stream accepted elsewhere (a Unix socket, a
+    /// proxy's stream, an in-memory pipe) until it closes, with the same
+    /// routes and limits as [`HttpServer::run`] (the connection cap is the
+    /// caller's). `peer` is the address the logs and the emergency audit
+    /// records name.
+    pub async fn serve_stream<I>(&self, io: I, peer: SocketAddr)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        if let Err(e) = connection(self.state.clone(), io, peer).await {
+            tracing::debug!(%peer, error = %e, "REST connection ended");
+        }
+    }
+}
+
+/// One HTTP/1.1 connection on `io`.
+fn connection<I>(
+    state: Arc<State>,
+    io: I,
+    peer: SocketAddr,
+) -> hyper::server::conn::http1::Connection<
+    TokioIo<I>,
+    impl hyper::service::Service<
+        Request<Incoming>,
+        Response = Resp,
+        Error = std::convert::Infallible,
+        Future = impl std::future::Future<Output = Result<Resp, std::convert::Infallible>> + Send,
+    > + Send,
+>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let config = &state.config;
+    let (read_timeout, service_state) = (config.read_timeout, state.clone());
+    let service = hyper::service::service_fn(move |req| {
+        let state = service_state.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(&state, req, peer).await) }
+    });
+    hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        // A client that sends its request and then closes its side (as
+        // `nc -N` or a script may) still gets the answer, also from a
+        // route that takes time.
+        .half_close(true)
+        .header_read_timeout(read_timeout)
+        .max_buf_size(64 * 1024)
+        .serve_connection(TokioIo::new(io), service)
 }
 
 /// Reads the whole body within the size and time limits.

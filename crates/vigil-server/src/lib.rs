@@ -31,6 +31,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod audit;
 mod config;
 mod delivery;
 mod emergency;

@@ -96,6 +96,8 @@ pub(crate) struct Shared {
     pub(crate) commands: CommandLog,
     stopped: tokio::sync::watch::Sender<bool>,
     audit_slots: Arc<Semaphore>,
+    /// The audit log of `config.audit`, reopened after a failure.
+    audit: Option<Arc<crate::audit::Audit>>,
 }
 
 impl Shared {
@@ -110,7 +112,7 @@ impl Shared {
         kind: &'static str,
         details: impl FnOnce() -> Value + Send + 'static,
     ) {
-        let Some(log) = self.config.audit.clone() else {
+        let Some(log) = self.audit.clone() else {
             return;
         };
         // Records the server does not wait for are bounded: past this many
@@ -520,7 +522,7 @@ impl ServerHandle {
     /// Appends an audit record and waits until it is durable. Without an
     /// audit log, does nothing.
     pub async fn audit(&self, kind: &str, details: Value) -> Result<(), ServerError> {
-        match &self.shared.config.audit {
+        match &self.shared.audit {
             Some(log) => log.append(kind, details).await.map(|_| ()).map_err(|e| {
                 tracing::error!(kind, error = %e, "audit log write failed");
                 ServerError::Audit(e.to_string())
@@ -547,7 +549,19 @@ impl ServerHandle {
 
     /// Whether actions are recorded in an audit log.
     pub fn has_audit(&self) -> bool {
-        self.shared.config.audit.is_some()
+        self.shared.audit.is_some()
+    }
+
+    /// Closes the audit log (the one in use: it may have been reopened
+    /// after a failure). Every acknowledged record is on disk already.
+    pub async fn close_audit(&self) -> Result<(), ServerError> {
+        match &self.shared.audit {
+            Some(audit) => audit
+                .close()
+                .await
+                .map_err(|e| ServerError::Audit(e.to_string())),
+            None => Ok(()),
+        }
     }
 
     /// Resolves when shutdown is asked for.
@@ -621,6 +635,10 @@ impl Server {
         if let Ok(addr) = listener.local_addr() {
             config.listen = addr;
         }
+        let config_audit = config
+            .audit
+            .clone()
+            .map(|log| Arc::new(crate::audit::Audit::new(log)));
         Ok(Server {
             listener,
             acceptor: TlsAcceptor::from(tls),
@@ -635,6 +653,7 @@ impl Server {
                 commands: CommandLog::default(),
                 stopped: tokio::sync::watch::channel(false).0,
                 audit_slots: Arc::new(Semaphore::new(AUDIT_BACKLOG)),
+                audit: config_audit,
             }),
         })
     }

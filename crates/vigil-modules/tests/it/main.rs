@@ -421,3 +421,34 @@ async fn a_hung_call_times_out_and_the_rest_of_its_batch_is_not_run() {
         "v1: x"
     );
 }
+
+#[tokio::test]
+async fn a_module_directory_made_again_is_watched_again() {
+    let mods = Mods::new();
+    let registry = mods.registry();
+    let _watch = registry.watch().expect("watch");
+    let mut events = registry.subscribe();
+    mods.deploy(&fixture(&[]), "fx.so");
+    assert!(matches!(next(&mut events).await, RegistryEvent::Loaded(_)));
+
+    // The directory goes away, with its files: the module is unloaded.
+    std::fs::remove_dir_all(mods.path()).expect("remove");
+    assert!(matches!(
+        next(&mut events).await,
+        RegistryEvent::Unloaded { .. }
+    ));
+    // A new directory at the same path: watched again and rescanned, so a
+    // module deployed into it is loaded without a restart.
+    std::fs::create_dir(mods.path()).expect("mkdir");
+    mods.deploy(&fixture(&["v2"]), "fx.so");
+    match next(&mut events).await {
+        RegistryEvent::Loaded(m) => assert_eq!(m.name, "fx.so"),
+        other => panic!("expected a load, got {other:?}"),
+    }
+    // And it is followed from then on.
+    std::fs::remove_file(mods.path().join("fx.so")).expect("remove");
+    assert!(matches!(
+        next(&mut events).await,
+        RegistryEvent::Unloaded { .. }
+    ));
+}

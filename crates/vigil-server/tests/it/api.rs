@@ -473,6 +473,33 @@ async fn with_the_audit_log_unwritable_send_is_503_and_nothing_is_sent() {
             .is_empty()
     );
     assert!(!api.server.handle.is_shutting_down(), "nothing happened");
+
+    // Once the fault clears, the server reopens its log (at most once a
+    // second) and service resumes without a restart.
+    api.faults.set_sync_failing(false);
+    let mut resumed = None;
+    for _ in 0..50 {
+        let (status, body) = api
+            .call("POST", "/send?wait=5", Some(json!({"command": "after"})))
+            .await;
+        if status == 200 {
+            resumed = Some(body);
+            break;
+        }
+        assert_eq!(status, 503, "{body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let body = resumed.expect("service resumed after the fault cleared");
+    assert_eq!(body["results"][0]["status"], "done", "{body}");
+    assert_eq!(
+        ran.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone(),
+        vec!["after"]
+    );
+    // The chain has no gap: the failed records were never acknowledged.
+    let report = vigil_audit::verify(&api.audit_path).expect("verify");
+    assert!(report.is_ok(), "{report}");
     stop.cancel();
 }
 
@@ -682,5 +709,27 @@ async fn a_client_cannot_acknowledge_a_command_it_was_not_sent() {
         record["targets"][api.agent.fingerprint.to_hex()]["detail"],
         "spoofed"
     );
+    stop.cancel();
+}
+
+/// Found by the `rest` fuzz target: a client that closed its side after
+/// the request got no answer from a route that waits.
+#[tokio::test]
+async fn a_request_followed_by_a_half_close_is_answered() {
+    let api = Api::start().await;
+    let ran = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (_client, stop) = agent(&api, ran.clone()).await;
+    let body = br#"{"command": "uptime"}"#;
+    let mut tcp = TcpStream::connect(api.http).await.expect("connect");
+    let req = format!(
+        "POST /send?wait=0.2 HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    tcp.write_all(req.as_bytes()).await.expect("write");
+    tcp.write_all(body).await.expect("write");
+    tcp.shutdown().await.expect("half-close");
+    let (status, answer) = read_response(&mut tcp).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["results"][0]["status"], "done", "{answer}");
     stop.cancel();
 }
