@@ -69,3 +69,8 @@ fuzz target="all" seconds="600":
         cargo fuzz run --sanitizer none "$t" "work/$t" "corpus/$t" -- \
             -max_total_time={{seconds}} -max_len=65536 -timeout=10 -print_final_stats=1
     done
+
+# External checkers (docs/reliability.md): schemathesis against the REST
+# API's OpenAPI description, openssl s_client against the mTLS port.
+check-external:
+    xtask/external-checks.sh

@@ -38,7 +38,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data)
         && let Ok(t) = Timestamp::parse(text)
     {
-        assert_eq!(Timestamp::parse(&t.isoformat()), Ok(t.clone()));
+        assert_eq!(Timestamp::parse(&t.isoformat()), Ok(t));
     }
     let Ok(command) = SignedCommand::from_json(data) else {
         return;
@@ -59,10 +59,10 @@ fuzz_target!(|data: &[u8]| {
         command.command_id.clone(),
         command.command_type.clone(),
         "wa_fuzz",
-        command.issued_at.clone(),
+        command.issued_at,
         command.reason.clone(),
     );
-    unsigned.expires_at = command.expires_at.clone();
+    unsigned.expires_at = command.expires_at;
     unsigned.target_agent_id = command.target_agent_id.clone();
     unsigned.target_tree_path = command.target_tree_path.clone();
     unsigned.command = command.command.clone();

@@ -334,3 +334,86 @@ fn every_external_dependency_is_listed_in_dependencies_md() {
         );
     }
 }
+
+/// The reliability catalogue's case ids (`W01`, `F05`...) in
+/// `text`.
+fn case_ids(text: &str) -> std::collections::BTreeSet<String> {
+    let bytes = text.as_bytes();
+    let mut ids = std::collections::BTreeSet::new();
+    for i in 0..bytes.len().saturating_sub(2) {
+        let word_start = i == 0 || !bytes[i - 1].is_ascii_alphanumeric();
+        let word_end = bytes.get(i + 3).is_none_or(|b| !b.is_ascii_alphanumeric());
+        if word_start
+            && word_end
+            && b"WRCMTF".contains(&bytes[i])
+            && bytes[i + 1].is_ascii_digit()
+            && bytes[i + 2].is_ascii_digit()
+        {
+            ids.insert(text[i..i + 3].to_owned());
+        }
+    }
+    ids
+}
+
+/// Expands `C01–C12` ranges into every id between.
+fn with_ranges(text: &str) -> std::collections::BTreeSet<String> {
+    let mut ids = case_ids(text);
+    for part in text.split(['–', '-']).collect::<Vec<_>>().windows(2) {
+        let (a, b) = (part[0].trim_end(), part[1].trim_start());
+        if a.len() >= 3 && b.len() >= 3 {
+            let (x, y) = (&a[a.len() - 3..], &b[..3]);
+            if case_ids(x).len() == 1 && case_ids(y).len() == 1 && x[..1] == y[..1] {
+                let (from, to): (u32, u32) =
+                    (x[1..].parse().unwrap_or(0), y[1..].parse().unwrap_or(0));
+                for n in from..=to {
+                    ids.insert(format!("{}{n:02}", &x[..1]));
+                }
+            }
+        }
+    }
+    ids
+}
+
+#[test]
+fn reliability_cases_in_the_docs_are_the_tested_ones() {
+    let doc = std::fs::read_to_string(root().join("docs/reliability.md")).expect("reliability.md");
+    // The tables' rows: `| W01 | ...`.
+    let documented: std::collections::BTreeSet<String> = doc
+        .lines()
+        .filter_map(|l| l.strip_prefix("| "))
+        .filter_map(|l| l.get(..3))
+        .filter(|id| case_ids(id).len() == 1)
+        .map(str::to_owned)
+        .collect();
+    assert!(documented.len() >= 30, "{documented:?}");
+    let mut tested = std::collections::BTreeSet::new();
+    for dir in ["bins/vigil-server/tests/it", "bins/vigilctl/tests"] {
+        for entry in std::fs::read_dir(root().join(dir))
+            .expect("tests dir")
+            .flatten()
+        {
+            if entry.path().extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(entry.path()).expect("read");
+                tested.extend(with_ranges(&text));
+            }
+        }
+    }
+    let untested: Vec<_> = documented.difference(&tested).collect();
+    assert!(
+        untested.is_empty(),
+        "documented but not tested: {untested:?}"
+    );
+    let catalogue = std::fs::read_dir(root().join("bins/vigil-server/tests/it"))
+        .expect("catalogue")
+        .flatten()
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect::<String>();
+    let undocumented: Vec<_> = with_ranges(&catalogue)
+        .into_iter()
+        .filter(|id| !documented.contains(id))
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "tested but not in docs/reliability.md: {undocumented:?}"
+    );
+}

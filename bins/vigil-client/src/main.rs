@@ -99,6 +99,20 @@ struct Cli {
         global = true
     )]
     failsafe_timeout: Option<f64>,
+    /// Seconds without sending after which the client pings, so that the
+    /// server's idle timeout never closes a live client [default: 30].
+    #[arg(long, env = "VIGIL_PING_INTERVAL", value_name = "SECS", global = true)]
+    ping_interval: Option<f64>,
+    /// Seconds of silence from the server (no heartbeat, no answer) after
+    /// which the connection is given up and made again; it notices a path
+    /// that went silent [default: 75].
+    #[arg(
+        long,
+        env = "VIGIL_LIVENESS_TIMEOUT",
+        value_name = "SECS",
+        global = true
+    )]
+    liveness_timeout: Option<f64>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -132,6 +146,8 @@ struct FileConfig {
     agent_id: Option<String>,
     state_dir: Option<PathBuf>,
     failsafe_timeout: Option<f64>,
+    ping_interval: Option<f64>,
+    liveness_timeout: Option<f64>,
     command_timeout: Option<f64>,
     /// Command name -> program, for the built-in handler.
     #[serde(default)]
@@ -188,6 +204,12 @@ fn resolve(cli: &Cli) -> anyhow::Result<ClientConfig> {
     let pin: Fingerprint = pin.parse().context("bad server fingerprint")?;
     let identity = Identity::load(&cert, &key).context("cannot load the client identity")?;
     let mut config = ClientConfig::new(server, identity, pin);
+    if let Some(s) = cli.ping_interval.or(file.ping_interval) {
+        config.ping_interval = seconds("ping_interval", s)?;
+    }
+    if let Some(s) = cli.liveness_timeout.or(file.liveness_timeout) {
+        config.liveness_timeout = seconds("liveness_timeout", s)?;
+    }
 
     let authorities = cli.authorities.clone().or(from_file(file.authorities));
     if let Some(path) = authorities {

@@ -347,6 +347,8 @@ fn demo_runs_and_exits_zero() {
     assert!(text.contains("Demo complete"), "{text}");
 }
 
+/// Reliability cases F01 (server SIGKILL) and F02 (server SIGSTOP), see
+/// docs/reliability.md.
 #[test]
 fn the_failsafe_fires_when_the_server_is_stopped_or_killed_and_rearms_in_between() {
     let dir = tempfile::tempdir().expect("tempdir");

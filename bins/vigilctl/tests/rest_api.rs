@@ -598,6 +598,8 @@ fn issued_ids(log: &Path) -> BTreeSet<String> {
         .collect()
 }
 
+/// Reliability case F10 (server SIGKILL during a burst), see
+/// docs/reliability.md.
 #[test]
 fn the_audit_log_survives_sigkill_during_a_burst_of_sends() {
     let dir = tempfile::tempdir().expect("tempdir");

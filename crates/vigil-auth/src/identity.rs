@@ -200,7 +200,7 @@ impl GeneratedIdentity {
     /// Generates an Ed25519 key and a self-signed certificate for it, with
     /// `common_name` as subject CN and DNS name.
     pub fn generate(common_name: &str) -> Result<GeneratedIdentity, AuthError> {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)?;
+        let key = openssl_readable(rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)?)?;
         let mut params = rcgen::CertificateParams::new(vec![common_name.to_owned()])?;
         params
             .distinguished_name
@@ -230,6 +230,38 @@ impl GeneratedIdentity {
         write_file(cert_path, self.cert_pem.as_bytes(), 0o644, overwrite)?;
         write_file(key_path, self.key_pem.as_bytes(), 0o600, overwrite)
     }
+}
+
+/// The start of an Ed25519 key in PKCS#8 v1 (RFC 8410): the private key
+/// alone.
+const PKCS8_V1_ED25519: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+/// The start of one in PKCS#8 v2 (RFC 5958) as ring writes it, with the
+/// public key after the private one.
+const PKCS8_V2_ED25519: [u8; 16] = [
+    0x30, 0x51, 0x02, 0x01, 0x01, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+
+/// The same key as PKCS#8 v1, which every tool reads: ring writes v2 (with
+/// the public key), which OpenSSL 3.0 cannot load ("unsupported"), so an
+/// operator could not use `openssl s_client` or `openssl pkey` on a key
+/// `vigilctl` made. TLS loads both.
+fn openssl_readable(key: rcgen::KeyPair) -> Result<rcgen::KeyPair, AuthError> {
+    let der = key.serialize_der();
+    let Some(seed) = der
+        .strip_prefix(&PKCS8_V2_ED25519[..])
+        .and_then(|rest| rest.get(..32))
+    else {
+        return Ok(key);
+    };
+    let mut v1 = PKCS8_V1_ED25519.to_vec();
+    v1.extend_from_slice(seed);
+    let pkcs8 = rustls_pki_types::PrivatePkcs8KeyDer::from(v1);
+    Ok(rcgen::KeyPair::from_pkcs8_der_and_sign_algo(
+        &pkcs8,
+        &rcgen::PKCS_ED25519,
+    )?)
 }
 
 /// Writes `bytes` to `path` with the given Unix mode, durably.
@@ -273,6 +305,17 @@ mod tests {
         let generated = GeneratedIdentity::generate("test").expect("generate");
         let identity = generated.identity().expect("identity");
         assert_eq!(identity.fingerprint(), generated.fingerprint);
+    }
+
+    #[test]
+    fn generated_keys_are_pkcs8_v1() {
+        use rustls_pki_types::pem::PemObject as _;
+        let generated = GeneratedIdentity::generate("test").expect("generate");
+        let der =
+            rustls_pki_types::PrivatePkcs8KeyDer::from_pem_slice(generated.key_pem.as_bytes())
+                .expect("PKCS#8 PEM");
+        assert_eq!(der.secret_pkcs8_der().len(), 48);
+        assert!(der.secret_pkcs8_der().starts_with(&PKCS8_V1_ED25519));
     }
 
     #[test]

@@ -144,9 +144,14 @@ struct State {
     /// Checks heartbeats; kept across connections so that sequence and
     /// epoch only move forward.
     heartbeats: Option<HeartbeatVerifier>,
-    /// Failsafe transitions not yet told to the server.
-    reports: Vec<FailsafeReport>,
-    report_seq: u64,
+}
+
+/// Failsafe transitions the server has not yet confirmed, oldest first.
+#[derive(Debug, Default)]
+struct Reports {
+    queue: std::collections::VecDeque<FailsafeReport>,
+    /// A task is sending them.
+    sending: bool,
 }
 
 /// A client that keeps its connection up until told to stop, and keeps a
@@ -161,6 +166,7 @@ pub struct Client {
     config: ClientConfig,
     events: broadcast::Sender<ClientEvent>,
     state: Mutex<State>,
+    reports: Arc<Mutex<Reports>>,
 }
 
 impl Client {
@@ -178,6 +184,7 @@ impl Client {
                 heartbeats,
                 ..State::default()
             }),
+            reports: Arc::default(),
         }
     }
 
@@ -358,29 +365,53 @@ impl Client {
                 }
             }
         };
-        self.state().reports.push(report);
+        lock(&self.reports).queue.push_back(report);
         self.flush_reports();
     }
 
-    /// Sends queued failsafe reports if connected.
+    /// Sends the queued failsafe reports if connected, one at a time, each
+    /// kept until the server confirms it: a report written to a connection
+    /// that turns out to be dead (the path went silent, which is often why
+    /// the failsafe fired) is sent again on the next one.
     fn flush_reports(&self) {
-        let mut state = self.state();
-        let Some(conn) = state.conn.clone() else {
+        let Some(conn) = self.state().conn.clone() else {
             return;
         };
-        for report in std::mem::take(&mut state.reports) {
-            let seq = state.report_seq;
-            state.report_seq += 1;
-            if conn
-                .notify(
-                    ClientRequest::FailsafeReport(report.clone()),
-                    &format!("fs{seq}"),
-                )
-                .is_err()
-            {
-                state.reports.push(report);
+        {
+            let mut reports = lock(&self.reports);
+            if reports.sending || reports.queue.is_empty() {
+                return;
             }
+            reports.sending = true;
         }
+        let reports = self.reports.clone();
+        tokio::spawn(async move {
+            loop {
+                let next = {
+                    let mut r = lock(&reports);
+                    let next = r.queue.front().cloned();
+                    if next.is_none() {
+                        r.sending = false;
+                    }
+                    next
+                };
+                let Some(report) = next else {
+                    return;
+                };
+                let sent = conn.request(ClientRequest::FailsafeReport(report)).await;
+                let mut r = lock(&reports);
+                match sent {
+                    Ok(_) => {
+                        r.queue.pop_front();
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "failsafe report not confirmed; kept for the next connection");
+                        r.sending = false;
+                        return;
+                    }
+                }
+            }
+        });
     }
 
     /// One connection, from connect to its end. Resets `attempt` once the
@@ -649,6 +680,10 @@ fn now_rfc3339() -> String {
     vigil_command::Timestamp::from_system_time(SystemTime::now())
         .map(|t| t.isoformat())
         .unwrap_or_default()
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -107,3 +107,37 @@ pub fn deploy(src: &Path, dir: &Path, name: &str) -> Result<PathBuf, DevError> {
     std::fs::rename(&tmp, &dest).map_err(err)?;
     Ok(dest)
 }
+
+/// Builds the module crate in `crate_dir` (debug, with `features`) once per
+/// process under `target_root`, and returns a private copy of its dylib (a
+/// later build in the same target directory would rewrite the file in
+/// place). For tests that load real modules.
+pub fn build_once(
+    crate_dir: &Path,
+    features: &[&str],
+    target_root: &Path,
+) -> Result<PathBuf, DevError> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static BUILT: OnceLock<Mutex<HashMap<PathBuf, PathBuf>>> = OnceLock::new();
+    let label: String = format!("{}+{}", crate_dir.display(), features.join(","))
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let target = target_root.join(format!("mod-{label}"));
+    let mut built = BUILT
+        .get_or_init(|| Mutex::new(HashMap::new()))
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(copy) = built.get(&target) {
+        return Ok(copy.clone());
+    }
+    let so = cargo_build_module(&crate_dir.join("Cargo.toml"), &target, features, false)?;
+    let copy = target.join(format!("{label}.so"));
+    std::fs::copy(&so, &copy).map_err(|source| DevError::Deploy {
+        path: copy.clone(),
+        source,
+    })?;
+    built.insert(target, copy.clone());
+    Ok(copy)
+}

@@ -133,7 +133,18 @@ impl ModuleRegistry {
         let watched = dir.clone();
         let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             let msgs = match res {
-                Ok(event) if event.paths.contains(&watched) => vec![Msg::Dir],
+                // The directory itself removed or renamed (reading it, as
+                // a rescan does, is an event about it too: not those).
+                Ok(event)
+                    if event.paths.contains(&watched)
+                        && matches!(
+                            event.kind,
+                            EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_))
+                        ) =>
+                {
+                    vec![Msg::Dir]
+                }
+                Ok(event) if event.paths.contains(&watched) => Vec::new(),
                 Ok(event) => match relevant(&event) {
                     Some(names) => names.into_iter().map(Msg::Name).collect(),
                     None => vec![Msg::Rescan],

@@ -466,6 +466,8 @@ pub enum ServerMessage {
     Command(Map<String, Value>),
     /// `hb:beat`: a signed heartbeat (checked by the client).
     Heartbeat(Map<String, Value>),
+    /// `fs:report_ok`: a failsafe report was received (and recorded).
+    ReportOk,
     /// `err:<code>`: the request failed.
     Error(ErrorBody),
 }
@@ -522,6 +524,7 @@ impl ServerMessage {
             ServerMessage::Pong => (api::SYS, "pong", Map::new()),
             ServerMessage::Command(body) => (api::CMD, "exec", body.clone()),
             ServerMessage::Heartbeat(body) => (api::HB, "beat", body.clone()),
+            ServerMessage::ReportOk => (api::FS, "report_ok", Map::new()),
             ServerMessage::Error(body) => return body.to_frame(reference),
         };
         Frame::from_static(api, kind, reference, payload)
@@ -578,6 +581,8 @@ impl ServerMessage {
             (api::CMD, "exec") => Ok(ServerMessage::Command(frame.payload().clone())),
             (api::HB, "beat") => Ok(ServerMessage::Heartbeat(frame.payload().clone())),
             (api::CMD | api::HB, _) => Err(unknown_type()),
+            (api::FS, "report_ok") => Ok(ServerMessage::ReportOk),
+            (api::FS, _) => Err(unknown_type()),
             (api::ERR, kind) => {
                 let code = frame
                     .payload()

@@ -174,15 +174,22 @@ pub(crate) fn error(status: StatusCode, detail: impl std::fmt::Display) -> Resp 
 }
 
 /// An error answer, small enough to pass around in a `Result`.
-struct ApiError(StatusCode, String);
+struct ApiError(StatusCode, String, Option<Method>);
 
 impl ApiError {
     fn new(status: StatusCode, detail: impl std::fmt::Display) -> Self {
-        ApiError(status, detail.to_string())
+        ApiError(status, detail.to_string(), None)
     }
 
     fn into_response(self) -> Resp {
-        error(self.0, self.1)
+        let mut resp = error(self.0, self.1);
+        // A 405 says which method the route takes (RFC 9110).
+        if let Some(allowed) = self.2
+            && let Ok(value) = hyper::header::HeaderValue::from_str(allowed.as_str())
+        {
+            resp.headers_mut().insert(hyper::header::ALLOW, value);
+        }
+        resp
     }
 }
 
@@ -319,6 +326,15 @@ where
 /// Reads the whole body within the size and time limits.
 async fn read_body(state: &State, req: Request<Incoming>) -> Result<Bytes, Resp> {
     let limit = state.config.max_body;
+    // A body announced (Content-Length) past the limit is refused before
+    // it is waited for.
+    let announced = hyper::body::Body::size_hint(req.body()).lower();
+    if announced > limit as u64 {
+        return Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body of {announced} bytes is larger than {limit} bytes"),
+        ));
+    }
     let collect = Limited::new(req.into_body(), limit).collect();
     match tokio::time::timeout(state.config.read_timeout, collect).await {
         Err(_) => Err(error(
@@ -413,10 +429,12 @@ impl<'a> Route<'a> {
             },
         };
         if *method != wants {
-            return Err(ApiError::new(
+            let mut e = ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
-                format!("{method} is not allowed on {path}"),
-            ));
+                format!("{method} is not allowed on {path} (it takes {wants})"),
+            );
+            e.2 = Some(wants);
+            return Err(e);
         }
         Ok((route, token))
     }
@@ -584,8 +602,24 @@ fn server_error(e: ServerError) -> Resp {
     match e {
         ServerError::Audit(_) => error(StatusCode::SERVICE_UNAVAILABLE, e),
         ServerError::NoAuthority => error(StatusCode::SERVICE_UNAVAILABLE, e),
+        ServerError::BadCommand(_) => error(StatusCode::UNPROCESSABLE_ENTITY, e),
         other => error(StatusCode::INTERNAL_SERVER_ERROR, other),
     }
+}
+
+/// Longest command name `/send` takes.
+const MAX_COMMAND_NAME: usize = 64;
+/// Longest `reason` `/send` takes, in characters (at most 16 KiB of
+/// UTF-8, the most a client parses).
+const MAX_REASON_CHARS: usize = 4096;
+
+/// A name for `/send`: what a client's `[commands]` table can be keyed by
+/// without quoting, and what a command name may hold in every client.
+fn is_command_name(name: &str) -> bool {
+    (1..=MAX_COMMAND_NAME).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 #[derive(Deserialize)]
@@ -615,10 +649,21 @@ async fn send(state: &State, body: &[u8], query: &str) -> Resp {
             );
         }
     };
-    if req.command.trim().is_empty() {
+    if !is_command_name(&req.command) {
         return error(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "command must not be empty",
+            format!(
+                "command must be 1 to {MAX_COMMAND_NAME} letters, digits, '_', '.' or '-' (a name in the clients' [commands] table), got {:?}",
+                crate::session::truncate(&req.command, 80)
+            ),
+        );
+    }
+    if let Some(reason) = &req.reason
+        && reason.chars().count() > MAX_REASON_CHARS
+    {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("reason is longer than {MAX_REASON_CHARS} characters"),
         );
     }
     let target = match target_of(state, req.client_id.as_deref()) {

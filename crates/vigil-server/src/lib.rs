@@ -77,6 +77,10 @@ pub enum ServerError {
     /// A command could not be signed.
     #[error("cannot sign the command: {0}")]
     Sign(String),
+    /// The command asked for is not one clients would accept (a field
+    /// too long, arguments that cannot be signed).
+    #[error("bad command: {0}")]
+    BadCommand(String),
     /// The audit log could not record the action, so it was not taken.
     #[error("the audit log cannot record this, so it was not done: {0}")]
     Audit(String),

@@ -453,10 +453,16 @@ impl ServerHandle {
         {
             unsigned.target_agent_id = Some(only.to_hex());
         }
+        // Arguments that cannot be signed the CIRIS way (an integer past
+        // 64 bits) are the request's fault, not the server's.
         let signed = unsigned
             .sign(&authority.key)
-            .map_err(|e| ServerError::Sign(e.to_string()))?;
+            .map_err(|e| ServerError::BadCommand(e.to_string()))?;
         let raw = signed.to_json();
+        // What clients will parse: a command they would refuse as malformed
+        // (a field past its length limit) is refused here instead.
+        vigil_command::SignedCommand::from_json(raw.as_bytes())
+            .map_err(|e| ServerError::BadCommand(e.to_string()))?;
         self.relay(&signed, raw.as_bytes(), target, "send").await
     }
 

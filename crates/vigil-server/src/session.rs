@@ -570,6 +570,8 @@ where
                     break_commands = report.break_commands.len(),
                     "client reports a failsafe transition"
                 );
+                // The answer tells the client it may forget the report.
+                self.reply(&ServerMessage::ReportOk, reference);
             }
             // A request type added to the protocol but not served here.
             _ => self.error_reply(

@@ -80,6 +80,32 @@ fn fixtures_match_a_live_openssl_run() {
         openssl_fingerprint(&crt).expect("openssl"),
         generated.fingerprint.to_hex()
     );
+    // openssl reads the generated key too, and finds the same public key
+    // (found by the external checks: it could not read ring's PKCS#8 v2).
+    let pubkey = Command::new("openssl")
+        .args(["pkey", "-pubout", "-outform", "DER", "-in"])
+        .arg(&key)
+        .output()
+        .expect("openssl pkey");
+    assert!(
+        pubkey.status.success(),
+        "openssl cannot read the key: {}",
+        String::from_utf8_lossy(&pubkey.stderr)
+    );
+    let cert_pubkey = Command::new("openssl")
+        .args(["x509", "-pubkey", "-noout", "-in"])
+        .arg(&crt)
+        .output()
+        .expect("openssl x509");
+    let pem_of_key = Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&key)
+        .output()
+        .expect("openssl pkey");
+    assert_eq!(
+        pem_of_key.stdout, cert_pubkey.stdout,
+        "the key matches the certificate"
+    );
     // And an openssl-made Ed25519 certificate made right now.
     let status = Command::new("openssl")
         .args([

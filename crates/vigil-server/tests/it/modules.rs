@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt as _;
@@ -18,29 +18,13 @@ use crate::support::{self, TestServer, client_config, raw_tls, read_frame};
 /// Builds a module crate (path relative to the workspace root) once per
 /// test process and returns a private copy of its dylib.
 pub(crate) fn build(crate_dir: &str, features: &[&str]) -> PathBuf {
-    static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
-    let key = format!("{crate_dir}+{}", features.join(","));
-    let mut built = BUILT
-        .get_or_init(|| Mutex::new(HashMap::new()))
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some(p) = built.get(&key) {
-        return p.clone();
-    }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let label = key.replace(['/', '+', ','], "-");
-    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("mod-{label}"));
-    let so = dev::cargo_build_module(
-        &root.join(crate_dir).join("Cargo.toml"),
-        &target,
+    dev::build_once(
+        &root.join(crate_dir),
         features,
-        false,
+        Path::new(env!("CARGO_TARGET_TMPDIR")),
     )
-    .expect("module builds");
-    let copy = target.join(format!("{label}.so"));
-    std::fs::copy(&so, &copy).expect("copy");
-    built.insert(key, copy.clone());
-    copy
+    .expect("module builds")
 }
 
 struct ModServer {

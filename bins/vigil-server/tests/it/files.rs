@@ -1,0 +1,250 @@
+//! Hostile module files and malformed trust, key and config files, at
+//! start and while the server runs.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use vigil_client::{ClientConfig, ClientError, Connection};
+use vigil_proto::ErrorCode;
+
+use crate::support::{Deployment, bin, eventually, free_port, write_atomically};
+
+/// Builds a module crate of the workspace once per test process; a
+/// private copy of its dylib.
+pub(crate) fn module(crate_dir: &str, features: &[&str]) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    vigil_modules::dev::build_once(
+        &root.join(crate_dir),
+        features,
+        Path::new(env!("CARGO_TARGET_TMPDIR")),
+    )
+    .expect("module builds")
+}
+
+/// Copies `bytes` into the mods directory under `name` (temporary name,
+/// then rename, as a deploy does).
+fn deploy(dep: &Deployment, name: &str, bytes: &[u8]) {
+    write_atomically(&dep.path("mods").join(name), bytes);
+}
+
+async fn connect(dep: &Deployment) -> Connection {
+    let config = dep.client_config();
+    Connection::connect(&config).await.expect("connect")
+}
+
+/// The sum the server lists for `name`, once it does.
+async fn listed(conn: &Connection, name: &str) -> String {
+    let deadline = std::time::Instant::now() + crate::support::WAIT;
+    loop {
+        let modules = conn.sync().await.expect("sync");
+        if let Some(m) = modules.iter().find(|m| m.name == name) {
+            return m.sum.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "{name} never listed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn server_error(result: Result<String, ClientError>) -> vigil_proto::ErrorBody {
+    match result {
+        Err(ClientError::Server(body)) => body,
+        other => panic!("expected an err frame, got {other:?}"),
+    }
+}
+
+/// M01–M06: hostile files dropped into the mods directory are rejected
+/// with a reason; the good version keeps serving, and nothing hostile is
+/// listed.
+#[tokio::test]
+async fn m01_to_m06_hostile_module_files_are_rejected() {
+    let dep = Deployment::start(&[]).await;
+    let hello = std::fs::read(module("mods/hello", &[])).expect("hello");
+    deploy(&dep, "hello.so", &hello);
+    let conn = connect(&dep).await;
+    let sum = listed(&conn, "hello.so").await;
+    assert_eq!(
+        conn.exec("hello.so", "a", &sum).await.expect("runs"),
+        "Hello, a!"
+    );
+    let rss = dep.server.rss_kib();
+    let rejected = dep.metric("vigil_module_events_total{event=\"rejected\"}");
+
+    // M01 a truncated build over a good one; M02 garbage; M03 a module of
+    // another ABI version; M04 an empty file; M05 a directory with a
+    // module's name; M06 a file past the 32 MiB limit.
+    deploy(&dep, "hello.so", &hello[..hello.len() / 2]);
+    deploy(
+        &dep,
+        "junk.so",
+        b"MZ\x90\x00 not an ELF file, nor anything else",
+    );
+    let abi =
+        std::fs::read(module("crates/vigil-modules/tests/fixture", &["wrong-abi"])).expect("abi");
+    deploy(&dep, "abi.so", &abi);
+    deploy(&dep, "empty.so", b"");
+    std::fs::create_dir(dep.path("mods").join("dir.so")).expect("mkdir");
+    let big = std::fs::File::create(dep.path("mods").join(".big.tmp")).expect("create");
+    big.set_len(40 << 20).expect("sparse 40 MiB");
+    drop(big);
+    std::fs::rename(
+        dep.path("mods").join(".big.tmp"),
+        dep.path("mods").join("big.so"),
+    )
+    .expect("rename");
+    eventually("every hostile file rejected", || {
+        dep.metric("vigil_module_events_total{event=\"rejected\"}") >= rejected + 5
+    })
+    .await;
+    for (name, reason) in [
+        ("hello.so", "module rejected"),
+        ("junk.so", "module rejected"),
+        ("abi.so", "ABI"),
+        ("big.so", "limit"),
+    ] {
+        assert!(
+            dep.server.logged(name) && dep.server.logged(reason),
+            "{name}: no rejection logged with {reason:?}"
+        );
+    }
+    // The good hello keeps serving; nothing hostile is listed.
+    assert_eq!(
+        conn.exec("hello.so", "b", &sum).await.expect("runs"),
+        "Hello, b!"
+    );
+    let names: Vec<String> = conn
+        .sync()
+        .await
+        .expect("sync")
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
+    assert_eq!(names, vec!["hello.so".to_owned()]);
+    dep.assert_serving().await;
+    dep.assert_memory_bounded(rss, 8 * 1024);
+}
+
+/// M07, M08: a module that panics or hangs gets an error frame; the server
+/// and other runs go on.
+#[tokio::test]
+async fn m07_m08_panicking_and_hanging_modules_answer_errors() {
+    let dep = Deployment::start(&["--exec-timeout", "1"]).await;
+    let fixture = std::fs::read(module("crates/vigil-modules/tests/fixture", &[])).expect("fx");
+    deploy(&dep, "fx.so", &fixture);
+    let conn = connect(&dep).await;
+    let sum = listed(&conn, "fx.so").await;
+    let panicked = server_error(conn.exec("fx.so", "panic", &sum).await);
+    assert_eq!(panicked.code, ErrorCode::ExecFailed, "{}", panicked.message);
+    assert!(
+        panicked.message.contains("panicked"),
+        "{}",
+        panicked.message
+    );
+    // A hung run times out; meanwhile another connection is served.
+    let other = connect(&dep).await;
+    let hung = tokio::spawn(async move { conn.exec("fx.so", "sleep 5000", &sum).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let sum = listed(&other, "fx.so").await;
+    assert_eq!(
+        other.exec("fx.so", "ok", &sum).await.expect("runs"),
+        "v1: ok"
+    );
+    let hung = server_error(hung.await.expect("join"));
+    assert_eq!(hung.code, ErrorCode::ExecTimeout, "{}", hung.message);
+    dep.assert_serving().await;
+}
+
+/// T01–T05: malformed trust, key, authorities, identity and config files
+/// at start: exit status 2 and a message that names the file.
+#[tokio::test]
+async fn t01_to_t05_malformed_files_at_start_exit_2_naming_the_file() {
+    let dep = Deployment::start(&[]).await;
+    let bad = |name: &str, bytes: &[u8]| {
+        let path = dep.path(name);
+        std::fs::write(&path, bytes).expect("write");
+        path.display().to_string()
+    };
+    let cases = [
+        (
+            "T01 trust file",
+            "--trusted-keys",
+            bad("bad-trust.json", b"{\"trusted_fingerprints\": [\"zz\"]}"),
+        ),
+        (
+            "T02 authority key",
+            "--authority-key",
+            bad("bad-authority.key", b"not base64 !!"),
+        ),
+        (
+            "T03 authorities file",
+            "--authorities",
+            bad("bad-authorities.json", b"{\"authorities\": [{}]}"),
+        ),
+        (
+            "T04 certificate",
+            "--cert",
+            bad("bad.crt", b"-----BEGIN CERTIFICATE-----\ngarbage\n"),
+        ),
+        (
+            "T05 config file",
+            "--config",
+            bad("bad.toml", b"port = 1\nno_such_setting = true\n"),
+        ),
+    ];
+    for (case, flag, path) in cases {
+        let mut cmd = Command::new(bin("vigil-server"));
+        if flag != "--config" {
+            cmd.arg("--config").arg(dep.path("server.toml"));
+        }
+        // Its own data directory: the running server holds the audit log.
+        let out = cmd
+            .args([flag, &path])
+            .arg("--data-dir")
+            .arg(dep.path("other-data"))
+            .args(["--port", &free_port().to_string()])
+            .args(["--http-port", &free_port().to_string()])
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{case}: {stderr}");
+        assert!(
+            stderr.contains(&path),
+            "{case}: the message names the file: {stderr}"
+        );
+    }
+    // The running server was not disturbed.
+    dep.assert_serving().await;
+}
+
+/// T06 (and fault F09): the trust file replaced by garbage while the
+/// server runs: the last good list stays in force (the client still connects, a stranger
+/// is still refused); a valid edit then applies at once.
+#[tokio::test]
+async fn t06_a_trust_file_turned_to_garbage_keeps_the_last_good_list() {
+    let dep = Deployment::start(&[]).await;
+    let trusted = dep.trusted();
+    write_atomically(
+        &dep.path("trusted-keys.json"),
+        b"{\"trusted_fingerprints\": [",
+    );
+    dep.server
+        .wait_logged("trust file is invalid; keeping the last good list")
+        .await;
+    dep.assert_serving().await;
+    // The server still refuses whoever it refused.
+    let stranger = vigil_auth::GeneratedIdentity::generate("x")
+        .expect("identity")
+        .identity()
+        .expect("identity");
+    let config = ClientConfig::new(dep.addr().to_string(), stranger, dep.server_fingerprint());
+    assert!(Connection::connect(&config).await.is_err());
+    // A valid file without the client: its session closes, it is refused.
+    let conn = connect(&dep).await;
+    dep.write_trust(&[]);
+    let _ = tokio::time::timeout(crate::support::WAIT, conn.closed()).await;
+    let config = dep.client_config();
+    assert!(Connection::connect(&config).await.is_err(), "revoked");
+    dep.write_trust(&trusted);
+    eventually("trusted again", || dep.server.logged("fingerprint added")).await;
+    dep.assert_serving().await;
+}

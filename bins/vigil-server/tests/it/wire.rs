@@ -1,0 +1,296 @@
+//! The mutual-TLS port: malformed, oversized and flooding frames, partial
+//! handshakes, connection floods, strangers.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use vigil_auth::GeneratedIdentity;
+
+use crate::support::{Deployment, WAIT, ask, frame_for};
+
+/// W01: every malformed or meaningless frame gets an `err` frame with its
+/// code, and the connection goes on.
+#[tokio::test]
+async fn w01_malformed_frames_get_err_frames_and_the_connection_goes_on() {
+    let dep = Deployment::start(&[]).await;
+    let mut tls = dep.tls(None).await;
+    assert!(ask(&mut tls, b"sys:ping:a {}\n", "a").await.is_some());
+    let rss = dep.server.rss_kib();
+    let cases: &[(&[u8], &str, &str)] = &[
+        (b"mod:sync:b1 {\n", "b1", "bad_json"),
+        (b"mod:sync:b2 [1,2]\n", "b2", "bad_json"),
+        (b"zzz:sync:b3 {}\n", "b3", "unknown_api"),
+        (b"mod:nope:b4 {}\n", "b4", "unknown_type"),
+        (b"mod:verify:b5 {}\n", "b5", "bad_payload"),
+        (
+            b"mod:exec:b6 {\"mod\":1,\"args\":\"x\",\"sum\":\"y\"}\n",
+            "b6",
+            "bad_payload",
+        ),
+        (
+            b"mod:verify:b7 {\"mod\":\"nope.so\"}\n",
+            "b7",
+            "unknown_module",
+        ),
+        (
+            b"cmd:ack:b8 {\"command_id\":\"never-sent\",\"status\":\"done\"}\n",
+            "b8",
+            "bad_payload",
+        ),
+    ];
+    for (bytes, reference, code) in cases {
+        let frame = ask(&mut tls, bytes, reference)
+            .await
+            .unwrap_or_else(|| panic!("{reference}: the connection closed"));
+        assert_eq!(frame.api(), "err", "{reference}: {frame}");
+        assert_eq!(frame.kind(), *code, "{reference}: {frame}");
+        assert!(frame.payload()["message"].is_string(), "{reference}");
+    }
+    // No REF to echo: the header cannot be read, or it is not UTF-8.
+    for bytes in [&b"no header at all\n"[..], b"mod:sync:\xff\xfe {}\n"] {
+        tls.write_all(bytes).await.expect("write");
+        let frame = frame_for(&mut tls, &mut Vec::new(), "-")
+            .await
+            .expect("answered");
+        assert_eq!(frame.api(), "err", "{frame}");
+    }
+    assert!(
+        ask(&mut tls, b"sys:ping:after {}\n", "after")
+            .await
+            .is_some()
+    );
+    dep.assert_serving().await;
+    dep.assert_memory_bounded(rss, 8 * 1024);
+}
+
+/// W02: a frame past the 64 KiB limit gets `frame_too_large`, then the
+/// connection is closed; nothing past the limit is buffered.
+#[tokio::test]
+async fn w02_an_oversized_frame_is_refused_and_the_connection_closed() {
+    let dep = Deployment::start(&[]).await;
+    let mut tls = dep.tls(None).await;
+    let rss = dep.server.rss_kib();
+    let mut huge = b"mod:sync:big {\"pad\":\"".to_vec();
+    huge.extend(std::iter::repeat_n(b'x', 200 * 1024));
+    let _ = tls.write_all(&huge).await;
+    let frame = frame_for(&mut tls, &mut Vec::new(), "-")
+        .await
+        .expect("an err frame first");
+    assert_eq!((frame.api(), frame.kind()), ("err", "frame_too_large"));
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(WAIT, tls.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the server closed the connection");
+    dep.assert_serving().await;
+    dep.assert_memory_bounded(rss, 8 * 1024);
+}
+
+/// W03: a client that floods requests and reads no answers is held back
+/// (reading stops while its answers wait) and then dropped as a slow
+/// consumer; the server's memory stays bounded.
+#[tokio::test]
+async fn w03_a_request_flood_without_reading_is_bounded_and_dropped() {
+    let dep = Deployment::start(&["--write-stall-timeout", "1"]).await;
+    let tls = dep.tls(None).await;
+    let rss = dep.server.rss_kib();
+    let (_rd, mut wr) = tokio::io::split(tls);
+    let pings = b"sys:ping:p {}\n".repeat(64 * 1024);
+    let total = 64 * pings.len();
+    let flood = tokio::spawn(async move {
+        let mut sent = 0usize;
+        // 64 MiB at most; the server stops reading long before.
+        for _ in 0..64 {
+            match tokio::time::timeout(Duration::from_secs(5), wr.write_all(&pings)).await {
+                Ok(Ok(())) => sent += pings.len(),
+                _ => break,
+            }
+        }
+        sent
+    });
+    crate::support::eventually("the flooding client is dropped", || {
+        dep.metric("vigil_slow_consumers_total") >= 1
+    })
+    .await;
+    let sent = flood.await.expect("flood task");
+    assert!(sent < total, "the server stopped taking the flood");
+    dep.assert_serving().await;
+    dep.assert_memory_bounded(rss, 16 * 1024);
+}
+
+/// W04: connections that start a TLS handshake and stall are closed at the
+/// handshake timeout; meanwhile others are served.
+#[tokio::test]
+async fn w04_half_open_handshakes_are_closed_at_the_timeout() {
+    let dep = Deployment::start(&["--handshake-timeout", "1"]).await;
+    let rss = dep.server.rss_kib();
+    let failed_before = dep.metric("vigil_handshakes_total{result=\"failed\"}");
+    let mut stalled = Vec::new();
+    for _ in 0..100 {
+        let mut tcp = tokio::net::TcpStream::connect(dep.addr())
+            .await
+            .expect("connect");
+        // The first bytes of a TLS ClientHello record, then nothing.
+        tcp.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc])
+            .await
+            .expect("write");
+        stalled.push(tcp);
+    }
+    dep.assert_serving().await;
+    for mut tcp in stalled {
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(WAIT, tcp.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "closed by the server"
+        );
+    }
+    assert!(dep.metric("vigil_handshakes_total{result=\"failed\"}") >= failed_before + 100);
+    dep.assert_memory_bounded(rss, 8 * 1024);
+}
+
+/// W05: connections past the limit are closed at once; service resumes
+/// when they go.
+#[tokio::test]
+async fn w05_connections_past_the_limit_are_refused_and_service_resumes() {
+    let dep = Deployment::start(&["--max-connections", "20", "--handshake-timeout", "30"]).await;
+    let rss = dep.server.rss_kib();
+    let mut held = Vec::new();
+    for _ in 0..60 {
+        held.push(
+            tokio::net::TcpStream::connect(dep.addr())
+                .await
+                .expect("connect"),
+        );
+    }
+    crate::support::eventually("connections refused at the limit", || {
+        dep.metric("vigil_connections_refused_at_limit_total") >= 40
+    })
+    .await;
+    drop(held);
+    // The slots of the closed connections come back.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let config = dep.client_config();
+        if vigil_client::Connection::connect(&config).await.is_ok() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "service did not resume"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    dep.assert_serving().await;
+    dep.assert_memory_bounded(rss, 8 * 1024);
+}
+
+/// W06: a stranger's certificate, no certificate, or plain text are
+/// refused in the handshake; each refusal is counted and audited.
+#[tokio::test]
+async fn w06_strangers_are_refused_in_the_handshake() {
+    let dep = Deployment::start(&[]).await;
+    let failed_before = dep.metric("vigil_handshakes_total{result=\"failed\"}");
+    let stranger = GeneratedIdentity::generate("stranger")
+        .expect("identity")
+        .identity()
+        .expect("identity");
+    // TLS 1.3: the client learns of the refusal on its first read.
+    let mut tls = dep.tls(Some(&stranger)).await;
+    let _ = tls.write_all(b"sys:ping:a {}\n").await;
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(WAIT, tls.read(&mut buf))
+        .await
+        .expect("in time");
+    assert!(matches!(read, Ok(0) | Err(_)), "a stranger got {read:?}");
+    // No certificate at all.
+    let config = vigil_auth::rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        vigil_auth::rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&vigil_auth::rustls::version::TLS13])
+    .expect("tls 1.3")
+    .dangerous()
+    .with_custom_certificate_verifier(std::sync::Arc::new(AnyServer))
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(dep.addr())
+        .await
+        .expect("connect");
+    let name = vigil_auth::rustls::pki_types::ServerName::try_from("vigil").expect("name");
+    if let Ok(mut tls) = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+    {
+        let _ = tls.write_all(b"sys:ping:a {}\n").await;
+        let read = tokio::time::timeout(WAIT, tls.read(&mut buf))
+            .await
+            .expect("in time");
+        assert!(
+            matches!(read, Ok(0) | Err(_)),
+            "no certificate got {read:?}"
+        );
+    }
+    // Plain text on the TLS port.
+    let mut tcp = tokio::net::TcpStream::connect(dep.addr())
+        .await
+        .expect("connect");
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(WAIT, tcp.read_to_end(&mut answer)).await;
+    assert!(
+        !answer.starts_with(b"HTTP"),
+        "no HTTP answer on the TLS port"
+    );
+    crate::support::eventually("three refusals counted", || {
+        dep.metric("vigil_handshakes_total{result=\"failed\"}") >= failed_before + 3
+    })
+    .await;
+    dep.assert_serving().await;
+}
+
+/// Accepts any server certificate: the test is about the server's side.
+#[derive(Debug)]
+struct AnyServer;
+
+impl vigil_auth::rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _: &vigil_auth::rustls::pki_types::CertificateDer<'_>,
+        _: &[vigil_auth::rustls::pki_types::CertificateDer<'_>],
+        _: &vigil_auth::rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: vigil_auth::rustls::pki_types::UnixTime,
+    ) -> Result<vigil_auth::rustls::client::danger::ServerCertVerified, vigil_auth::rustls::Error>
+    {
+        Ok(vigil_auth::rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &vigil_auth::rustls::pki_types::CertificateDer<'_>,
+        _: &vigil_auth::rustls::DigitallySignedStruct,
+    ) -> Result<
+        vigil_auth::rustls::client::danger::HandshakeSignatureValid,
+        vigil_auth::rustls::Error,
+    > {
+        Ok(vigil_auth::rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &vigil_auth::rustls::pki_types::CertificateDer<'_>,
+        _: &vigil_auth::rustls::DigitallySignedStruct,
+    ) -> Result<
+        vigil_auth::rustls::client::danger::HandshakeSignatureValid,
+        vigil_auth::rustls::Error,
+    > {
+        Ok(vigil_auth::rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<vigil_auth::rustls::SignatureScheme> {
+        vigil_auth::rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
