@@ -3,7 +3,7 @@
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 
@@ -129,7 +129,6 @@ async fn r03_an_oversized_body_is_413() {
 #[tokio::test]
 async fn r04_slow_requests_are_cut_off_at_the_read_timeout() {
     let dep = Deployment::start(&["--http-read-timeout", "1"]).await;
-    let started = Instant::now();
     let mut slow_body = TcpStream::connect(("127.0.0.1", dep.http_port)).expect("connect");
     let head = format!(
         "POST /send HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\nContent-Length: 100\r\n\r\n",
@@ -161,12 +160,12 @@ async fn r04_slow_requests_are_cut_off_at_the_read_timeout() {
     dep.assert_serving().await;
     let (status, answer) = parse_http(&dribble.join().expect("dribble"));
     assert_eq!(status, 408, "{answer}");
+    // The head that never ends: the server closes the connection.
     slow_head.set_read_timeout(Some(WAIT)).expect("timeout");
     let mut rest = Vec::new();
-    let _ = slow_head.read_to_end(&mut rest);
     assert!(
-        started.elapsed() < WAIT,
-        "cut off long before the test's own limit"
+        slow_head.read_to_end(&mut rest).is_ok(),
+        "closed by the server"
     );
 }
 
