@@ -554,7 +554,25 @@ impl Client {
             let _ = conn.notify(ClientRequest::Ack(refused.ack()), reference);
             return None;
         };
-        let accepted = match check_command(&settings.verifier, body, SystemTime::now()) {
+        // Verifying records the command id in the replay guard, synced to
+        // disk: on a blocking thread, so that a slow disk holds up neither
+        // heartbeats nor the failsafe.
+        let checked = {
+            let (verifier, body) = (settings.verifier.clone(), body.clone());
+            tokio::task::spawn_blocking(move || check_command(&verifier, &body, SystemTime::now()))
+                .await
+        };
+        let checked = checked.unwrap_or_else(|e| {
+            Err(Refused {
+                command_id: body
+                    .get("command_id")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned),
+                code: "internal".into(),
+                detail: format!("command check failed: {e}"),
+            })
+        });
+        let accepted = match checked {
             Ok(a) => a,
             Err(refused) => {
                 tracing::warn!(

@@ -178,7 +178,7 @@ pub(crate) async fn shutdown(
         None => Plan::Everyone,
     };
     // The id is spent only now that the command is deliverable.
-    if let Err(refusal) = relay.record(&verified) {
+    if let Err(refusal) = relay.record(&verified).await {
         return refuse(server, &command, &refusal).await;
     }
     if let Err(resp) = audit(server, "accepted", Some(&command), Value::Null).await {

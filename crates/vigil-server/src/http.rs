@@ -104,15 +104,24 @@ impl Relay {
         Ok(verified)
     }
 
-    /// Records the command id; refuses one seen before.
-    pub(crate) fn record(&self, verified: &vigil_command::VerifiedCommand) -> Result<(), Refusal> {
-        self.replay
-            .check_and_record(
-                &verified.command().command_id,
-                verified.forget_after(),
-                SystemTime::now(),
-            )
-            .map_err(Refusal::from)
+    /// Records the command id; refuses one seen before. The record is
+    /// synced to disk, on a blocking thread: a slow disk does not hold a
+    /// runtime worker.
+    pub(crate) async fn record(
+        &self,
+        verified: &vigil_command::VerifiedCommand,
+    ) -> Result<(), Refusal> {
+        let replay = self.replay.clone();
+        let id = verified.command().command_id.clone();
+        let forget_after = verified.forget_after();
+        tokio::task::spawn_blocking(move || {
+            replay.check_and_record(&id, forget_after, SystemTime::now())
+        })
+        .await
+        .map_err(|e| Refusal::ReplayStoreUnavailable {
+            detail: format!("the replay store's writer failed: {e}"),
+        })?
+        .map_err(Refusal::from)
     }
 }
 
@@ -722,7 +731,7 @@ async fn relay(state: &State, body: &[u8], query: &str) -> Resp {
         Ok(t) => t,
         Err(e) => return e.into_response(),
     };
-    if let Err(refusal) = relay_check.record(&verified) {
+    if let Err(refusal) = relay_check.record(&verified).await {
         return refused(refusal);
     }
     let raw = one_line(body);
