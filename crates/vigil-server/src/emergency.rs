@@ -177,12 +177,15 @@ pub(crate) async fn shutdown(
         },
         None => Plan::Everyone,
     };
-    // The id is spent only now that the command is deliverable.
+    // Recorded before its id is spent: a command that cannot be recorded
+    // (503) can be sent again once the audit log is writable.
+    if let Err(resp) = audit(server, "verified", Some(&command), Value::Null).await {
+        return resp;
+    }
+    // The id is spent only now that the command is deliverable and
+    // recorded.
     if let Err(refusal) = relay.record(&verified).await {
         return refuse(server, &command, &refusal).await;
-    }
-    if let Err(resp) = audit(server, "accepted", Some(&command), Value::Null).await {
-        return resp;
     }
     let initiated = now_iso();
     let mut relayed = command.clone();

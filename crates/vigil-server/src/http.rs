@@ -731,13 +731,23 @@ async fn relay(state: &State, body: &[u8], query: &str) -> Resp {
         Ok(t) => t,
         Err(e) => return e.into_response(),
     };
-    if let Err(refusal) = relay_check.record(&verified).await {
-        return refused(refusal);
-    }
     let raw = one_line(body);
-    match state.server.relay(&command, &raw, &target, "relay").await {
+    // The replay id is spent after the command is recorded, so that one
+    // the audit log could not record (503) can be sent again.
+    let relayed = state
+        .server
+        .relay_checked(
+            &command,
+            &raw,
+            &target,
+            "relay",
+            relay_check.record(&verified),
+        )
+        .await;
+    match relayed {
         Ok(delivery) => answer(delivery, wait).await,
-        Err(e) => server_error(e),
+        Err(crate::server::Relayed::Refused(refusal)) => refused(refusal),
+        Err(crate::server::Relayed::Server(e)) => server_error(e),
     }
 }
 

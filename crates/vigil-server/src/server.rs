@@ -247,6 +247,15 @@ impl Shared {
     }
 }
 
+/// Why [`ServerHandle::relay_checked`] did not send.
+#[derive(Debug)]
+pub(crate) enum Relayed {
+    /// The server could not (the audit log, most likely).
+    Server(ServerError),
+    /// The check refused the command (its id was spent already).
+    Refused(vigil_command::Refusal),
+}
+
 /// A cheap, cloneable handle on a running server.
 #[derive(Clone)]
 pub struct ServerHandle {
@@ -476,11 +485,31 @@ impl ServerHandle {
         target: &Target,
         via: &'static str,
     ) -> Result<Delivery, ServerError> {
+        self.relay_checked(command, raw, target, via, async { Ok(()) })
+            .await
+            .map_err(|e| match e {
+                Relayed::Server(e) => e,
+                Relayed::Refused(r) => ServerError::Sign(r.message()),
+            })
+    }
+
+    /// As [`ServerHandle::relay`], with `check` (spending the command's
+    /// replay id) run after the command is durably recorded and before it
+    /// is sent: a command the audit log cannot record keeps its id, and
+    /// can be sent again.
+    pub(crate) async fn relay_checked(
+        &self,
+        command: &vigil_command::SignedCommand,
+        raw: &[u8],
+        target: &Target,
+        via: &'static str,
+        check: impl std::future::Future<Output = Result<(), vigil_command::Refusal>>,
+    ) -> Result<Delivery, Relayed> {
         let targets = target_json(target);
         if raw.contains(&b'\n') || raw.contains(&b'\r') {
-            return Err(ServerError::Sign(
+            return Err(Relayed::Server(ServerError::Sign(
                 "a relayed command must be one line of JSON".into(),
-            ));
+            )));
         }
         self.audit(
             "command.issued",
@@ -493,7 +522,17 @@ impl ServerHandle {
                 "target": targets,
             }),
         )
-        .await?;
+        .await
+        .map_err(Relayed::Server)?;
+        if let Err(refusal) = check.await {
+            // Recorded, then not sent: the log may say more than
+            // happened, never less.
+            self.audit_later(
+                "command.withdrawn",
+                serde_json::json!({"command_id": command.command_id, "code": refusal.code(), "detail": refusal.message()}),
+            );
+            return Err(Relayed::Refused(refusal));
+        }
         let delivery = self.deliver_raw(&command.command_id, raw, target);
         self.shared.commands.insert(
             CommandRecord {

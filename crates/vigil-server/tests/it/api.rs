@@ -450,6 +450,13 @@ async fn with_the_audit_log_unwritable_send_is_503_and_nothing_is_sent() {
         body["detail"].as_str().expect("detail").contains("audit"),
         "{body}"
     );
+    // So does the relay, and the command keeps its id: it can be sent
+    // again once the log is writable (below).
+    let relayed = signed(&api.keys.1, "relay-during-fault", "RUN", None);
+    let (status, body) = api
+        .call("POST", "/v1/commands?wait=2", Some(relayed.clone()))
+        .await;
+    assert_eq!(status, 503, "{body}");
     // The emergency route fails closed too.
     let cmd = signed(
         &api.keys.1,
@@ -491,11 +498,14 @@ async fn with_the_audit_log_unwritable_send_is_503_and_nothing_is_sent() {
     }
     let body = resumed.expect("service resumed after the fault cleared");
     assert_eq!(body["results"][0]["status"], "done", "{body}");
+    // The relayed command refused with 503 was not spent: it goes now.
+    let (status, body) = api.call("POST", "/v1/commands?wait=5", Some(relayed)).await;
+    assert_eq!(status, 200, "{body}");
     assert_eq!(
         ran.lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone(),
-        vec!["after"]
+        vec!["after", "relayed"]
     );
     // The chain has no gap: the failed records were never acknowledged.
     let report = vigil_audit::verify(&api.audit_path).expect("verify");
