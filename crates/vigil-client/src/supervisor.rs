@@ -554,6 +554,33 @@ impl Client {
             let _ = conn.notify(ClientRequest::Ack(refused.ack()), reference);
             return None;
         };
+        // A command past the limit of running ones is refused before it is
+        // verified, so that its id is not spent and it can be sent again.
+        // SHUTDOWN_NOW is never refused for that.
+        let wants_shutdown =
+            body.get("command_type").and_then(|v| v.as_str()) == Some(SHUTDOWN_NOW);
+        let permit = if wants_shutdown {
+            None
+        } else {
+            match running.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    let refused = Refused {
+                        command_id: body
+                            .get("command_id")
+                            .and_then(|v| v.as_str())
+                            .map(str::to_owned),
+                        code: "busy".into(),
+                        detail: format!(
+                            "{MAX_RUNNING_COMMANDS} commands are already running; this one was not checked or recorded, send it again later"
+                        ),
+                    };
+                    tracing::warn!(command_id = ?refused.command_id, "command refused: too many running");
+                    let _ = conn.notify(ClientRequest::Ack(refused.ack()), reference);
+                    return None;
+                }
+            }
+        };
         // Verifying records the command id in the replay guard, synced to
         // disk: on a blocking thread, so that a slow disk holds up neither
         // heartbeats nor the failsafe.
@@ -623,17 +650,6 @@ impl Client {
         let conn = conn.clone();
         let reference = reference.to_owned();
         let events = self.events.clone();
-        // Never wait here: this loop also reads heartbeats.
-        let Ok(permit) = running.clone().try_acquire_owned() else {
-            let refused = Refused {
-                command_id: Some(cmd.command_id.clone()),
-                code: "busy".into(),
-                detail: format!("{MAX_RUNNING_COMMANDS} commands are already running"),
-            };
-            tracing::warn!(command_id = %cmd.command_id, "command refused: too many running");
-            let _ = conn.notify(ClientRequest::Ack(refused.ack()), &reference);
-            return None;
-        };
         tokio::spawn(async move {
             let _permit = permit;
             let outcome = tokio::time::timeout(timeout, handler.execute(&name, &args)).await;

@@ -305,3 +305,64 @@ async fn c13_bad_heartbeats_do_not_feed_the_failsafe() {
     })
     .await;
 }
+
+/// C14: a command past the limit of running ones (16) is refused `busy`
+/// before it is verified, so its id is not spent: sent again when there is
+/// room, it runs.
+#[tokio::test]
+async fn c14_a_busy_refusal_does_not_spend_the_command() {
+    let dep = Deployment::start(&[]).await;
+    let rogue = Rogue::bind(&dep).await;
+    let extra = format!(
+        "{}\n[commands.slow]\nprogram = \"sleep\"\nargs = [\"2\"]\n",
+        mark_config(&dep)
+    );
+    let _client = dep.client(&extra, &["--server", &rogue.addr()]);
+    let mut peer = rogue.accept().await;
+    peer.admitted().await;
+    let operator = operator_key(&dep);
+    for i in 0..16 {
+        let slow = signed(
+            &operator,
+            "wa_operator",
+            &format!("c14-slow-{i}"),
+            "RUN",
+            now(),
+            |c| {
+                c.command = Some("slow".into());
+            },
+        );
+        let line = format!(
+            "cmd:exec:s{i} {}\n",
+            serde_json::to_string(&slow).expect("json")
+        );
+        peer.send(line.as_bytes()).await;
+    }
+    let extra_one = serde_json::to_string(&signed(
+        &operator,
+        "wa_operator",
+        "c14-extra",
+        "RUN",
+        now(),
+        |_| {},
+    ))
+    .expect("json");
+    let busy = peer.command("x1", &extra_one).await;
+    assert_eq!(
+        (busy.status, busy.code.as_deref()),
+        (AckStatus::Refused, Some("busy")),
+        "{busy:?}"
+    );
+    // Once the slow ones are done, the same command runs.
+    let deadline = std::time::Instant::now() + crate::support::WAIT;
+    let again = loop {
+        let ack = peer.command("x2", &extra_one).await;
+        if ack.code.as_deref() != Some("busy") {
+            break ack;
+        }
+        assert!(std::time::Instant::now() < deadline, "never room again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(again.status, AckStatus::Done, "{again:?}");
+    eventually("it ran", || dep.path("ran").exists()).await;
+}
