@@ -244,6 +244,8 @@ impl HttpServer {
         let slots = Arc::new(tokio::sync::Semaphore::new(
             state.config.max_connections.max(1),
         ));
+        let reserve = Arc::new(tokio::sync::Semaphore::new(EMERGENCY_RESERVE));
+        let mut last_limit_log: Option<std::time::Instant> = None;
         loop {
             let (tcp, peer) = tokio::select! {
                 () = &mut stopped => break,
@@ -256,12 +258,27 @@ impl HttpServer {
                     }
                 },
             };
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
-                tracing::warn!(%peer, limit = state.config.max_connections, "REST connection limit reached");
-                drop(tcp);
-                continue;
+            // Past the limit, a few more connections are taken on a short
+            // leash (a 2 s head deadline) for the emergency routes only:
+            // slow clients holding every slot cannot lock out an emergency
+            // shutdown.
+            let (permit, mode) = match slots.clone().try_acquire_owned() {
+                Ok(p) => (p, Mode::Full),
+                Err(_) => match reserve.clone().try_acquire_owned() {
+                    Ok(p) => (p, Mode::EmergencyOnly),
+                    Err(_) => {
+                        if last_limit_log.is_none_or(|t: std::time::Instant| {
+                            t.elapsed() >= Duration::from_secs(1)
+                        }) {
+                            tracing::warn!(%peer, limit = state.config.max_connections, "REST connection limit reached");
+                            last_limit_log = Some(std::time::Instant::now());
+                        }
+                        drop(tcp);
+                        continue;
+                    }
+                },
             };
-            let conn = graceful.watch(connection(state.clone(), tcp, peer));
+            let conn = graceful.watch(connection(state.clone(), tcp, peer, mode));
             tokio::spawn(async move {
                 let _permit = permit;
                 if let Err(e) = conn.await {
@@ -292,10 +309,23 @@ impl HttpServer {
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        if let Err(e) = connection(self.state.clone(), io, peer).await {
+        if let Err(e) = connection(self.state.clone(), io, peer, Mode::Full).await {
             tracing::debug!(%peer, error = %e, "REST connection ended");
         }
     }
+}
+
+/// REST connections taken past the limit, for the emergency routes only.
+const EMERGENCY_RESERVE: usize = 64;
+/// Time a connection taken past the limit has to send its request head.
+const EMERGENCY_HEAD_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What a connection may ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Full,
+    /// Taken past the connection limit: `/emergency/*` and `/health` only.
+    EmergencyOnly,
 }
 
 /// One HTTP/1.1 connection on `io`.
@@ -303,6 +333,7 @@ fn connection<I>(
     state: Arc<State>,
     io: I,
     peer: SocketAddr,
+    mode: Mode,
 ) -> hyper::server::conn::http1::Connection<
     TokioIo<I>,
     impl hyper::service::Service<
@@ -315,11 +346,14 @@ fn connection<I>(
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let config = &state.config;
-    let (read_timeout, service_state) = (config.read_timeout, state.clone());
+    let read_timeout = match mode {
+        Mode::Full => state.config.read_timeout,
+        Mode::EmergencyOnly => state.config.read_timeout.min(EMERGENCY_HEAD_TIMEOUT),
+    };
+    let service_state = state.clone();
     let service = hyper::service::service_fn(move |req| {
         let state = service_state.clone();
-        async move { Ok::<_, std::convert::Infallible>(handle(&state, req, peer).await) }
+        async move { Ok::<_, std::convert::Infallible>(handle(&state, req, peer, mode).await) }
     });
     hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -388,13 +422,24 @@ fn authorized(state: &State, req: &Request<Incoming>) -> bool {
     token.len() == expected.len() && bool::from(token.as_bytes().ct_eq(expected))
 }
 
-async fn handle(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resp {
+async fn handle(state: &State, req: Request<Incoming>, peer: SocketAddr, mode: Mode) -> Resp {
     state
         .requests
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or("").to_owned();
+    if mode == Mode::EmergencyOnly && !(path.starts_with("/emergency/") || path == "/health") {
+        let mut resp = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "REST connection limit reached: only the emergency routes are served now; try again",
+        );
+        resp.headers_mut().insert(
+            hyper::header::RETRY_AFTER,
+            hyper::header::HeaderValue::from_static("1"),
+        );
+        return resp;
+    }
     let resp = route(state, req, &method, &path, &query).await;
     tracing::debug!(%peer, %method, %path, status = resp.status().as_u16(), "REST request");
     resp

@@ -169,13 +169,27 @@ async fn r04_slow_requests_are_cut_off_at_the_read_timeout() {
     );
 }
 
-/// R05: REST connections past the limit are closed at once, and the API
-/// answers again when they go.
+/// R05: slow clients holding every REST connection cannot lock out the
+/// emergency route: past the limit, a reserve of connections is served for
+/// the emergency routes only, with a 2 s head deadline; past the reserve,
+/// connections are closed at once. When they go, the API answers again.
 #[tokio::test]
-async fn r05_rest_connections_past_the_limit_are_closed() {
+async fn r05_rest_connections_past_the_limit_leave_the_emergency_route_open() {
     let dep =
         Deployment::start(&["--http-max-connections", "10", "--http-read-timeout", "30"]).await;
     let held: Vec<TcpStream> = (0..10)
+        .map(|_| TcpStream::connect(("127.0.0.1", dep.http_port)).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    // Past the limit: operators' routes answer 503, the emergency ones do.
+    let (status, body) = dep.http("GET", "/v1/clients", Some(&dep.token), None);
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(dep.http("GET", "/emergency/test", None, None).0, 200);
+    let (status, body) = dep.http("POST", "/emergency/shutdown", None, Some(b"{}"));
+    assert_eq!(status, 422, "the emergency route is served: {body}");
+    // Slow clients filling the reserve too are cut off at its short head
+    // deadline, and the reserve serves again.
+    let reserve: Vec<TcpStream> = (0..64)
         .map(|_| TcpStream::connect(("127.0.0.1", dep.http_port)).expect("connect"))
         .collect();
     std::thread::sleep(Duration::from_millis(200));
@@ -186,11 +200,16 @@ async fn r05_rest_connections_past_the_limit_are_closed() {
     let _ = extra.read_to_end(&mut answer);
     assert!(
         answer.is_empty(),
-        "over the limit: closed without an answer"
+        "past the reserve: closed without an answer"
     );
+    crate::support::eventually("the reserve serves again", || {
+        dep.http("GET", "/emergency/test", None, None).0 == 200
+    })
+    .await;
+    drop(reserve);
     drop(held);
     crate::support::eventually("the API answers again", || {
-        dep.http("GET", "/health", None, None).0 == 200
+        dep.http("GET", "/v1/clients", Some(&dep.token), None).0 == 200
     })
     .await;
 }
