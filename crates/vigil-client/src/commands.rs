@@ -81,6 +81,19 @@ pub(crate) struct Refused {
 }
 
 impl Refused {
+    /// A refusal of the command in `body`, named by its `command_id` when
+    /// it has one (it may be malformed).
+    pub(crate) fn of(body: &Map<String, Value>, code: &str, detail: String) -> Refused {
+        Refused {
+            command_id: body
+                .get("command_id")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            code: code.to_owned(),
+            detail,
+        }
+    }
+
     pub(crate) fn ack(&self) -> Ack {
         Ack {
             command_id: self.command_id.clone(),

@@ -543,14 +543,11 @@ impl Client {
         running: &Arc<tokio::sync::Semaphore>,
     ) -> Option<String> {
         let Some(settings) = &self.config.commands else {
-            let refused = Refused {
-                command_id: body
-                    .get("command_id")
-                    .and_then(|v| v.as_str())
-                    .map(str::to_owned),
-                code: "commands_disabled".into(),
-                detail: "this client takes no commands (no authorities configured)".into(),
-            };
+            let refused = Refused::of(
+                body,
+                "commands_disabled",
+                "this client takes no commands (no authorities configured)".into(),
+            );
             let _ = conn.notify(ClientRequest::Ack(refused.ack()), reference);
             return None;
         };
@@ -565,16 +562,13 @@ impl Client {
             match running.clone().try_acquire_owned() {
                 Ok(permit) => Some(permit),
                 Err(_) => {
-                    let refused = Refused {
-                        command_id: body
-                            .get("command_id")
-                            .and_then(|v| v.as_str())
-                            .map(str::to_owned),
-                        code: "busy".into(),
-                        detail: format!(
+                    let refused = Refused::of(
+                        body,
+                        "busy",
+                        format!(
                             "{MAX_RUNNING_COMMANDS} commands are already running; this one was not checked or recorded, send it again later"
                         ),
-                    };
+                    );
                     tracing::warn!(command_id = ?refused.command_id, "command refused: too many running");
                     let _ = conn.notify(ClientRequest::Ack(refused.ack()), reference);
                     return None;
@@ -590,14 +584,11 @@ impl Client {
                 .await
         };
         let checked = checked.unwrap_or_else(|e| {
-            Err(Refused {
-                command_id: body
-                    .get("command_id")
-                    .and_then(|v| v.as_str())
-                    .map(str::to_owned),
-                code: "internal".into(),
-                detail: format!("command check failed: {e}"),
-            })
+            Err(Refused::of(
+                body,
+                "internal",
+                format!("command check failed: {e}"),
+            ))
         });
         let accepted = match checked {
             Ok(a) => a,
