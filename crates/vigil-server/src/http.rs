@@ -663,9 +663,9 @@ fn server_error(e: ServerError) -> Resp {
 
 /// Longest command name `/send` takes.
 const MAX_COMMAND_NAME: usize = 64;
-/// Longest `reason` `/send` takes, in characters (at most 16 KiB of
-/// UTF-8, the most a client parses).
-const MAX_REASON_CHARS: usize = 4096;
+/// Longest `reason` `/send` takes, in characters: 4096, which in UTF-8
+/// (at most 4 bytes each) is never past what a client parses.
+const MAX_REASON_CHARS: usize = vigil_command::MAX_REASON_LEN / 4;
 
 /// A name for `/send`: what a client's `[commands]` table can be keyed by
 /// without quoting, and what a command name may hold in every client.
