@@ -462,8 +462,8 @@ impl ServerHandle {
         {
             unsigned.target_agent_id = Some(only.to_hex());
         }
-        // Arguments that cannot be signed the CIRIS way (an integer past
-        // 64 bits) are the request's fault, not the server's.
+        // Arguments with no canonical JSON form (a non-finite number, or
+        // nesting past the limit) are the caller's fault, not the server's.
         let signed = unsigned
             .sign(&authority.key)
             .map_err(|e| ServerError::BadCommand(e.to_string()))?;
@@ -489,6 +489,7 @@ impl ServerHandle {
             .await
             .map_err(|e| match e {
                 Relayed::Server(e) => e,
+                // The check above never refuses.
                 Relayed::Refused(r) => ServerError::Sign(r.message()),
             })
     }
