@@ -208,7 +208,9 @@ async fn w06_strangers_are_refused_in_the_handshake() {
     .with_protocol_versions(&[&vigil_auth::rustls::version::TLS13])
     .expect("tls 1.3")
     .dangerous()
-    .with_custom_certificate_verifier(std::sync::Arc::new(AnyServer))
+    .with_custom_certificate_verifier(std::sync::Arc::new(vigil_auth::PinnedServerVerifier::new(
+        dep.server_fingerprint(),
+    )))
     .with_no_client_auth();
     let tcp = tokio::net::TcpStream::connect(dep.addr())
         .await
@@ -245,52 +247,4 @@ async fn w06_strangers_are_refused_in_the_handshake() {
     })
     .await;
     dep.assert_serving().await;
-}
-
-/// Accepts any server certificate: the test is about the server's side.
-#[derive(Debug)]
-struct AnyServer;
-
-impl vigil_auth::rustls::client::danger::ServerCertVerifier for AnyServer {
-    fn verify_server_cert(
-        &self,
-        _: &vigil_auth::rustls::pki_types::CertificateDer<'_>,
-        _: &[vigil_auth::rustls::pki_types::CertificateDer<'_>],
-        _: &vigil_auth::rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: vigil_auth::rustls::pki_types::UnixTime,
-    ) -> Result<vigil_auth::rustls::client::danger::ServerCertVerified, vigil_auth::rustls::Error>
-    {
-        Ok(vigil_auth::rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &vigil_auth::rustls::pki_types::CertificateDer<'_>,
-        _: &vigil_auth::rustls::DigitallySignedStruct,
-    ) -> Result<
-        vigil_auth::rustls::client::danger::HandshakeSignatureValid,
-        vigil_auth::rustls::Error,
-    > {
-        Ok(vigil_auth::rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &vigil_auth::rustls::pki_types::CertificateDer<'_>,
-        _: &vigil_auth::rustls::DigitallySignedStruct,
-    ) -> Result<
-        vigil_auth::rustls::client::danger::HandshakeSignatureValid,
-        vigil_auth::rustls::Error,
-    > {
-        Ok(vigil_auth::rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<vigil_auth::rustls::SignatureScheme> {
-        vigil_auth::rustls::crypto::ring::default_provider()
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }
