@@ -121,6 +121,7 @@ fn allowed_internal_deps() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("vigil-modules", &["vigil-module-sdk"][..]),
         ("vigil-failsafe", &[][..]),
         ("vigil-audit", &[][..]),
+        ("vigil-log", &[][..]),
         (
             "vigil-server",
             &[

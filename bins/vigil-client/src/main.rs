@@ -158,6 +158,7 @@ struct FileConfig {
 }
 
 fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
+    vigil_auth::check_permissions(path, "config file")?;
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
@@ -213,6 +214,7 @@ fn resolve(cli: &Cli) -> anyhow::Result<ClientConfig> {
 
     let authorities = cli.authorities.clone().or(from_file(file.authorities));
     if let Some(path) = authorities {
+        vigil_auth::check_permissions(&path, "authorities file")?;
         let authorities = Authorities::load(&path)
             .with_context(|| format!("cannot load the authorities file {}", path.display()))?;
         let heartbeat_key = cli.heartbeat_key.clone().or(file.heartbeat_key).context(
@@ -231,9 +233,8 @@ fn resolve(cli: &Cli) -> anyhow::Result<ClientConfig> {
             .clone()
             .or(from_file(file.state_dir))
             .unwrap_or_else(|| "vigil-client-state".into());
-        std::fs::create_dir_all(&state_dir).with_context(|| {
-            format!("cannot create the state directory {}", state_dir.display())
-        })?;
+        vigil_auth::create_private_dir(&state_dir).context("cannot create the state directory")?;
+        vigil_auth::check_permissions(&state_dir, "state directory")?;
         let replay_path = state_dir.join("replay.log");
         let guard = ReplayGuard::open(&replay_path, std::time::SystemTime::now())
             .with_context(|| format!("cannot open the replay guard {}", replay_path.display()))?;
@@ -270,14 +271,13 @@ fn seconds(name: &str, value: f64) -> anyhow::Result<std::time::Duration> {
         .with_context(|| format!("{name} must be a positive number of seconds, got {value}"))
 }
 
+/// Logs to stderr, with line breaks and control characters in logged
+/// text escaped (attacker-chosen text cannot forge a line).
 fn init_logging() {
     let filter = std::env::var("VIGIL_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .init();
+    vigil_log::init(&filter);
 }
 
 async fn wait_for_signal() {

@@ -160,23 +160,10 @@ struct FileConfig {
 }
 
 fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
+    vigil_auth::check_permissions(path, "config file")?;
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
-}
-
-/// Creates `dir` (mode 0700) if it does not exist.
-fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder
-        .create(dir)
-        .with_context(|| format!("cannot create the data directory {}", dir.display()))
 }
 
 /// Reads the REST API token, or makes one (32 random bytes, hex) readable
@@ -184,6 +171,7 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
 fn load_or_make_token(path: &Path) -> anyhow::Result<String> {
     match std::fs::read_to_string(path) {
         Ok(text) => {
+            vigil_auth::check_key_permissions(path, "API token file")?;
             let token = text.trim().to_owned();
             anyhow::ensure!(
                 !token.is_empty(),
@@ -211,6 +199,7 @@ fn load_or_make_token(path: &Path) -> anyhow::Result<String> {
 /// Reads an Ed25519 signing key: base64 of its 32-byte seed, as
 /// `vigilctl init` and `vigilctl keygen` write it.
 fn load_signing_key(path: &Path) -> anyhow::Result<vigil_command::SigningKey> {
+    vigil_auth::check_key_permissions(path, "authority key")?;
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read authority key {}", path.display()))?;
     vigil_command::decode_signing_key(text.trim()).with_context(|| {
@@ -282,6 +271,7 @@ fn resolve(cli: Cli) -> anyhow::Result<(ServerConfig, HttpConfig, Watches)> {
             None
         }
     };
+    vigil_auth::check_permissions(&mods, "mods directory")?;
     let mut registry_config = RegistryConfig::new(&mods);
     if let Some(s) = cli.exec_timeout.or(file.exec_timeout) {
         registry_config.exec_timeout = seconds("exec_timeout", s)?;
@@ -334,7 +324,8 @@ fn resolve(cli: Cli) -> anyhow::Result<(ServerConfig, HttpConfig, Watches)> {
         .data_dir
         .or(from_file(file.data_dir))
         .unwrap_or_else(|| "vigil-data".into());
-    create_private_dir(&data_dir)?;
+    vigil_auth::create_private_dir(&data_dir).context("cannot create the data directory")?;
+    vigil_auth::check_permissions(&data_dir, "data directory")?;
     let token = match cli.api_token.or(file.api_token) {
         Some(t) => t,
         None => load_or_make_token(&data_dir.join("api-token"))?,
@@ -364,6 +355,7 @@ fn resolve(cli: Cli) -> anyhow::Result<(ServerConfig, HttpConfig, Watches)> {
         http.max_connections = n;
     }
     if let Some(path) = cli.authorities.or(from_file(file.authorities)) {
+        vigil_auth::check_permissions(&path, "authorities file")?;
         let authorities = vigil_command::Authorities::load(&path)
             .with_context(|| format!("cannot load the authorities file {}", path.display()))?;
         let replay_path = data_dir.join("relay-replay.log");
@@ -385,14 +377,13 @@ fn resolve(cli: Cli) -> anyhow::Result<(ServerConfig, HttpConfig, Watches)> {
     ))
 }
 
+/// Logs to stderr, with line breaks and control characters in logged
+/// text escaped (attacker-chosen text cannot forge a line).
 fn init_logging() {
     let filter = std::env::var("VIGIL_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .init();
+    vigil_log::init(&filter);
 }
 
 async fn wait_for_signal() -> &'static str {

@@ -3,7 +3,6 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context as _;
 use vigil_auth::{Fingerprint, GeneratedIdentity, TrustFile, write_file};
 use vigil_command::{Authorities, AuthorityKey, SigningKey, encode_public_key, encode_signing_key};
 
@@ -53,7 +52,7 @@ pub(crate) fn write(
     http_port: u16,
     force: bool,
 ) -> anyhow::Result<Written> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    vigil_auth::create_private_dir(dir)?;
     let names = [
         SERVER_CRT,
         SERVER_KEY,
@@ -78,9 +77,7 @@ pub(crate) fn write(
         }
     }
     for sub in [MODS, STATE] {
-        let path = dir.join(sub);
-        std::fs::create_dir_all(&path)
-            .with_context(|| format!("cannot create {}", path.display()))?;
+        vigil_auth::create_private_dir(&dir.join(sub))?;
     }
     let server = GeneratedIdentity::generate("vigil-server")?;
     let client = GeneratedIdentity::generate("vigil-client")?;

@@ -291,14 +291,13 @@ fn fingerprint(path: &std::path::Path) -> anyhow::Result<Fingerprint> {
     Fingerprint::of_cert_der(&certs[0]).with_context(|| path.display().to_string())
 }
 
+/// Logs to stderr, with line breaks and control characters in logged
+/// text escaped (attacker-chosen text cannot forge a line).
 fn init_logging(default: &str) {
     let filter = std::env::var("VIGIL_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| default.into());
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .init();
+    vigil_log::init(&filter);
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {

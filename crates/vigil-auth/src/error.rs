@@ -78,6 +78,15 @@ pub enum AuthError {
         /// The watcher's error.
         source: notify::Error,
     },
+    /// A file or directory that others may write (or replace): refused,
+    /// since whoever can write it decides what it says.
+    #[error("{path}: {detail}")]
+    Insecure {
+        /// The path.
+        path: PathBuf,
+        /// Who can write it, and how to fix it.
+        detail: String,
+    },
     /// Identity generation failed.
     #[error("cannot generate an identity: {0}")]
     Generate(#[from] rcgen::Error),

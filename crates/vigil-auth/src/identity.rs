@@ -104,6 +104,9 @@ impl Identity {
     /// Loads a PEM certificate chain and a PEM private key (PKCS#8, SEC1 or
     /// PKCS#1) and checks that they belong together.
     pub fn load(cert_path: &Path, key_path: &Path) -> Result<Identity, AuthError> {
+        // A key or certificate that others may replace is refused.
+        crate::check_permissions(cert_path, "certificate")?;
+        crate::check_key_permissions(key_path, "private key")?;
         let cert_pem = read(cert_path)?;
         let key_pem = read(key_path)?;
         Self::from_pem_named(&cert_pem, cert_path, &key_pem, key_path)

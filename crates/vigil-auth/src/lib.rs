@@ -13,6 +13,8 @@
 //! - [`server_config`] and [`client_config`] build rustls configurations
 //!   that are TLS 1.3 only, use the ring provider, and pin peers by
 //!   fingerprint while still checking the handshake signature.
+//! - [`check_permissions`] refuses a file that others may write (sshd's
+//!   `StrictModes`); loading an identity or a trust file checks it.
 //!
 //! ```
 //! use vigil_auth::{client_config, server_config, GeneratedIdentity, TrustStore};
@@ -29,12 +31,14 @@
 mod error;
 mod fingerprint;
 mod identity;
+mod perms;
 mod tls;
 mod trust;
 
 pub use error::AuthError;
 pub use fingerprint::{Fingerprint, FingerprintParseError};
 pub use identity::{GeneratedIdentity, Identity, certs_from_pem, write_file};
+pub use perms::{check_key_permissions, check_permissions, create_private_dir};
 pub use tls::{
     PeerRejected, PinnedClientVerifier, PinnedServerVerifier, client_config, peer_fingerprint,
     provider, refused_certificate_alert, server_config, wrong_server,

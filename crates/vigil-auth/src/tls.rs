@@ -229,14 +229,22 @@ impl ServerCertVerifier for PinnedServerVerifier {
 
 /// A server configuration: TLS 1.3 only, client certificates mandatory and
 /// checked against `trust` at each handshake.
+///
+/// Sessions are never resumed: no tickets are issued and no session is
+/// cached. A resumed TLS 1.3 handshake restores the client's certificate
+/// from the session without asking the verifier, so a key removed from
+/// the trust store could come back in on an old ticket. Every handshake
+/// is a full one, and every one asks the trust store.
 pub fn server_config(
     identity: &Identity,
     trust: TrustStore,
 ) -> Result<Arc<rustls::ServerConfig>, AuthError> {
-    let config = rustls::ServerConfig::builder_with_provider(provider())
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(Arc::new(PinnedClientVerifier::new(trust)))
         .with_single_cert(identity.certs().to_vec(), identity.key())?;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }
 
@@ -246,11 +254,13 @@ pub fn client_config(
     identity: &Identity,
     server: Fingerprint,
 ) -> Result<Arc<rustls::ClientConfig>, AuthError> {
-    let config = rustls::ClientConfig::builder_with_provider(provider())
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(PinnedServerVerifier::new(server)))
         .with_client_auth_cert(identity.certs().to_vec(), identity.key())?;
+    // vigil servers issue no session tickets (see `server_config`).
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(config))
 }
 

@@ -51,6 +51,9 @@ impl TrustFile {
 
     /// Reads and parses a trust file.
     pub fn read(path: &Path) -> Result<TrustFile, AuthError> {
+        // A trust file that others may write lets them in: refused, at
+        // start and at every reload.
+        crate::check_permissions(path, "trust file")?;
         let read_err = |source| AuthError::Read {
             path: path.to_owned(),
             source,

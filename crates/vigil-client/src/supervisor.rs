@@ -594,7 +594,7 @@ impl Client {
             Ok(a) => a,
             Err(refused) => {
                 tracing::warn!(
-                    command_id = ?refused.command_id, code = %refused.code, detail = %refused.detail,
+                    command_id = ?refused.command_id, code = %refused.code, detail = ?refused.detail,
                     "command refused"
                 );
                 let _ = conn.notify(ClientRequest::Ack(refused.ack()), reference);
@@ -612,11 +612,11 @@ impl Client {
         let cmd = accepted.command;
         tracing::info!(
             command_id = %cmd.command_id, command_type = %cmd.command_type, authority = %accepted.authority,
-            command = ?cmd.command, reason = %cmd.reason,
+            command = ?cmd.command, reason = ?cmd.reason,
             "verified command"
         );
         if cmd.command_type == SHUTDOWN_NOW {
-            tracing::error!(command_id = %cmd.command_id, reason = %cmd.reason, "SHUTDOWN_NOW: running break commands, then exiting");
+            tracing::error!(command_id = %cmd.command_id, reason = ?cmd.reason, "SHUTDOWN_NOW: running break commands, then exiting");
             let outcomes =
                 run_break_commands(settings.handler.as_ref(), &settings.break_commands).await;
             let ack = Ack {

@@ -418,16 +418,44 @@ impl ModuleRegistry {
 }
 
 /// Reads a module file. `Ok(None)` if it does not exist.
+///
+/// The file is opened without blocking and without following a symbolic
+/// link, then checked with `fstat` on the open descriptor: a FIFO (whose
+/// `open` for reading would wait for a writer forever), a device or a
+/// link is refused before a byte is read, and what is checked is what is
+/// read.
 fn read_module(path: &Path, max: u64) -> Result<Option<Vec<u8>>, String> {
     use std::io::Read as _;
-    let file = match std::fs::File::open(path) {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(
+        &mut options,
+        rustix::fs::OFlags::NONBLOCK.bits() as i32 | rustix::fs::OFlags::NOFOLLOW.bits() as i32,
+    );
+    let file = match options.open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        // O_NOFOLLOW on a symbolic link.
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+            return Err("a symbolic link, not a regular file".into());
+        }
         Err(e) => return Err(format!("cannot open: {e}")),
     };
     let meta = file.metadata().map_err(|e| format!("cannot stat: {e}"))?;
     if !meta.is_file() {
         return Err("not a regular file".into());
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        // Whoever may write the file may choose the code that runs.
+        if meta.permissions().mode() & 0o022 != 0 {
+            return Err(format!(
+                "writable by group or others (mode {:o}): only the owner may be able to change a module (chmod go-w)",
+                meta.permissions().mode() & 0o7777
+            ));
+        }
     }
     if meta.len() > max {
         return Err(format!(

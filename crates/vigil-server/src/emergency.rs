@@ -85,7 +85,7 @@ async fn audit(
 
 /// Logs, audits and answers a refusal.
 async fn refuse(server: &ServerHandle, command: &SignedCommand, refusal: &Refusal) -> Resp {
-    tracing::error!(command_id = %command.command_id, code = refusal.code(), detail = %refusal.message(), "EMERGENCY SHUTDOWN refused");
+    tracing::error!(command_id = %command.command_id, code = refusal.code(), detail = ?refusal.message(), "EMERGENCY SHUTDOWN refused");
     if let Err(resp) = audit(
         server,
         "refused",
@@ -123,7 +123,7 @@ pub(crate) async fn shutdown(
     };
     tracing::error!(
         command_id = %command.command_id, wa_id = %command.wa_id,
-        target = ?command.target_agent_id, reason = %command.reason,
+        target = ?command.target_agent_id, reason = ?command.reason,
         "EMERGENCY SHUTDOWN attempt"
     );
     if command.command_type != "SHUTDOWN_NOW" {
@@ -177,20 +177,24 @@ pub(crate) async fn shutdown(
         },
         None => Plan::Everyone,
     };
+    // What the clients get: the command with this server's id appended to
+    // its (unsigned) relay chain. A copy they would refuse (a chain
+    // already at their limit) is refused here, before its id is spent.
+    let mut relayed = command.clone();
+    relayed.relay_chain.push(own.clone());
+    let raw = relayed.to_json();
+    if let Err(e) = SignedCommand::from_json(raw.as_bytes()) {
+        let refusal = Refusal::Malformed {
+            detail: format!("cannot relay it: once this server's id is added, {e}"),
+        };
+        return refuse(server, &command, &refusal).await;
+    }
     // Recorded before its id is spent: a command that cannot be recorded
     // (503) can be sent again once the audit log is writable.
     if let Err(resp) = audit(server, "verified", Some(&command), Value::Null).await {
         return resp;
     }
-    // The id is spent only now that the command is deliverable and
-    // recorded.
-    if let Err(refusal) = relay.record(&verified).await {
-        return refuse(server, &command, &refusal).await;
-    }
     let initiated = now_iso();
-    let mut relayed = command.clone();
-    relayed.relay_chain.push(own.clone());
-    let raw = relayed.to_json();
     let mut services_stopped: Vec<String> = Vec::new();
     let mut final_message_sent = false;
     let target = match &plan {
@@ -205,10 +209,18 @@ pub(crate) async fn shutdown(
         }
     };
     if let Some(target) = target {
-        match server
-            .relay(&relayed, raw.as_bytes(), &target, "emergency")
-            .await
-        {
+        // The id is spent once the relayed command is recorded, just
+        // before it is sent.
+        let relayed = server
+            .relay_checked(
+                &relayed,
+                raw.as_bytes(),
+                &target,
+                "emergency",
+                relay.record(&verified),
+            )
+            .await;
+        match relayed {
             Ok(delivery) => {
                 let report = delivery.wait(ACK_WAIT).await;
                 final_message_sent = crate::http::all_done(&report);
@@ -219,11 +231,22 @@ pub(crate) async fn shutdown(
                     .count();
                 services_stopped.push(format!("agents:{acked}/{}", report.outcomes.len()));
             }
-            Err(e) => return detail(StatusCode::SERVICE_UNAVAILABLE, e),
+            Err(crate::server::Relayed::Refused(refusal)) => {
+                return refuse(server, &command, &refusal).await;
+            }
+            Err(crate::server::Relayed::Server(e)) => {
+                return crate::http::server_error(e);
+            }
         }
-    } else if matches!(plan, Plan::Everyone) {
-        // Nobody to tell: the message reached every agent there is.
-        final_message_sent = true;
+    } else {
+        // Nobody to relay to: the id is spent now.
+        if let Err(refusal) = relay.record(&verified).await {
+            return refuse(server, &command, &refusal).await;
+        }
+        if matches!(plan, Plan::Everyone) {
+            // Nobody to tell: the message reached every agent there is.
+            final_message_sent = true;
+        }
     }
     let stops_server = !matches!(plan, Plan::Client(_));
     let (completed, exit_code) = if stops_server {

@@ -652,7 +652,7 @@ async fn answer(delivery: crate::Delivery, wait: Option<Duration>) -> Resp {
     }
 }
 
-fn server_error(e: ServerError) -> Resp {
+pub(crate) fn server_error(e: ServerError) -> Resp {
     match e {
         ServerError::Audit(_) => error(StatusCode::SERVICE_UNAVAILABLE, e),
         ServerError::NoAuthority => error(StatusCode::SERVICE_UNAVAILABLE, e),

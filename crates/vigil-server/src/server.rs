@@ -467,11 +467,9 @@ impl ServerHandle {
         let signed = unsigned
             .sign(&authority.key)
             .map_err(|e| ServerError::BadCommand(e.to_string()))?;
+        // `relay` parses it as clients will: one they would refuse as
+        // malformed (a field past its length limit) is refused there.
         let raw = signed.to_json();
-        // What clients will parse: a command they would refuse as malformed
-        // (a field past its length limit) is refused here instead.
-        vigil_command::SignedCommand::from_json(raw.as_bytes())
-            .map_err(|e| ServerError::BadCommand(e.to_string()))?;
         self.relay(&signed, raw.as_bytes(), target, "send").await
     }
 
@@ -511,6 +509,14 @@ impl ServerHandle {
             return Err(Relayed::Server(ServerError::Sign(
                 "a relayed command must be one line of JSON".into(),
             )));
+        }
+        // What the clients will parse: bytes they would refuse as
+        // malformed (a field or a list past its limit) are refused here,
+        // before anything is recorded or any id is spent.
+        if let Err(e) = vigil_command::SignedCommand::from_json(raw) {
+            return Err(Relayed::Server(ServerError::BadCommand(format!(
+                "clients would refuse it: {e}"
+            ))));
         }
         self.audit(
             "command.issued",
@@ -845,6 +851,18 @@ async fn connection(
         tracing::error!(%peer, "handshake completed without a client certificate");
         return;
     };
+    // The verifier asked the trust store during the handshake; ask again,
+    // so that nothing is counted or recorded as accepted for a key that
+    // is not trusted now (one revoked a moment ago, say).
+    if !shared.config.trust.is_trusted(&fingerprint) {
+        shared.stats.handshakes_failed.inc();
+        tracing::warn!(%peer, client = %fingerprint, "handshake refused: the key is not trusted");
+        shared.audit_later(
+            "handshake.refused",
+            serde_json::json!({"peer": peer.to_string(), "fingerprint": fingerprint.to_hex(), "error": "key not trusted"}),
+        );
+        return;
+    }
     shared.stats.handshakes_ok.inc();
     shared.audit_later(
         "handshake.accepted",

@@ -597,7 +597,7 @@ where
         counter.inc();
         match ack.status {
             AckStatus::Refused => tracing::warn!(
-                command_id = ?ack.command_id, code = ?ack.code, detail = %ack.detail,
+                command_id = ?ack.command_id, code = ?ack.code, detail = ?ack.detail,
                 "client refused a command"
             ),
             _ => {

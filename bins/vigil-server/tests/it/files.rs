@@ -46,6 +46,16 @@ async fn listed(conn: &Connection, name: &str) -> String {
     }
 }
 
+/// The names of the modules the server lists.
+async fn names(conn: &Connection) -> Vec<String> {
+    conn.sync()
+        .await
+        .expect("sync")
+        .into_iter()
+        .map(|m| m.name)
+        .collect()
+}
+
 fn server_error(result: Result<String, ClientError>) -> vigil_proto::ErrorBody {
     match result {
         Err(ClientError::Server(body)) => body,
@@ -112,16 +122,40 @@ async fn m01_to_m06_hostile_module_files_are_rejected() {
         conn.exec("hello.so", "b", &sum).await.expect("runs"),
         "Hello, b!"
     );
-    let names: Vec<String> = conn
-        .sync()
-        .await
-        .expect("sync")
-        .into_iter()
-        .map(|m| m.name)
-        .collect();
-    assert_eq!(names, vec!["hello.so".to_owned()]);
+    assert_eq!(names(&conn).await, vec!["hello.so".to_owned()]);
     dep.assert_serving().await;
     dep.assert_memory_bounded(rss, 8 * 1024);
+}
+
+fn mkfifo(path: &Path) {
+    let status = Command::new("mkfifo").arg(path).status().expect("mkfifo");
+    assert!(status.success(), "mkfifo {}", path.display());
+}
+
+/// M09: a FIFO with a module's name, in the mods directory at start and
+/// renamed in while the server runs (opening one for reading blocks until
+/// a writer comes): the server starts, skips it as not a regular file, and
+/// hot reload goes on (a module deployed after it is loaded and served).
+#[tokio::test]
+async fn m09_a_fifo_in_the_mods_directory_is_skipped() {
+    let dep = Deployment::start_after(&[], |dir| mkfifo(&dir.join("mods/pipe.so"))).await;
+    dep.server.wait_logged("pipe.so").await;
+    mkfifo(&dep.path("mods/.later.tmp"));
+    std::fs::rename(dep.path("mods/.later.tmp"), dep.path("mods/later.so")).expect("rename");
+    let hello = std::fs::read(module("mods/hello", &[])).expect("hello");
+    deploy(&dep, "hello.so", &hello);
+    let conn = connect(&dep).await;
+    let sum = listed(&conn, "hello.so").await;
+    assert_eq!(
+        conn.exec("hello.so", "fifo", &sum).await.expect("runs"),
+        "Hello, fifo!"
+    );
+    assert_eq!(names(&conn).await, vec!["hello.so".to_owned()]);
+    assert!(
+        dep.server.logged("later.so"),
+        "the second FIFO was looked at and skipped"
+    );
+    dep.assert_serving().await;
 }
 
 /// M07, M08: a module that panics or hangs gets an error frame; the server
@@ -246,5 +280,148 @@ async fn t06_a_trust_file_turned_to_garbage_keeps_the_last_good_list() {
     assert!(Connection::connect(&config).await.is_err(), "revoked");
     dep.write_trust(&trusted);
     eventually("trusted again", || dep.server.logged("fingerprint added")).await;
+    dep.assert_serving().await;
+}
+
+fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path).expect("stat").permissions().mode() & 0o7777
+}
+
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// T07: files anyone may write. `vigilctl init` under umask 000 makes its
+/// directories 0700 (not 0777); a server or client whose trust file,
+/// authorities file, keys, config, mods or data directory is writable by
+/// others refuses to start (exit 2, naming the path); a trust file made
+/// writable by others while the server runs is not reloaded; a module file
+/// writable by others is not loaded.
+#[tokio::test]
+async fn t07_files_writable_by_others_are_refused() {
+    // init under umask 000.
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let dir = scratch.path().join("init");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "umask 000 && exec {:?} init {:?}",
+            bin("vigilctl"),
+            dir
+        ))
+        .output()
+        .expect("vigilctl init");
+    assert!(out.status.success(), "{out:?}");
+    for sub in ["", "mods", "client-state"] {
+        let path = dir.join(sub);
+        assert_eq!(mode_of(&path), 0o700, "{}", path.display());
+    }
+    for name in [
+        "server.key",
+        "client.key",
+        "authority.key",
+        "operator.key",
+        "trusted-keys.json",
+        "authorities.json",
+        "server.toml",
+        "client.toml",
+    ] {
+        let mode = mode_of(&dir.join(name));
+        assert_eq!(mode & 0o022, 0, "{name} is mode {mode:o}");
+    }
+
+    let dep = Deployment::start(&[]).await;
+    // Started with a path others may write, a program exits 2 and says
+    // which path and why.
+    let refuses = |program: &str, what: &str, path: &Path| {
+        let mut cmd = Command::new(bin(program));
+        if program == "vigil-server" {
+            cmd.arg("--config")
+                .arg(dep.path("server.toml"))
+                .arg("--data-dir")
+                .arg(dep.path("other-data"))
+                .args(["--port", &free_port().to_string()])
+                .args(["--http-port", &free_port().to_string()]);
+        } else {
+            cmd.arg("--config").arg(dep.path("client.toml")).arg("sync");
+        }
+        let out = cmd.output().expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{program}, {what}: {stderr}");
+        assert!(
+            stderr.contains(&path.display().to_string()) && stderr.contains("writable by others"),
+            "{program}, {what}: the message names the path and says why: {stderr}"
+        );
+    };
+    for (program, what, name, mode) in [
+        ("vigil-server", "trust file", "trusted-keys.json", 0o666),
+        (
+            "vigil-server",
+            "authorities file",
+            "authorities.json",
+            0o666,
+        ),
+        ("vigil-server", "TLS key", "server.key", 0o602),
+        ("vigil-server", "authority key", "authority.key", 0o602),
+        ("vigil-server", "config file", "server.toml", 0o666),
+        ("vigil-server", "mods directory", "mods", 0o777),
+        ("vigil-client", "TLS key", "client.key", 0o602),
+        (
+            "vigil-client",
+            "authorities file",
+            "authorities.json",
+            0o666,
+        ),
+        ("vigil-client", "config file", "client.toml", 0o666),
+        ("vigil-client", "state directory", "client-state", 0o777),
+    ] {
+        let path = dep.path(name);
+        let before = mode_of(&path);
+        chmod(&path, mode);
+        refuses(program, what, &path);
+        chmod(&path, before);
+    }
+    std::fs::create_dir_all(dep.path("other-data")).expect("mkdir");
+    chmod(&dep.path("other-data"), 0o777);
+    refuses("vigil-server", "data directory", &dep.path("other-data"));
+
+    // While running: a trust file anyone may write is not reloaded.
+    let stranger = vigil_auth::GeneratedIdentity::generate("x")
+        .expect("identity")
+        .identity()
+        .expect("identity");
+    let mut trusted = dep.trusted();
+    trusted.push(stranger.fingerprint());
+    let trust = dep.path("trusted-keys.json");
+    chmod(&trust, 0o666);
+    std::fs::write(
+        &trust,
+        vigil_auth::TrustFile {
+            trusted_fingerprints: trusted,
+        }
+        .to_json(),
+    )
+    .expect("rewrite in place");
+    dep.server.wait_logged("writable by others").await;
+    let config = ClientConfig::new(dep.addr().to_string(), stranger, dep.server_fingerprint());
+    assert!(
+        Connection::connect(&config).await.is_err(),
+        "the stranger added to a file anyone may write is still refused"
+    );
+
+    // A module file anyone may write is not loaded.
+    let hello = std::fs::read(module("mods/hello", &[])).expect("hello");
+    let tmp = dep.path("mods/.open.tmp");
+    std::fs::write(&tmp, &hello).expect("write");
+    chmod(&tmp, 0o666);
+    std::fs::rename(&tmp, dep.path("mods/open.so")).expect("rename");
+    eventually("the module writable by others is rejected", || {
+        dep.server.logged("open.so") && dep.server.logged("writable by")
+    })
+    .await;
+    let conn = connect(&dep).await;
+    assert!(conn.sync().await.expect("sync").is_empty());
     dep.assert_serving().await;
 }

@@ -271,3 +271,133 @@ async fn r06_bad_signed_commands_are_refused_by_the_relay() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(post(ok).0, 409, "replayed");
 }
+
+/// A line a log forger would like to see: it starts as tracing's lines do.
+const FORGED: &str = "\n2026-01-01T00:00:00.000000Z ERROR vigil_server::emergency: FORGED EMERGENCY SHUTDOWN accepted\r\u{1b}[2K";
+
+/// Whether any log line starts like the forged one.
+fn forged_line(lines: &[String]) -> Option<String> {
+    lines
+        .iter()
+        .find(|l| l.starts_with("2026-01-01T00:00:00") || l.trim_start().starts_with("FORGED"))
+        .cloned()
+}
+
+/// R07: attacker-chosen text with line breaks and control characters (an
+/// emergency command's `reason`, a field name in a malformed body, a
+/// relayed command's `reason` that the client logs) reaches the server's
+/// and the client's logs escaped: no line is forged.
+#[tokio::test]
+async fn r07_attacker_text_cannot_forge_log_lines() {
+    let dep = Deployment::start(&[]).await;
+    let client = dep.client("", &[]);
+    crate::support::eventually("the client connected", || {
+        dep.metric("vigil_connections") == 1
+    })
+    .await;
+    let stranger = vigil_command::generate_signing_key().expect("key");
+    let now = crate::commands::now();
+    // A SHUTDOWN_NOW signed by a key nobody enrolled, its reason a forged
+    // line: refused (403) and logged.
+    let shutdown = crate::commands::signed(&stranger, "wa_x", "r07-a", "SHUTDOWN_NOW", now, |c| {
+        c.command = None;
+        c.reason = FORGED.to_owned();
+    });
+    let (status, body) = dep.http(
+        "POST",
+        "/emergency/shutdown",
+        None,
+        Some(serde_json::to_string(&shutdown).expect("json").as_bytes()),
+    );
+    assert_eq!(status, 403, "{body}");
+    // A malformed body whose unknown field's name is a forged line.
+    let mut malformed = serde_json::to_value(&shutdown).expect("json");
+    malformed[FORGED] = json!(1);
+    let (status, body) = dep.http(
+        "POST",
+        "/emergency/shutdown",
+        None,
+        Some(malformed.to_string().as_bytes()),
+    );
+    assert_eq!(status, 422, "{body}");
+    // A genuine command whose reason is a forged line, relayed to the
+    // client, which logs the reason of what it verified.
+    let operator = crate::commands::operator_key(&dep);
+    let relayed = crate::commands::signed(&operator, "wa_operator", "r07-c", "RUN", now, |c| {
+        c.reason = FORGED.to_owned();
+    });
+    let (status, body) = dep.http(
+        "POST",
+        "/v1/commands?wait=5",
+        Some(&dep.token),
+        Some(serde_json::to_string(&relayed).expect("json").as_bytes()),
+    );
+    assert_eq!(status, 200, "{body}");
+    dep.server.wait_logged("malformed command").await;
+    client.wait_logged("verified command").await;
+    for (who, lines) in [("server", dep.server.lines()), ("client", client.lines())] {
+        assert_eq!(forged_line(&lines), None, "{who}: a log line was forged");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("FORGED EMERGENCY SHUTDOWN")),
+            "{who}: the text was logged (escaped)"
+        );
+        assert!(
+            !lines
+                .iter()
+                .any(|l| l.contains('\u{1b}') || l.contains('\r')),
+            "{who}: a control character reached the log"
+        );
+    }
+    dep.assert_serving().await;
+}
+
+/// R08: the unsigned `relay_chain` of a genuine emergency shutdown padded
+/// to the clients' limit of 64 entries, so that the server's own entry
+/// would take it past the limit and the client would refuse it: the
+/// server refuses it (422) before the command's id is spent, and the
+/// genuine command then goes through.
+#[tokio::test]
+async fn r08_a_padded_relay_chain_is_refused_before_the_id_is_spent() {
+    let dep = Deployment::start(&[]).await;
+    let mut client = dep.client("", &[]);
+    crate::support::eventually("the client connected", || {
+        dep.metric("vigil_connections") == 1
+    })
+    .await;
+    let operator = crate::commands::operator_key(&dep);
+    let me = dep.client_identity().fingerprint().to_hex();
+    let genuine = crate::commands::signed(
+        &operator,
+        "wa_operator",
+        "r08",
+        "SHUTDOWN_NOW",
+        crate::commands::now(),
+        |c| {
+            c.command = None;
+            c.target_agent_id = Some(me.clone());
+        },
+    );
+    let mut padded = genuine.clone();
+    padded.relay_chain = (0..64).map(|i| format!("relay-{i}")).collect();
+    let (status, body) = dep.http(
+        "POST",
+        "/emergency/shutdown",
+        None,
+        Some(serde_json::to_string(&padded).expect("json").as_bytes()),
+    );
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(dep.metric("vigil_commands_total{outcome=\"sent\"}"), 0);
+    let (status, body) = dep.http(
+        "POST",
+        "/emergency/shutdown",
+        None,
+        Some(serde_json::to_string(&genuine).expect("json").as_bytes()),
+    );
+    assert_eq!(status, 200, "the genuine command was refused: {body}");
+    assert_eq!(body["data"]["services_stopped"][0], "agents:1/1", "{body}");
+    let status = client.exited().await;
+    assert!(status.success(), "the client obeyed: {status:?}");
+    dep.assert_serving().await;
+}

@@ -95,6 +95,14 @@ impl Proc {
             .any(|l| l.contains(needle))
     }
 
+    /// Every log line so far.
+    pub(crate) fn lines(&self) -> Vec<String> {
+        self.lines
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     /// Waits until a log line holds `needle`.
     pub(crate) async fn wait_logged(&self, needle: &str) {
         let deadline = Instant::now() + WAIT;
@@ -156,6 +164,12 @@ pub(crate) struct Deployment {
 impl Deployment {
     /// A deployment with a server started with `args` added to its config.
     pub(crate) async fn start(args: &[&str]) -> Deployment {
+        Deployment::start_after(args, |_| {}).await
+    }
+
+    /// As [`Deployment::start`], with `prepare` run on the directory
+    /// `vigilctl init` wrote before the server starts.
+    pub(crate) async fn start_after(args: &[&str], prepare: impl FnOnce(&Path)) -> Deployment {
         let dir = tempfile::tempdir().expect("tempdir");
         let (port, http_port) = (free_port(), free_port());
         let out = Command::new(bin("vigilctl"))
@@ -166,6 +180,7 @@ impl Deployment {
             .output()
             .expect("vigilctl init");
         assert!(out.status.success(), "{out:?}");
+        prepare(dir.path());
         let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
         let server = start_server(dir.path(), &args).await;
         let token = std::fs::read_to_string(dir.path().join("server-data/api-token"))

@@ -248,3 +248,57 @@ async fn w06_strangers_are_refused_in_the_handshake() {
     .await;
     dep.assert_serving().await;
 }
+
+/// The audit records of `kind` in the deployment's audit log.
+pub(crate) fn audit_records(dep: &Deployment, kind: &str) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(dep.path("server-data/audit.jsonl")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|r| r["kind"] == kind)
+        .collect()
+}
+
+/// W07: a client whose key was removed from the trust file offers the TLS
+/// 1.3 session ticket it got while it was trusted (rustls restores a
+/// resumed client's certificate from its session cache without asking the
+/// verifier). It is refused in the handshake, and audited as refused, never
+/// as accepted.
+#[tokio::test]
+async fn w07_a_revoked_key_cannot_resume_its_tls_session() {
+    let dep = Deployment::start(&[]).await;
+    let identity = dep.client_identity();
+    // One client configuration, so that its session cache is kept.
+    let config = vigil_auth::client_config(&identity, dep.server_fingerprint()).expect("config");
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let name = vigil_auth::rustls::pki_types::ServerName::try_from("vigil").expect("name");
+    let connect = || async {
+        let tcp = tokio::net::TcpStream::connect(dep.addr())
+            .await
+            .expect("connect");
+        connector.connect(name.clone(), tcp).await
+    };
+    let mut first = connect().await.expect("trusted: handshake");
+    // The tickets come after the handshake; a round trip reads them.
+    assert!(ask(&mut first, b"sys:ping:a {}\n", "a").await.is_some());
+    drop(first);
+    let accepted = audit_records(&dep, "handshake.accepted").len();
+    dep.write_trust(&[]);
+    dep.server.wait_logged("trust: fingerprint removed").await;
+    // The second handshake offers the ticket; a refused client learns it
+    // on its first read (TLS 1.3).
+    let refused = match connect().await {
+        Err(_) => true,
+        Ok(mut tls) => ask(&mut tls, b"sys:ping:b {}\n", "b").await.is_none(),
+    };
+    assert!(refused, "a revoked key was served");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        audit_records(&dep, "handshake.accepted").len(),
+        accepted,
+        "the revoked key's handshake was audited as accepted"
+    );
+    assert!(dep.metric("vigil_handshakes_total{result=\"failed\"}") >= 1);
+    dep.write_trust(&[identity.fingerprint()]);
+    dep.server.wait_logged("trust: fingerprint added").await;
+    dep.assert_serving().await;
+}
