@@ -86,6 +86,13 @@ struct Cli {
     /// [default: this client's key fingerprint].
     #[arg(long, env = "VIGIL_AGENT_ID", value_name = "ID", global = true)]
     agent_id: Option<String>,
+    /// This agent's place in the agent tree, root first, entries separated
+    /// by `/` (e.g. fleet-a/rack-3/web-1). A command scoped by
+    /// target_tree_path runs here only if that path leads to this place
+    /// (is a prefix of it); without a tree path, every scoped command is
+    /// refused. Told to the server, which routes scoped commands by it.
+    #[arg(long, env = "VIGIL_TREE_PATH", value_name = "PATH", global = true)]
+    tree_path: Option<String>,
     /// Directory for state that must survive a restart (the replay guard)
     /// [default: vigil-client-state].
     #[arg(long, env = "VIGIL_STATE_DIR", value_name = "DIR", global = true)]
@@ -144,6 +151,7 @@ struct FileConfig {
     authorities: Option<PathBuf>,
     heartbeat_key: Option<String>,
     agent_id: Option<String>,
+    tree_path: Option<Vec<String>>,
     state_dir: Option<PathBuf>,
     failsafe_timeout: Option<f64>,
     ping_interval: Option<f64>,
@@ -212,6 +220,8 @@ fn resolve(cli: &Cli) -> anyhow::Result<ClientConfig> {
         config.liveness_timeout = seconds("liveness_timeout", s)?;
     }
 
+    let tree_path = vigil_proto::tree_path_of(cli.tree_path.as_deref(), file.tree_path.clone())
+        .map_err(anyhow::Error::msg)?;
     let authorities = cli.authorities.clone().or(from_file(file.authorities));
     if let Some(path) = authorities {
         vigil_auth::check_permissions(&path, "authorities file")?;
@@ -238,10 +248,17 @@ fn resolve(cli: &Cli) -> anyhow::Result<ClientConfig> {
         let replay_path = state_dir.join("replay.log");
         let guard = ReplayGuard::open(&replay_path, std::time::SystemTime::now())
             .with_context(|| format!("cannot open the replay guard {}", replay_path.display()))?;
-        let verifier = Verifier::new(authorities)
+        let mut verifier = Verifier::new(authorities)
             .with_supported_types([vigil_client::RUN, vigil_client::SHUTDOWN_NOW])
             .with_own_agent_id(agent_id.clone())
             .with_replay_guard(Arc::new(guard));
+        if let Some(path) = &tree_path {
+            verifier = verifier.with_own_tree_path(path.clone());
+        }
+        config.hello = Some(vigil_proto::Hello {
+            agent_id: Some(agent_id.clone()),
+            tree_path: tree_path.clone().unwrap_or_default(),
+        });
         let handler = ProgramHandler::new(file.commands);
         let mut settings = CommandSettings::new(verifier, heartbeat_key, Arc::new(handler));
         if let Some(s) = cli.failsafe_timeout.or(file.failsafe_timeout) {

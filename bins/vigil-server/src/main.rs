@@ -128,6 +128,20 @@ struct Cli {
     /// Most REST connections at once [default: 1024].
     #[arg(long, env = "VIGIL_HTTP_MAX_CONNECTIONS", value_name = "N")]
     http_max_connections: Option<usize>,
+    /// Most commands written to one client and not yet answered; the rest
+    /// wait at the server (up to --max-outbound-kib), past which a command
+    /// is not queued (queue_full) [default: 64].
+    #[arg(long, env = "VIGIL_COMMAND_WINDOW", value_name = "N")]
+    command_window: Option<usize>,
+    /// Seconds a client has to answer a command; past it the command's
+    /// outcome is "unanswered" [default: 600].
+    #[arg(long, env = "VIGIL_ACK_TIMEOUT", value_name = "SECS")]
+    ack_timeout: Option<f64>,
+    /// This server's place in the agent tree, root first, entries separated
+    /// by `/`: an emergency shutdown scoped to a subtree stops the server
+    /// only if this place is in it [default: none, the root].
+    #[arg(long, env = "VIGIL_TREE_PATH", value_name = "PATH")]
+    tree_path: Option<String>,
 }
 
 /// The TOML file: the same settings as the flags.
@@ -157,6 +171,9 @@ struct FileConfig {
     write_stall_timeout: Option<f64>,
     http_read_timeout: Option<f64>,
     http_max_connections: Option<usize>,
+    command_window: Option<usize>,
+    ack_timeout: Option<f64>,
+    tree_path: Option<Vec<String>>,
 }
 
 fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
@@ -318,6 +335,18 @@ fn resolve(cli: Cli) -> anyhow::Result<(ServerConfig, HttpConfig, Watches)> {
     }
     if let Some(s) = cli.write_stall_timeout.or(file.write_stall_timeout) {
         config.write_stall_timeout = seconds("write_stall_timeout", s)?;
+    }
+    if let Some(n) = cli.command_window.or(file.command_window) {
+        anyhow::ensure!(n > 0, "command_window must be at least 1");
+        config.command_window = n;
+    }
+    if let Some(s) = cli.ack_timeout.or(file.ack_timeout) {
+        config.ack_timeout = seconds("ack_timeout", s)?;
+    }
+    if let Some(path) = vigil_proto::tree_path_of(cli.tree_path.as_deref(), file.tree_path)
+        .map_err(anyhow::Error::msg)?
+    {
+        config.tree_path = path;
     }
     // State: token, audit log, replay guard.
     let data_dir = cli

@@ -158,7 +158,7 @@ fn send_sign_relay_and_the_listings_work_against_a_running_server() {
     let out = ctl(d, &["send", "greet", "--client", &"ab".repeat(32)]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        stderr(&out).contains("is not connected"),
+        stderr(&out).contains("no connected agent"),
         "{}",
         stderr(&out)
     );
@@ -788,7 +788,8 @@ fn keygen_and_sign_work_offline_and_verify_with_the_library() {
     .expect("authorities");
     let verifier = vigil_command::Verifier::new(authorities)
         .with_supported_types(["RUN", "SHUTDOWN_NOW"])
-        .with_own_agent_id("agent-1");
+        .with_own_agent_id("agent-1")
+        .with_own_tree_path(vec!["root".into(), "agent-1".into()]);
 
     // Signed from flags: verifies, with every field as given. The API
     // address points nowhere: signing never touches the network.

@@ -61,6 +61,13 @@ impl Fingerprint {
         std::str::from_utf8(buf).unwrap_or_default()
     }
 
+    /// Whether `text` is this fingerprint in lowercase hex, as
+    /// [`to_hex`](Self::to_hex) writes it, without allocating.
+    pub fn hex_eq(&self, text: &str) -> bool {
+        let mut buf = [0u8; 64];
+        self.hex_in(&mut buf) == text
+    }
+
     /// The first 12 hex digits, for logs.
     pub fn short(&self) -> String {
         hex::encode(&self.0[..6])

@@ -105,39 +105,52 @@ impl Refused {
     }
 }
 
-/// Parses and verifies a `cmd:exec` payload.
-pub(crate) fn check_command(
+/// Parses and verifies `cmd:exec` payloads, one answer each in order;
+/// the ids of those accepted are recorded in the replay guard together
+/// (one `fsync`).
+pub(crate) fn check_commands(
     verifier: &Verifier,
-    body: &Map<String, Value>,
+    bodies: &[Map<String, Value>],
     now: SystemTime,
-) -> Result<Accepted, Refused> {
-    let command_id = body
-        .get("command_id")
-        .and_then(Value::as_str)
-        .map(str::to_owned);
-    let raw = serde_json::to_vec(body).unwrap_or_default();
-    let command = SignedCommand::from_json(&raw).map_err(|e| {
-        // The parse error's own code tells a timestamp without an offset
-        // from other malformed input.
-        let code = e.code().to_owned();
-        let refusal = Refusal::from(e);
-        Refused {
-            command_id: command_id.clone(),
-            code,
-            detail: refusal.message(),
+) -> Vec<Result<Accepted, Refused>> {
+    let mut answers: Vec<Option<Result<Accepted, Refused>>> = Vec::with_capacity(bodies.len());
+    let mut parsed: Vec<(usize, SignedCommand)> = Vec::with_capacity(bodies.len());
+    for (i, body) in bodies.iter().enumerate() {
+        let raw = serde_json::to_vec(body).unwrap_or_default();
+        match SignedCommand::from_json(&raw) {
+            Ok(command) => {
+                parsed.push((i, command));
+                answers.push(None);
+            }
+            Err(e) => {
+                // The parse error's own code tells a timestamp without an
+                // offset from other malformed input.
+                let code = e.code();
+                answers.push(Some(Err(Refused::of(
+                    body,
+                    code,
+                    Refusal::from(e).message(),
+                ))));
+            }
         }
-    })?;
-    match verifier.verify(&command, now) {
-        Ok(verified) => Ok(Accepted {
-            authority: verified.authority_id().to_owned(),
-            command: verified.into_command(),
-        }),
-        Err(refusal) => Err(Refused {
-            command_id,
-            code: refusal.code().to_owned(),
-            detail: refusal.message(),
-        }),
     }
+    let commands: Vec<SignedCommand> = parsed.iter().map(|(_, c)| c.clone()).collect();
+    for ((i, _), verdict) in parsed.iter().zip(verifier.verify_batch(&commands, now)) {
+        answers[*i] = Some(match verdict {
+            Ok(verified) => Ok(Accepted {
+                authority: verified.authority_id().to_owned(),
+                command: verified.into_command(),
+            }),
+            Err(refusal) => Err(Refused::of(&bodies[*i], refusal.code(), refusal.message())),
+        });
+    }
+    answers
+        .into_iter()
+        .zip(bodies)
+        .map(|(a, body)| {
+            a.unwrap_or_else(|| Err(Refused::of(body, "internal", "not checked".into())))
+        })
+        .collect()
 }
 
 /// Why a heartbeat was not taken.

@@ -1,5 +1,14 @@
 //! One live connection to a server: requests matched to responses by REF,
-//! broadcasts delivered separately.
+//! what the server pushes delivered separately, by urgency.
+//!
+//! Nothing the server pushes is dropped without the server learning it:
+//! heartbeats go to a slot that keeps the newest (an older beat is
+//! superseded, not lost: only the newest can feed the failsafe), emergency
+//! commands to a lane of their own that nothing else waits in front of,
+//! other commands to a bounded queue past which the connection itself
+//! answers `busy` (the command was not checked, so its id is not spent and
+//! it can be sent again), and module broadcasts to a queue past which the
+//! consumer is told to sync again.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -9,6 +18,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt as _};
 use rustls::pki_types::ServerName;
+use serde_json::{Map, Value};
 use sha2::{Digest as _, Sha256};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -16,12 +26,48 @@ use tokio_rustls::TlsConnector;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 use vigil_auth::Fingerprint;
-use vigil_proto::{ClientRequest, CodecError, Frame, FrameCodec, ModuleInfo, ServerMessage};
+use vigil_proto::{
+    Ack, AckStatus, ClientRequest, CodecError, Frame, FrameCodec, ModuleInfo, ServerMessage,
+};
 
 use crate::{ClientConfig, ClientError};
 
-/// How many broadcasts are held for a consumer that has not read them yet.
+/// How many module broadcasts are held for a consumer that has not read
+/// them yet; past it the consumer is told to sync again.
 const BROADCAST_BUFFER: usize = 1024;
+/// How many commands wait for the consumer; past it the connection answers
+/// `busy`. A server keeps at most its window (64 by default) unanswered.
+pub const COMMAND_QUEUE: usize = 256;
+/// How many emergency commands (`SHUTDOWN_NOW`) wait for the consumer; past
+/// it the connection answers `busy`.
+const URGENT_QUEUE: usize = 64;
+
+/// A pushed frame (a command, a heartbeat): its REF and its JSON object.
+pub type PushedBody = (String, Map<String, Value>);
+
+/// What the server pushes, by lane: see [`Connection::take_pushed`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Pushed {
+    /// The newest heartbeat, with its REF (`None` until one arrives). An
+    /// older one not read yet is superseded by a newer one.
+    pub heartbeats: watch::Receiver<Option<PushedBody>>,
+    /// Emergency commands (`SHUTDOWN_NOW`), which never wait behind the
+    /// others.
+    pub urgent: mpsc::Receiver<PushedBody>,
+    /// Every other command, at most [`COMMAND_QUEUE`] waiting.
+    pub commands: mpsc::Receiver<PushedBody>,
+    /// Module broadcasts and anything else pushed.
+    pub events: mpsc::Receiver<(String, ServerMessage)>,
+}
+
+/// The senders of [`Pushed`], held by the read loop.
+struct Lanes {
+    heartbeats: watch::Sender<Option<PushedBody>>,
+    urgent: mpsc::Sender<PushedBody>,
+    commands: mpsc::Sender<PushedBody>,
+    events: mpsc::Sender<(String, ServerMessage)>,
+}
 
 type Pending = Mutex<HashMap<String, oneshot::Sender<ServerMessage>>>;
 
@@ -31,6 +77,9 @@ struct Inner {
     closed: watch::Sender<Option<ClientError>>,
     cancel: CancellationToken,
     next_ref: AtomicU64,
+    /// Set when a broadcast could not be queued: the consumer should ask
+    /// for the module list again.
+    resync: std::sync::atomic::AtomicBool,
 }
 
 impl Inner {
@@ -70,7 +119,7 @@ impl Inner {
 pub struct Connection {
     inner: Arc<Inner>,
     requests: mpsc::Sender<Frame>,
-    broadcasts: Option<mpsc::Receiver<(String, ServerMessage)>>,
+    pushed: Option<Pushed>,
     server: Fingerprint,
     peer: SocketAddr,
     request_timeout: Duration,
@@ -134,13 +183,24 @@ impl Connection {
             closed,
             cancel: CancellationToken::new(),
             next_ref: AtomicU64::new(1),
+            resync: std::sync::atomic::AtomicBool::new(false),
         });
         let (req_tx, req_rx) = mpsc::channel::<Frame>(256);
-        let (bc_tx, bc_rx) = mpsc::channel::<(String, ServerMessage)>(BROADCAST_BUFFER);
+        let (hb_tx, hb_rx) = watch::channel(None);
+        let (urgent_tx, urgent_rx) = mpsc::channel(URGENT_QUEUE);
+        let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
+        let (ev_tx, ev_rx) = mpsc::channel(BROADCAST_BUFFER);
+        let lanes = Lanes {
+            heartbeats: hb_tx,
+            urgent: urgent_tx,
+            commands: cmd_tx,
+            events: ev_tx,
+        };
         tokio::spawn(read_loop(
             inner.clone(),
             FramedRead::new(reader, FrameCodec::client(&config.limits)),
-            bc_tx,
+            lanes,
+            req_tx.clone(),
             config.liveness_timeout,
         ));
         tokio::spawn(write_loop(
@@ -152,19 +212,39 @@ impl Connection {
         let conn = Connection {
             inner,
             requests: req_tx,
-            broadcasts: Some(bc_rx),
+            pushed: Some(Pushed {
+                heartbeats: hb_rx,
+                urgent: urgent_rx,
+                commands: cmd_rx,
+                events: ev_rx,
+            }),
             server: config.server_fingerprint,
             peer,
             request_timeout: config.request_timeout,
         };
         // The first read tells whether the server admitted us.
         match conn.request(ClientRequest::Ping).await? {
-            ServerMessage::Pong => Ok(conn),
-            other => Err(ClientError::Protocol(format!(
-                "expected sys:pong, got {}",
-                other.to_frame("-")
-            ))),
+            ServerMessage::Pong => {}
+            other => {
+                return Err(ClientError::Protocol(format!(
+                    "expected sys:pong, got {}",
+                    other.to_frame("-")
+                )));
+            }
         }
+        if let Some(hello) = &config.hello {
+            // Where this client stands, for the server's routing. A server
+            // that does not know `sys:hello` answers an error: it routes by
+            // fingerprint only, and this client still checks every command.
+            match conn.request(ClientRequest::Hello(hello.clone())).await {
+                Ok(_) => {}
+                Err(ClientError::Server(body)) => {
+                    tracing::debug!(error = %body, "the server does not take sys:hello");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(conn)
     }
 
     /// The server's address.
@@ -223,18 +303,25 @@ impl Connection {
         }
     }
 
-    /// The next message the server sent on its own (a broadcast, a
-    /// command, a heartbeat), with its REF; `None` once the connection
-    /// ended and every one was read, or if the receiver was taken.
+    /// The next module broadcast (or other event the server pushed), with
+    /// its REF; `None` once the connection ended and every one was read,
+    /// or if the lanes were taken.
     pub async fn next_broadcast(&mut self) -> Option<(String, ServerMessage)> {
-        self.broadcasts.as_mut()?.recv().await
+        self.pushed.as_mut()?.events.recv().await
     }
 
-    /// Takes the receiver of [`Connection::next_broadcast`], so that the
+    /// Takes the lanes of what the server pushes ([`Pushed`]), so that the
     /// connection can be shared (`Arc<Connection>`) while another task
-    /// follows what the server pushes.
-    pub fn take_broadcasts(&mut self) -> Option<mpsc::Receiver<(String, ServerMessage)>> {
-        self.broadcasts.take()
+    /// follows them.
+    pub fn take_pushed(&mut self) -> Option<Pushed> {
+        self.pushed.take()
+    }
+
+    /// Whether a module broadcast had to be dropped since the last call
+    /// (the consumer did not keep up): if so, ask for the module list
+    /// again. The flag is cleared.
+    pub fn take_resync(&self) -> bool {
+        self.inner.resync.swap(false, Ordering::Relaxed)
     }
 
     /// Queues a frame that expects no answer (an acknowledgement, a
@@ -246,6 +333,20 @@ impl Connection {
         self.requests
             .try_send(request.to_frame(reference))
             .map_err(|_| ClientError::Disconnected("outgoing queue full or closed".into()))
+    }
+
+    /// Queues an acknowledgement, waiting (at most the request timeout) for
+    /// room in the outgoing queue rather than dropping it.
+    pub async fn send_ack(&self, ack: Ack, reference: &str) -> Result<(), ClientError> {
+        if self.inner.cancel.is_cancelled() {
+            return Err(self.inner.reason());
+        }
+        let frame = ClientRequest::Ack(ack).to_frame(reference);
+        match tokio::time::timeout(self.request_timeout, self.requests.send(frame)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(self.inner.reason()),
+            Err(_) => Err(ClientError::Timeout("outgoing queue")),
+        }
     }
 
     /// Waits until everything queued before it has reached the server (a
@@ -338,6 +439,11 @@ impl Connection {
         }
     }
 
+    /// Whether the connection has ended.
+    pub fn is_closed(&self) -> bool {
+        self.inner.cancel.is_cancelled()
+    }
+
     /// Closes the connection.
     pub fn close(&self) {
         self.inner
@@ -348,7 +454,8 @@ impl Connection {
 async fn read_loop<R>(
     inner: Arc<Inner>,
     mut frames: FramedRead<R, FrameCodec>,
-    broadcasts: mpsc::Sender<(String, ServerMessage)>,
+    lanes: Lanes,
+    requests: mpsc::Sender<Frame>,
     liveness: Duration,
 ) where
     R: tokio::io::AsyncRead + Unpin,
@@ -382,11 +489,9 @@ async fn read_loop<R>(
             }
         };
         if msg.is_broadcast() {
-            if broadcasts
-                .try_send((frame.reference().to_owned(), msg))
-                .is_err()
-            {
-                tracing::warn!("broadcast dropped: the consumer is not keeping up");
+            let reference = frame.reference().to_owned();
+            if !push(&inner, &lanes, &requests, reference, msg).await {
+                break ClientError::Disconnected("the connection's writer is gone".into());
             }
             continue;
         }
@@ -407,6 +512,71 @@ async fn read_loop<R>(
         }
     };
     inner.close(reason);
+}
+
+/// Puts what the server pushed in its lane. A command that finds its lane
+/// full is answered `busy` at once (it was not checked, so its id is not
+/// spent); a broadcast that finds its queue full asks the consumer to sync
+/// again. Returns `false` if the writer is gone.
+async fn push(
+    inner: &Inner,
+    lanes: &Lanes,
+    requests: &mpsc::Sender<Frame>,
+    reference: String,
+    msg: ServerMessage,
+) -> bool {
+    use tokio::sync::mpsc::error::TrySendError;
+    let refused = match msg {
+        ServerMessage::Heartbeat(body) => {
+            lanes.heartbeats.send_replace(Some((reference, body)));
+            return true;
+        }
+        ServerMessage::Command(body) => {
+            let urgent = body.get("command_type").and_then(Value::as_str)
+                == Some(vigil_command::EMERGENCY_TYPE);
+            let lane = if urgent {
+                &lanes.urgent
+            } else {
+                &lanes.commands
+            };
+            match lane.try_send((reference, body)) {
+                Ok(()) => return true,
+                Err(
+                    TrySendError::Full((reference, body)) | TrySendError::Closed((reference, body)),
+                ) => (reference, body, urgent),
+            }
+        }
+        other => {
+            if let Err(TrySendError::Full(_) | TrySendError::Closed(_)) =
+                lanes.events.try_send((reference, other))
+            {
+                tracing::warn!(
+                    "module broadcasts are arriving faster than they are handled: asking for the module list again"
+                );
+                inner.resync.store(true, Ordering::Relaxed);
+            }
+            return true;
+        }
+    };
+    let (reference, body, urgent) = refused;
+    let ack = Ack {
+        command_id: body
+            .get("command_id")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        status: AckStatus::Refused,
+        code: Some("busy".into()),
+        detail: format!(
+            "{} commands are waiting on this client; this one was not checked or recorded, send it again later",
+            if urgent { URGENT_QUEUE } else { COMMAND_QUEUE }
+        ),
+        result: None,
+    };
+    tracing::warn!(command_id = ?ack.command_id, "command refused: too many waiting");
+    requests
+        .send(ClientRequest::Ack(ack).to_frame(&reference))
+        .await
+        .is_ok()
 }
 
 async fn write_loop<W>(

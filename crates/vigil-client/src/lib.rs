@@ -33,7 +33,7 @@ mod supervisor;
 use std::time::Duration;
 
 pub use commands::{CommandSettings, DEFAULT_COMMAND_TIMEOUT, RUN, SHUTDOWN_NOW};
-pub use connection::Connection;
+pub use connection::{COMMAND_QUEUE, Connection, Pushed, PushedBody};
 pub use error::ClientError;
 pub use handler::{BreakCommand, CommandHandler, ProgramHandler, ProgramSpec};
 pub use supervisor::{Backoff, Client, ClientEvent, RunOutcome};
@@ -75,6 +75,11 @@ pub struct ClientConfig {
     /// Signed commands, heartbeats and the failsafe; `None` for a client
     /// that takes no commands (every command is refused).
     pub commands: Option<CommandSettings>,
+    /// Where this client stands (agent id, tree path), said to the server
+    /// right after connecting (`sys:hello`) so that it can route commands
+    /// aimed at an agent id or a subtree here. `None`: the server routes
+    /// to this client by fingerprint only.
+    pub hello: Option<vigil_proto::Hello>,
 }
 
 impl ClientConfig {
@@ -96,6 +101,7 @@ impl ClientConfig {
             liveness_timeout: DEFAULT_LIVENESS_TIMEOUT,
             backoff: Backoff::default(),
             commands: None,
+            hello: None,
         }
     }
 }

@@ -13,7 +13,7 @@ use vigil_command::HeartbeatVerifier;
 use vigil_failsafe::FailsafeHandle;
 use vigil_proto::{Ack, AckStatus, ClientRequest, FailsafeReport, ModuleInfo, ServerMessage};
 
-use crate::commands::{Refused, SHUTDOWN_NOW, check_command, check_heartbeat};
+use crate::commands::{Accepted, Refused, check_commands, check_heartbeat};
 use crate::handler::run_break_commands;
 
 use crate::{ClientConfig, ClientError, Connection};
@@ -426,12 +426,23 @@ impl Client {
             fingerprint = %conn.server_fingerprint(),
             "connected to the pinned server"
         );
-        let Some(mut broadcasts) = conn.take_broadcasts() else {
+        let Some(pushed) = conn.take_pushed() else {
             return SessionEnd::Lost(ClientError::Protocol(
-                "broadcast receiver already taken".into(),
+                "the connection's lanes were already taken".into(),
             ));
         };
+        let crate::Pushed {
+            mut heartbeats,
+            mut urgent,
+            commands,
+            mut events,
+            ..
+        } = pushed;
         let conn = Arc::new(conn);
+        // The worker and running commands hold the connection too: it ends
+        // with this session, however the session ends (also when the client
+        // stops and this future is dropped).
+        let _close = CloseOnDrop(conn.clone());
         let closed = conn.closed();
         tokio::pin!(closed);
         self.emit(ClientEvent::Connected {
@@ -459,46 +470,82 @@ impl Client {
         for m in &modules {
             verifying.push(self.verify_owned(conn.clone(), m.name.clone(), m.sum.clone()));
         }
-        let running = Arc::new(tokio::sync::Semaphore::new(MAX_RUNNING_COMMANDS));
+        // Commands are checked and run by a task of their own: heartbeats
+        // and emergency commands never wait behind them. It checks nothing
+        // once the connection is gone (then it ends); what it checked
+        // still runs.
+        tokio::spawn(
+            Worker {
+                settings: self.config.commands.clone(),
+                conn: conn.clone(),
+                feed: feed.cloned(),
+                events: self.events.clone(),
+            }
+            .run(commands),
+        );
         let end = loop {
-            let (reference, msg) = tokio::select! {
+            tokio::select! {
+                biased;
                 reason = &mut closed => break SessionEnd::Lost(reason),
-                Some(()) = futures_util::StreamExt::next(&mut verifying), if !verifying.is_empty() => continue,
-                Some(pushed) = broadcasts.recv() => pushed,
-            };
-            match msg {
-                ServerMessage::Heartbeat(body) => self.on_heartbeat(&body, feed),
-                ServerMessage::Command(body) => {
-                    if let Some(command_id) = self
-                        .on_command(&conn, &reference, &body, feed, &running)
-                        .await
-                    {
+                Some((reference, body)) = urgent.recv() => {
+                    if let Some(command_id) = self.on_urgent(&conn, &reference, &body, feed).await {
                         break SessionEnd::Shutdown(command_id);
                     }
                 }
-                ServerMessage::ModLoad(ref info) | ServerMessage::ModReload(ref info) => {
-                    tracing::info!(module = %info.name, sum = %info.sum, "module changed on the server; verifying");
-                    // Distrusted at once; trusted again once the new bytes
-                    // are verified.
-                    self.state().trusted.remove(&info.name);
-                    verifying.push(self.verify_owned(
-                        conn.clone(),
-                        info.name.clone(),
-                        info.sum.clone(),
-                    ));
-                    self.emit(ClientEvent::Broadcast(msg));
-                }
-                ServerMessage::ModUnload { ref module } => {
-                    if self.state().trusted.remove(module).is_some() {
-                        tracing::info!(module, "module unloaded by the server; forgotten");
+                Ok(()) = heartbeats.changed() => {
+                    let beat = heartbeats.borrow_and_update().clone();
+                    if let Some((_, body)) = beat {
+                        self.on_heartbeat(&body, feed);
                     }
-                    let module = module.clone();
-                    self.emit(ClientEvent::Broadcast(msg));
-                    self.emit(ClientEvent::ModuleForgotten { module });
                 }
-                other => {
-                    tracing::debug!(frame = %other.to_frame(&reference), "unsolicited frame");
-                    self.emit(ClientEvent::Broadcast(other));
+                Some(()) = futures_util::StreamExt::next(&mut verifying), if !verifying.is_empty() => {}
+                Some((reference, msg)) = events.recv() => {
+                    match msg {
+                        ServerMessage::ModLoad(ref info) | ServerMessage::ModReload(ref info) => {
+                            tracing::info!(module = %info.name, sum = %info.sum, "module changed on the server; verifying");
+                            // Distrusted at once; trusted again once the
+                            // new bytes are verified.
+                            self.state().trusted.remove(&info.name);
+                            verifying.push(self.verify_owned(
+                                conn.clone(),
+                                info.name.clone(),
+                                info.sum.clone(),
+                            ));
+                            self.emit(ClientEvent::Broadcast(msg));
+                        }
+                        ServerMessage::ModUnload { ref module } => {
+                            if self.state().trusted.remove(module).is_some() {
+                                tracing::info!(module, "module unloaded by the server; forgotten");
+                            }
+                            let module = module.clone();
+                            self.emit(ClientEvent::Broadcast(msg));
+                            self.emit(ClientEvent::ModuleForgotten { module });
+                        }
+                        other => {
+                            tracing::debug!(frame = %other.to_frame(&reference), "unsolicited frame");
+                            self.emit(ClientEvent::Broadcast(other));
+                        }
+                    }
+                    // Broadcasts were dropped (this loop fell behind): ask
+                    // for the whole list again and verify what changed.
+                    if conn.take_resync() {
+                        match conn.sync().await {
+                            Ok(modules) => {
+                                let trusted = self.state().trusted.clone();
+                                for name in trusted.keys().filter(|n| !modules.iter().any(|m| &m.name == *n)) {
+                                    self.state().trusted.remove(name);
+                                    self.emit(ClientEvent::ModuleForgotten { module: name.clone() });
+                                }
+                                for m in modules {
+                                    if trusted.get(&m.name).is_none_or(|t| t.sum != m.sum) {
+                                        self.state().trusted.remove(&m.name);
+                                        verifying.push(self.verify_owned(conn.clone(), m.name.clone(), m.sum.clone()));
+                                    }
+                                }
+                            }
+                            Err(e) => break SessionEnd::Lost(e),
+                        }
+                    }
                 }
             }
         };
@@ -532,114 +579,195 @@ impl Client {
         }
     }
 
-    /// Handles one `cmd:exec`. Returns the command id if it was an
-    /// authorized `SHUTDOWN_NOW` (after its break commands ran).
-    async fn on_command(
+    /// Handles one emergency command (`SHUTDOWN_NOW`), which never waits
+    /// behind other commands. Returns its id if it was authorized (after
+    /// its break commands ran).
+    async fn on_urgent(
         &self,
         conn: &Arc<Connection>,
         reference: &str,
         body: &serde_json::Map<String, serde_json::Value>,
         feed: Option<&FailsafeHandle>,
-        running: &Arc<tokio::sync::Semaphore>,
     ) -> Option<String> {
-        let Some(settings) = &self.config.commands else {
-            let refused = Refused::of(
-                body,
-                "commands_disabled",
-                "this client takes no commands (no authorities configured)".into(),
-            );
-            let _ = conn.notify(ClientRequest::Ack(refused.ack()), reference);
+        let worker = Worker {
+            settings: self.config.commands.clone(),
+            conn: conn.clone(),
+            feed: feed.cloned(),
+            events: self.events.clone(),
+        };
+        let Some(settings) = &worker.settings else {
+            worker.refuse(reference, disabled(body)).await;
             return None;
         };
-        // A command past the limit of running ones is refused before it is
-        // verified, so that its id is not spent and it can be sent again.
-        // SHUTDOWN_NOW is never refused for that.
-        let wants_shutdown =
-            body.get("command_type").and_then(|v| v.as_str()) == Some(SHUTDOWN_NOW);
-        let permit = if wants_shutdown {
-            None
-        } else {
-            match running.clone().try_acquire_owned() {
-                Ok(permit) => Some(permit),
-                Err(_) => {
-                    let refused = Refused::of(
-                        body,
-                        "busy",
-                        format!(
-                            "{MAX_RUNNING_COMMANDS} commands are already running; this one was not checked or recorded, send it again later"
-                        ),
-                    );
-                    tracing::warn!(command_id = ?refused.command_id, "command refused: too many running");
-                    let _ = conn.notify(ClientRequest::Ack(refused.ack()), reference);
-                    return None;
-                }
-            }
-        };
-        // Verifying records the command id in the replay guard, synced to
-        // disk: on a blocking thread, so that a slow disk holds up neither
-        // heartbeats nor the failsafe.
-        let checked = {
-            let (verifier, body) = (settings.verifier.clone(), body.clone());
-            tokio::task::spawn_blocking(move || check_command(&verifier, &body, SystemTime::now()))
-                .await
-        };
-        let checked = checked.unwrap_or_else(|e| {
-            Err(Refused::of(
-                body,
-                "internal",
-                format!("command check failed: {e}"),
-            ))
-        });
-        let accepted = match checked {
-            Ok(a) => a,
-            Err(refused) => {
-                tracing::warn!(
-                    command_id = ?refused.command_id, code = %refused.code, detail = ?refused.detail,
-                    "command refused"
-                );
-                let _ = conn.notify(ClientRequest::Ack(refused.ack()), reference);
-                self.emit(ClientEvent::CommandRefused {
-                    command_id: refused.command_id,
-                    code: refused.code,
-                    detail: refused.detail,
-                });
+        let verdict = check(settings, vec![body.clone()]).await.pop();
+        let accepted = match verdict {
+            Some(Ok(accepted)) => accepted,
+            Some(Err(refused)) => {
+                worker.refuse(reference, refused).await;
                 return None;
             }
+            None => return None,
         };
-        if let Some(feed) = feed {
+        worker.accepted(&accepted);
+        let cmd = accepted.command;
+        if cmd.command_type != vigil_command::EMERGENCY_TYPE {
+            // Only a SHUTDOWN_NOW comes this way; anything else runs as usual.
+            worker.spawn_run(settings, reference.to_owned(), cmd, None);
+            return None;
+        }
+        tracing::error!(command_id = %cmd.command_id, reason = ?cmd.reason, "SHUTDOWN_NOW: running break commands, then exiting");
+        let outcomes =
+            run_break_commands(settings.handler.as_ref(), &settings.break_commands).await;
+        let ack = Ack {
+            command_id: Some(cmd.command_id.clone()),
+            status: AckStatus::Done,
+            code: None,
+            detail: "shutting down".into(),
+            result: Some(serde_json::json!({ "shutdown": true, "break_commands": outcomes })),
+        };
+        let _ = conn.send_ack(ack, reference).await;
+        self.emit(ClientEvent::ShutdownRequested {
+            command_id: cmd.command_id.clone(),
+        });
+        // Give the acknowledgement a moment to leave.
+        let _ = tokio::time::timeout(Duration::from_secs(1), conn.flush()).await;
+        Some(cmd.command_id)
+    }
+}
+
+/// Closes a connection when dropped.
+struct CloseOnDrop(Arc<Connection>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+/// Checks `cmd:exec` payloads on a blocking thread (verifying records
+/// their ids in the replay guard, synced to disk: a slow disk must hold up
+/// neither heartbeats nor the failsafe), one answer each.
+async fn check(
+    settings: &crate::CommandSettings,
+    bodies: Vec<serde_json::Map<String, serde_json::Value>>,
+) -> Vec<Result<Accepted, Refused>> {
+    let verifier = settings.verifier.clone();
+    let n = bodies.len();
+    let shared = Arc::new(bodies);
+    let checked = {
+        let bodies = shared.clone();
+        tokio::task::spawn_blocking(move || check_commands(&verifier, &bodies, SystemTime::now()))
+            .await
+    };
+    checked.unwrap_or_else(|e| {
+        (0..n)
+            .map(|i| {
+                Err(Refused::of(
+                    &shared[i],
+                    "internal",
+                    format!("command check failed: {e}"),
+                ))
+            })
+            .collect()
+    })
+}
+
+/// Takes the commands of one connection in order, checks them in batches
+/// (one sync of the replay guard for each) and runs them, at most
+/// [`MAX_RUNNING_COMMANDS`] at once: the 17th waits for a slot instead of
+/// being refused. The queue in front of it is bounded by the connection
+/// ([`crate::COMMAND_QUEUE`], past which the connection answers `busy`).
+struct Worker {
+    settings: Option<crate::CommandSettings>,
+    conn: Arc<Connection>,
+    feed: Option<FailsafeHandle>,
+    events: broadcast::Sender<ClientEvent>,
+}
+
+impl Worker {
+    async fn run(self, mut commands: tokio::sync::mpsc::Receiver<crate::PushedBody>) {
+        let running = Arc::new(tokio::sync::Semaphore::new(MAX_RUNNING_COMMANDS));
+        loop {
+            let Some(first) = commands.recv().await else {
+                return;
+            };
+            let mut batch = vec![first];
+            while batch.len() < CHECK_BATCH {
+                match commands.try_recv() {
+                    Ok(next) => batch.push(next),
+                    Err(_) => break,
+                }
+            }
+            if self.conn.is_closed() {
+                // Not checked, so not spent: the server learns it was not
+                // delivered, and it can be sent again.
+                return;
+            }
+            let Some(settings) = &self.settings else {
+                for (reference, body) in batch {
+                    self.refuse(&reference, disabled(&body)).await;
+                }
+                continue;
+            };
+            let bodies: Vec<_> = batch.iter().map(|(_, b)| b.clone()).collect();
+            let verdicts = check(settings, bodies).await;
+            for ((reference, _), verdict) in batch.into_iter().zip(verdicts) {
+                match verdict {
+                    Ok(accepted) => {
+                        self.accepted(&accepted);
+                        // Checked, so spent: it runs, once a slot is free.
+                        let Ok(permit) = running.clone().acquire_owned().await else {
+                            return;
+                        };
+                        self.spawn_run(settings, reference, accepted.command, Some(permit));
+                    }
+                    Err(refused) => self.refuse(&reference, refused).await,
+                }
+            }
+        }
+    }
+
+    /// Acknowledges a refusal, logs it and reports it.
+    async fn refuse(&self, reference: &str, refused: Refused) {
+        tracing::warn!(
+            command_id = ?refused.command_id, code = %refused.code, detail = ?refused.detail,
+            "command refused"
+        );
+        let _ = self.conn.send_ack(refused.ack(), reference).await;
+        let _ = self.events.send(ClientEvent::CommandRefused {
+            command_id: refused.command_id,
+            code: refused.code,
+            detail: refused.detail,
+        });
+    }
+
+    /// Feeds the failsafe and logs a verified command.
+    fn accepted(&self, accepted: &Accepted) {
+        if let Some(feed) = &self.feed {
             feed.feed();
         }
-        let cmd = accepted.command;
+        let cmd = &accepted.command;
         tracing::info!(
             command_id = %cmd.command_id, command_type = %cmd.command_type, authority = %accepted.authority,
             command = ?cmd.command, reason = ?cmd.reason,
             "verified command"
         );
-        if cmd.command_type == SHUTDOWN_NOW {
-            tracing::error!(command_id = %cmd.command_id, reason = ?cmd.reason, "SHUTDOWN_NOW: running break commands, then exiting");
-            let outcomes =
-                run_break_commands(settings.handler.as_ref(), &settings.break_commands).await;
-            let ack = Ack {
-                command_id: Some(cmd.command_id.clone()),
-                status: AckStatus::Done,
-                code: None,
-                detail: "shutting down".into(),
-                result: Some(serde_json::json!({ "shutdown": true, "break_commands": outcomes })),
-            };
-            let _ = conn.notify(ClientRequest::Ack(ack), reference);
-            self.emit(ClientEvent::ShutdownRequested {
-                command_id: cmd.command_id.clone(),
-            });
-            // Give the acknowledgement a moment to leave.
-            let _ = tokio::time::timeout(Duration::from_secs(1), conn.flush()).await;
-            return Some(cmd.command_id);
-        }
+    }
+
+    /// Runs a verified command on a task of its own that holds `permit`,
+    /// and acknowledges the outcome.
+    fn spawn_run(
+        &self,
+        settings: &crate::CommandSettings,
+        reference: String,
+        cmd: vigil_command::SignedCommand,
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) {
         let name = cmd.command.clone().unwrap_or_default();
         let args = cmd.args.clone().unwrap_or(serde_json::Value::Null);
         let handler = settings.handler.clone();
         let timeout = settings.command_timeout;
-        let conn = conn.clone();
-        let reference = reference.to_owned();
+        let conn = self.conn.clone();
         let events = self.events.clone();
         tokio::spawn(async move {
             let _permit = permit;
@@ -669,10 +797,21 @@ impl Client {
             };
             tracing::info!(command_id = %cmd.command_id, command = %name, status = ?ack.status, "command ran");
             let _ = events.send(ClientEvent::CommandRan(ack.clone()));
-            let _ = conn.notify(ClientRequest::Ack(ack), &reference);
+            let _ = conn.send_ack(ack, &reference).await;
         });
-        None
     }
+}
+
+/// Most commands checked together (one sync of the replay guard).
+const CHECK_BATCH: usize = 64;
+
+/// The refusal of a client that takes no commands.
+fn disabled(body: &serde_json::Map<String, serde_json::Value>) -> Refused {
+    Refused::of(
+        body,
+        "commands_disabled",
+        "this client takes no commands (no authorities configured)".into(),
+    )
 }
 
 /// How many verified commands run at once on one connection.

@@ -275,6 +275,25 @@ impl SignedCommand {
         }
     }
 
+    /// Refuses the command when it is scoped to a subtree
+    /// (`target_tree_path`, not empty) that does not hold `own_tree_path`.
+    /// CIRIS's semantics: the command applies to the agents at that path
+    /// and below, so it applies here when it is a prefix of this agent's
+    /// path. An agent with no place in the tree (`None`) is outside every
+    /// subtree; an unscoped command is for every agent.
+    pub fn check_tree(&self, own_tree_path: Option<&[String]>) -> Result<(), Refusal> {
+        let Some(target) = self.target_tree_path.as_deref().filter(|t| !t.is_empty()) else {
+            return Ok(());
+        };
+        match own_tree_path {
+            Some(own) if own.starts_with(target) => Ok(()),
+            own => Err(Refusal::OutsideTree {
+                target: target.to_vec(),
+                own: own.map(<[String]>::to_vec),
+            }),
+        }
+    }
+
     /// Signs `fields` with `key`; shorthand for [`UnsignedCommand::sign`].
     pub fn sign(
         fields: UnsignedCommand,

@@ -89,9 +89,9 @@ pub use keys::{
 };
 pub use pyjson::CanonicalJsonError;
 pub use refusal::{Refusal, WindowSide};
-pub use replay::{DEFAULT_CAPACITY, ReplayError, ReplayGuard};
+pub use replay::{DEFAULT_CAPACITY, ReplayEntry, ReplayError, ReplayGuard};
 pub use timestamp::{MAX_TIMESTAMP_LEN, Timestamp, TimestampError};
-pub use verify::{Freshness, VerifiedCommand, Verifier};
+pub use verify::{EMERGENCY_TYPE, Freshness, VerifiedCommand, Verifier};
 
 /// Re-exported so that users of this crate name the same key types.
 pub use ed25519_dalek::{Signature, SigningKey, VerifyingKey};

@@ -28,6 +28,7 @@ pub enum WindowSide {
 /// | `wa_id_mismatch` | 403 | wa_id … does not match … |
 /// | `command_type_not_allowed` | 403 | Authority … may not issue … |
 /// | `wrong_target` | 403 | Command is for agent …, not … |
+/// | `outside_tree` | 403 | Command is for the subtree …, and this agent … |
 /// | `replayed` | 409 | Command … was already accepted |
 /// | `replay_store_unavailable` | 503 | Replay guard unavailable: … |
 ///
@@ -91,6 +92,18 @@ pub enum Refusal {
         /// This agent's id.
         own: String,
     },
+    /// The command is scoped to a subtree (`target_tree_path`) that this
+    /// agent is not in, or this agent has no place in the tree.
+    #[error("Command is for the subtree {}, and this agent {}", path_text(target), match own {
+        Some(own) => format!("is at {}, outside it", path_text(own)),
+        None => "has no place in the tree".to_owned(),
+    })]
+    OutsideTree {
+        /// The command's `target_tree_path`.
+        target: Vec<String>,
+        /// This agent's tree path, if it has one.
+        own: Option<Vec<String>>,
+    },
     /// The command id was already accepted.
     #[error("Command {command_id:?} was already accepted")]
     Replayed {
@@ -120,6 +133,7 @@ impl Refusal {
             Refusal::WaIdMismatch { .. } => "wa_id_mismatch",
             Refusal::CommandTypeNotAllowed { .. } => "command_type_not_allowed",
             Refusal::WrongTarget { .. } => "wrong_target",
+            Refusal::OutsideTree { .. } => "outside_tree",
             Refusal::Replayed { .. } => "replayed",
             Refusal::ReplayStoreUnavailable { .. } => "replay_store_unavailable",
         }
@@ -129,6 +143,15 @@ impl Refusal {
     pub fn message(&self) -> String {
         self.to_string()
     }
+}
+
+/// A tree path for people: its entries as JSON strings, joined by `/`.
+fn path_text(path: &[String]) -> String {
+    let parts: Vec<String> = path
+        .iter()
+        .map(|p| serde_json::to_string(p).unwrap_or_default())
+        .collect();
+    format!("[{}]", parts.join(", "))
 }
 
 impl From<crate::CommandParseError> for Refusal {

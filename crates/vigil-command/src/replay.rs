@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -15,7 +15,8 @@ use crate::timestamp::system_time_nanos;
 
 /// The first line of a replay file.
 const HEADER: &str = "vigil-replay-v1";
-/// Default most live ids remembered at once.
+/// Default most live ids remembered at once for one owner (one authority
+/// key).
 pub const DEFAULT_CAPACITY: usize = 100_000;
 /// Longest command id recorded, in bytes.
 const MAX_ID_LEN: usize = 1024;
@@ -36,10 +37,11 @@ pub enum ReplayError {
         /// The command id.
         command_id: String,
     },
-    /// The guard already remembers `capacity` live ids.
-    #[error("replay guard is full ({capacity} live command ids)")]
+    /// The guard already remembers `capacity` live ids of this owner
+    /// (authority key).
+    #[error("replay guard holds {capacity} live command ids of this authority key, its share")]
     Full {
-        /// The capacity.
+        /// The capacity (per owner).
         capacity: usize,
     },
     /// The command id is longer than the guard records.
@@ -105,6 +107,33 @@ impl From<ReplayError> for Refusal {
 struct Record {
     id: String,
     forget_after_us: i64,
+    /// Whose share it takes; absent (older files, [`ReplayGuard::check_and_record`])
+    /// is the shared owner `""`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    owner: String,
+}
+
+/// One command id to record, for [`ReplayGuard::check_and_record_many`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayEntry<'a> {
+    /// The command id.
+    pub command_id: &'a str,
+    /// Whose share of the guard it takes: the authority key that signed
+    /// it. Each owner may hold at most the guard's capacity of live ids,
+    /// so that one key's volume never keeps another key's commands out.
+    pub owner: &'a str,
+    /// Until when to remember it.
+    pub forget_after: SystemTime,
+    /// Never refused for capacity (an emergency shutdown): it is recorded
+    /// even when its owner's share is full.
+    pub uncapped: bool,
+}
+
+/// A live id: until when, and whose share it takes.
+#[derive(Debug, Clone)]
+struct Seen {
+    until_us: i64,
+    owner: Arc<str>,
 }
 
 /// Remembers accepted command ids, so that each is accepted once, also
@@ -113,7 +142,11 @@ struct Record {
 /// The guard remembers each accepted id until the command would fail the
 /// freshness checks anyway (its `forget_after`), so memory is bounded by
 /// the commands accepted within one freshness window, and by a hard
-/// capacity.
+/// capacity **per owner**: each id is recorded for an owner (the authority
+/// key that signed it, [`ReplayEntry::owner`]), and each owner may hold at
+/// most the capacity. A key that sends a flood fills its own share and no
+/// other; an entry marked [`uncapped`](ReplayEntry::uncapped) (an emergency
+/// shutdown) is never refused for capacity. Ids are unique across owners.
 ///
 /// Check-and-record is atomic: of concurrent callers with the same id,
 /// exactly one gets `Ok`. Calls block on `fsync` when the guard has a file.
@@ -127,10 +160,12 @@ struct Record {
 ///
 /// ```text
 /// vigil-replay-v1
-/// {"id":"cmd_1","forget_after_us":1735733100000000}
+/// {"id":"cmd_1","forget_after_us":1735733100000000,"owner":"Aa0…="}
 /// ```
 ///
-/// `forget_after_us` is microseconds since the Unix epoch. On open, expired
+/// `forget_after_us` is microseconds since the Unix epoch; `owner` is left
+/// out for the shared owner `""`. [`check_and_record_many`](Self::check_and_record_many)
+/// writes its records with one write and one `fsync`. On open, expired
 /// records are dropped and the file is rewritten (to a temporary file,
 /// `fsync`ed, renamed over the old one, directory `fsync`ed); the same
 /// compaction runs when the file holds more than twice as many records as
@@ -148,9 +183,13 @@ pub struct ReplayGuard {
 
 #[derive(Debug)]
 struct Inner {
-    /// Live ids and when they may be forgotten (µs since the epoch).
-    seen: HashMap<String, i64>,
+    /// Live ids, when they may be forgotten (µs since the epoch) and whose
+    /// share they take.
+    seen: HashMap<String, Seen>,
+    /// Live ids per owner.
+    per_owner: HashMap<Arc<str>, usize>,
     store: Option<Store>,
+    /// Most live ids per owner.
     capacity: usize,
     next_prune_us: i64,
     broken: Option<String>,
@@ -183,6 +222,7 @@ impl ReplayGuard {
         ReplayGuard {
             inner: Mutex::new(Inner {
                 seen: HashMap::new(),
+                per_owner: HashMap::new(),
                 store: None,
                 capacity: DEFAULT_CAPACITY,
                 next_prune_us: i64::MIN,
@@ -223,9 +263,11 @@ impl ReplayGuard {
             }
         }
         let (file, records) = rewrite(&path, &seen)?;
+        let per_owner = count_owners(&seen);
         Ok(ReplayGuard {
             inner: Mutex::new(Inner {
                 seen,
+                per_owner,
                 store: Some(Store {
                     path,
                     file,
@@ -254,54 +296,117 @@ impl ReplayGuard {
 
     /// Accepts `command_id` if it is not remembered, and remembers it until
     /// `forget_after` — durably, when the guard has a file, before
-    /// returning `Ok`.
+    /// returning `Ok`. It takes the share of the shared owner `""`; use
+    /// [`check_and_record_many`](Self::check_and_record_many) to give each
+    /// id its owner.
     pub fn check_and_record(
         &self,
         command_id: &str,
         forget_after: SystemTime,
         now: SystemTime,
     ) -> Result<(), ReplayError> {
-        if command_id.len() > MAX_ID_LEN {
-            return Err(ReplayError::IdTooLong {
-                len: command_id.len(),
-            });
-        }
+        let entry = ReplayEntry {
+            command_id,
+            owner: "",
+            forget_after,
+            uncapped: false,
+        };
+        self.check_and_record_many(&[entry], now)
+            .pop()
+            .unwrap_or(Err(ReplayError::Broken("no answer".into())))
+    }
+
+    /// Accepts each entry whose id is not remembered (nor earlier in the
+    /// same call) and whose owner's share has room, and remembers them —
+    /// durably, with one write and one `fsync` for all of them, before
+    /// returning. One answer per entry, in order; an id refused here
+    /// leaves no trace.
+    pub fn check_and_record_many(
+        &self,
+        entries: &[ReplayEntry<'_>],
+        now: SystemTime,
+    ) -> Vec<Result<(), ReplayError>> {
         let now_us = micros_floor(now);
-        let forget_us = micros_ceil(forget_after);
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(why) = &inner.broken {
-            return Err(ReplayError::Broken(why.clone()));
+            return entries
+                .iter()
+                .map(|_| Err(ReplayError::Broken(why.clone())))
+                .collect();
         }
         if now_us >= inner.next_prune_us {
             inner.prune(now_us);
         }
-        if inner
-            .seen
-            .get(command_id)
-            .is_some_and(|&until| until >= now_us)
-        {
-            return Err(ReplayError::Replayed {
-                command_id: command_id.to_owned(),
-            });
-        }
-        if inner.seen.len() >= inner.capacity {
-            inner.prune(now_us);
-            if inner.seen.len() >= inner.capacity {
-                return Err(ReplayError::Full {
-                    capacity: inner.capacity,
-                });
+        let mut answers: Vec<Result<(), ReplayError>> = Vec::with_capacity(entries.len());
+        // Accepted in this call, in order; their ids in `fresh`.
+        let mut accepted: Vec<usize> = Vec::new();
+        let mut fresh: std::collections::HashSet<&str> = std::collections::HashSet::new();
+        let mut taken: HashMap<&str, usize> = HashMap::new();
+        for (i, e) in entries.iter().enumerate() {
+            if e.command_id.len() > MAX_ID_LEN {
+                answers.push(Err(ReplayError::IdTooLong {
+                    len: e.command_id.len(),
+                }));
+                continue;
             }
+            let live = inner
+                .seen
+                .get(e.command_id)
+                .is_some_and(|s| s.until_us >= now_us);
+            if live || fresh.contains(e.command_id) {
+                answers.push(Err(ReplayError::Replayed {
+                    command_id: e.command_id.to_owned(),
+                }));
+                continue;
+            }
+            if !e.uncapped {
+                let held = |inner: &Inner| {
+                    inner.per_owner.get(e.owner).copied().unwrap_or(0)
+                        + taken.get(e.owner).copied().unwrap_or(0)
+                };
+                if held(&inner) >= inner.capacity {
+                    inner.prune(now_us);
+                }
+                if held(&inner) >= inner.capacity {
+                    answers.push(Err(ReplayError::Full {
+                        capacity: inner.capacity,
+                    }));
+                    continue;
+                }
+                *taken.entry(e.owner).or_default() += 1;
+            }
+            fresh.insert(e.command_id);
+            accepted.push(i);
+            answers.push(Ok(()));
+        }
+        if accepted.is_empty() {
+            return answers;
         }
         if let Some(store) = &mut inner.store {
-            let mut line = serde_json::to_string(&Record {
-                id: command_id.to_owned(),
-                forget_after_us: forget_us,
-            })
-            .map_err(|e| ReplayError::Broken(e.to_string()))?;
-            line.push('\n');
+            let mut text = String::new();
+            for e in accepted.iter().map(|&i| &entries[i]) {
+                let record = Record {
+                    id: e.command_id.to_owned(),
+                    forget_after_us: micros_ceil(e.forget_after),
+                    owner: e.owner.to_owned(),
+                };
+                match serde_json::to_string(&record) {
+                    Ok(line) => {
+                        text.push_str(&line);
+                        text.push('\n');
+                    }
+                    Err(err) => {
+                        let why = err.to_string();
+                        return entries
+                            .iter()
+                            .map(|_| Err(ReplayError::Broken(why.clone())))
+                            .collect();
+                    }
+                }
+            }
             let written = store
                 .file
-                .write_all(line.as_bytes())
+                .write_all(text.as_bytes())
                 .map_err(|source| (source, "append to"))
                 .and_then(|()| store.file.sync_data().map_err(|source| (source, "fsync")));
             if let Err((source, op)) = written {
@@ -312,14 +417,30 @@ impl ReplayGuard {
                 };
                 // A partial line may be in the file; appending after it
                 // would corrupt the next record. Stop until reopened.
-                inner.broken = Some(err.to_string());
-                return Err(err);
+                let why = err.to_string();
+                inner.broken = Some(why.clone());
+                return answers
+                    .into_iter()
+                    .map(|a| a.and(Err(ReplayError::Broken(why.clone()))))
+                    .collect();
             }
-            store.records += 1;
+            store.records += accepted.len();
         }
-        inner.seen.insert(command_id.to_owned(), forget_us);
+        for &i in &accepted {
+            let e = &entries[i];
+            let owner = inner.owner(e.owner);
+            *inner.per_owner.entry(owner.clone()).or_default() += 1;
+            let seen = Seen {
+                until_us: micros_ceil(e.forget_after),
+                owner,
+            };
+            if let Some(old) = inner.seen.insert(e.command_id.to_owned(), seen) {
+                // An expired entry of the same id, not yet pruned.
+                inner.forget_count(&old.owner);
+            }
+        }
         inner.maybe_compact(now_us);
-        Ok(())
+        answers
     }
 
     /// Whether `command_id` is remembered as accepted and not yet expired
@@ -330,7 +451,7 @@ impl ReplayGuard {
         inner
             .seen
             .get(command_id)
-            .is_some_and(|&until| until >= now_us)
+            .is_some_and(|s| s.until_us >= now_us)
     }
 
     /// Forgets the ids expired at `now` and, with a file, rewrites it with
@@ -366,8 +487,30 @@ impl ReplayGuard {
 
 impl Inner {
     fn prune(&mut self, now_us: i64) {
-        self.seen.retain(|_, until| *until >= now_us);
+        let per_owner = &mut self.per_owner;
+        self.seen.retain(|_, s| {
+            let keep = s.until_us >= now_us;
+            if !keep && let Some(n) = per_owner.get_mut(&s.owner) {
+                *n = n.saturating_sub(1);
+            }
+            keep
+        });
+        self.per_owner.retain(|_, n| *n > 0);
         self.next_prune_us = now_us.saturating_add(PRUNE_EVERY_US);
+    }
+
+    /// The shared name of `owner` (few owners, many ids).
+    fn owner(&self, owner: &str) -> Arc<str> {
+        match self.per_owner.get_key_value(owner) {
+            Some((name, _)) => name.clone(),
+            None => Arc::from(owner),
+        }
+    }
+
+    fn forget_count(&mut self, owner: &Arc<str>) {
+        if let Some(n) = self.per_owner.get_mut(owner) {
+            *n = n.saturating_sub(1);
+        }
     }
 
     /// Compacts when the file holds many more records than are live. The
@@ -414,8 +557,9 @@ fn read_records(
     path: &Path,
     text: &[u8],
     now_us: i64,
-    seen: &mut HashMap<String, i64>,
+    seen: &mut HashMap<String, Seen>,
 ) -> Result<(), ReplayError> {
+    let mut owners: HashMap<String, Arc<str>> = HashMap::new();
     if text.is_empty() {
         return Ok(());
     }
@@ -435,8 +579,15 @@ fn read_records(
             detail: e.to_string(),
         })?;
         if record.forget_after_us >= now_us {
-            let until = seen.entry(record.id).or_insert(record.forget_after_us);
-            *until = (*until).max(record.forget_after_us);
+            let owner = owners
+                .entry(record.owner)
+                .or_insert_with_key(|o| Arc::from(o.as_str()))
+                .clone();
+            let entry = seen.entry(record.id).or_insert(Seen {
+                until_us: record.forget_after_us,
+                owner,
+            });
+            entry.until_us = entry.until_us.max(record.forget_after_us);
         }
     }
     Ok(())
@@ -455,10 +606,19 @@ impl From<RewriteError> for ReplayError {
     }
 }
 
+/// Live ids per owner.
+fn count_owners(seen: &HashMap<String, Seen>) -> HashMap<Arc<str>, usize> {
+    let mut counts: HashMap<Arc<str>, usize> = HashMap::new();
+    for s in seen.values() {
+        *counts.entry(s.owner.clone()).or_default() += 1;
+    }
+    counts
+}
+
 /// Writes `seen` to a temporary file next to `path`, `fsync`s it, renames
 /// it over `path`, `fsync`s the directory, and opens the result for
 /// appending.
-fn rewrite(path: &Path, seen: &HashMap<String, i64>) -> Result<(File, usize), RewriteError> {
+fn rewrite(path: &Path, seen: &HashMap<String, Seen>) -> Result<(File, usize), RewriteError> {
     let io = |op: &'static str, p: &Path| {
         let p = p.to_owned();
         move |source| ReplayError::Io {
@@ -473,10 +633,11 @@ fn rewrite(path: &Path, seen: &HashMap<String, i64>) -> Result<(File, usize), Re
     let mut text = String::with_capacity(HEADER.len() + 1 + seen.len() * 64);
     text.push_str(HEADER);
     text.push('\n');
-    for (id, &until) in seen {
+    for (id, s) in seen {
         let record = Record {
             id: id.clone(),
-            forget_after_us: until,
+            forget_after_us: s.until_us,
+            owner: s.owner.to_string(),
         };
         let line = serde_json::to_string(&record)
             .map_err(|e| RewriteError::BeforeRename(ReplayError::Broken(e.to_string())))?;
@@ -566,6 +727,84 @@ mod tests {
         // Once the others expire there is room again.
         g.check_and_record("c", at(300), at(101)).expect("c");
         assert_eq!(g.len(), 1);
+    }
+
+    #[test]
+    fn each_owner_has_its_own_share_and_uncapped_entries_always_fit() {
+        let g = ReplayGuard::in_memory().with_capacity(2);
+        let entry = |id: &'static str, owner: &'static str, uncapped: bool| ReplayEntry {
+            command_id: id,
+            owner,
+            forget_after: at(100),
+            uncapped,
+        };
+        let answers = g.check_and_record_many(
+            &[
+                entry("a1", "run-key", false),
+                entry("a2", "run-key", false),
+                entry("a3", "run-key", false),
+                entry("a1", "run-key", false),
+            ],
+            at(0),
+        );
+        assert!(answers[0].is_ok() && answers[1].is_ok());
+        assert!(matches!(answers[2], Err(ReplayError::Full { capacity: 2 })));
+        assert!(matches!(answers[3], Err(ReplayError::Replayed { .. })));
+        // The run key is full; the operator key is not.
+        g.check_and_record_many(&[entry("o1", "operator-key", false)], at(1))
+            .pop()
+            .expect("answer")
+            .expect("another key's share");
+        // An emergency entry is never refused for capacity.
+        g.check_and_record_many(&[entry("stop", "run-key", true)], at(1))
+            .pop()
+            .expect("answer")
+            .expect("uncapped");
+        // Ids are unique across owners.
+        assert!(matches!(
+            g.check_and_record_many(&[entry("a1", "operator-key", false)], at(2))
+                .pop()
+                .expect("answer"),
+            Err(ReplayError::Replayed { .. })
+        ));
+        // Shares come back as ids expire.
+        g.check_and_record_many(&[entry("a4", "run-key", false)], at(101))
+            .pop()
+            .expect("answer")
+            .expect("room again");
+    }
+
+    #[test]
+    fn owners_survive_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("replay.log");
+        let g = ReplayGuard::open(&path, at(0))
+            .expect("open")
+            .with_capacity(1);
+        let entry = ReplayEntry {
+            command_id: "a",
+            owner: "k",
+            forget_after: at(100),
+            uncapped: false,
+        };
+        g.check_and_record_many(&[entry], at(0))
+            .pop()
+            .expect("answer")
+            .expect("a");
+        drop(g);
+        let g = ReplayGuard::open(&path, at(1))
+            .expect("reopen")
+            .with_capacity(1);
+        let b = ReplayEntry {
+            command_id: "b",
+            ..entry
+        };
+        assert!(matches!(
+            g.check_and_record_many(&[b], at(1)).pop().expect("answer"),
+            Err(ReplayError::Full { .. })
+        ));
+        g.check_and_record("c", at(100), at(1))
+            .expect("the shared owner has room");
     }
 
     #[test]

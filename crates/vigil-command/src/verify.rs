@@ -9,7 +9,7 @@ use ed25519_dalek::VerifyingKey;
 
 use crate::keys;
 use crate::refusal::WindowSide;
-use crate::replay::ReplayGuard;
+use crate::replay::{ReplayEntry, ReplayGuard};
 use crate::timestamp::{nanos_to_system_time, system_time_nanos};
 use crate::{Authorities, Refusal, SignedCommand};
 
@@ -32,12 +32,19 @@ impl Default for Freshness {
     }
 }
 
+/// The command type that is never refused for the replay guard's
+/// capacity: an emergency shutdown must not be kept out by another key's
+/// volume (CIRIS's `SHUTDOWN_NOW`).
+pub const EMERGENCY_TYPE: &str = "SHUTDOWN_NOW";
+
 /// A command that passed every check of a [`Verifier`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct VerifiedCommand {
     command: SignedCommand,
     authority_id: String,
     forget_after: SystemTime,
+    /// The signing key, standard base64: the replay guard's owner.
+    key: String,
 }
 
 impl VerifiedCommand {
@@ -62,6 +69,18 @@ impl VerifiedCommand {
     pub fn forget_after(&self) -> SystemTime {
         self.forget_after
     }
+
+    /// What a replay guard records for it: its id, owned by the key that
+    /// signed it (each key has its own share of the guard), and never
+    /// refused for capacity if it is an emergency shutdown.
+    pub fn replay_entry(&self) -> ReplayEntry<'_> {
+        ReplayEntry {
+            command_id: &self.command.command_id,
+            owner: &self.key,
+            forget_after: self.forget_after,
+            uncapped: self.command.command_type == EMERGENCY_TYPE,
+        }
+    }
 }
 
 /// Checks commands against enrolled authorities, freshness, this agent's
@@ -80,12 +99,16 @@ impl VerifiedCommand {
 /// 4. that key is enrolled (`unauthorized_key`), under this `wa_id` if
 ///    enrolled with an id (`wa_id_mismatch`), for this command type
 ///    (`command_type_not_allowed`);
-/// 5. if this verifier knows its agent id, the command is not for another
-///    agent (`wrong_target`);
+/// 5. if this verifier knows its agent id (it checks for an agent), the
+///    command is not for another agent (`wrong_target`) and, when it is
+///    scoped to a subtree, this agent is in it (`outside_tree`; an agent
+///    with no tree path is in no subtree);
 /// 6. if it has a replay guard, the id is new, and is recorded durably
 ///    before the command is accepted (`replayed`,
-///    `replay_store_unavailable`). This comes last so that only commands
-///    that passed everything else take space in the guard.
+///    `replay_store_unavailable`), in the share of the key that signed it
+///    (an emergency shutdown is never refused for capacity). This comes
+///    last so that only commands that passed everything else take space
+///    in the guard.
 ///
 /// No check reads the clock: `now` is passed in.
 #[derive(Clone)]
@@ -94,6 +117,7 @@ pub struct Verifier {
     supported: Option<BTreeSet<String>>,
     freshness: Freshness,
     own_agent_id: Option<String>,
+    own_tree_path: Option<Vec<String>>,
     replay: Option<Arc<ReplayGuard>>,
 }
 
@@ -104,6 +128,7 @@ impl fmt::Debug for Verifier {
             .field("supported", &self.supported)
             .field("freshness", &self.freshness)
             .field("own_agent_id", &self.own_agent_id)
+            .field("own_tree_path", &self.own_tree_path)
             .field("replay", &self.replay.is_some())
             .finish()
     }
@@ -119,6 +144,7 @@ impl Verifier {
             supported: None,
             freshness: Freshness::default(),
             own_agent_id: None,
+            own_tree_path: None,
             replay: None,
         }
     }
@@ -144,6 +170,15 @@ impl Verifier {
     /// Refuses commands whose `target_agent_id` names another agent.
     pub fn with_own_agent_id(mut self, id: impl Into<String>) -> Verifier {
         self.own_agent_id = Some(id.into());
+        self
+    }
+
+    /// This agent's place in the tree (CIRIS `target_tree_path`): a
+    /// command scoped to a subtree is accepted only if this path is in it.
+    /// Checked with the agent id ([`with_own_agent_id`](Self::with_own_agent_id)):
+    /// an agent without a tree path refuses every scoped command.
+    pub fn with_own_tree_path(mut self, path: Vec<String>) -> Verifier {
+        self.own_tree_path = Some(path);
         self
     }
 
@@ -178,6 +213,45 @@ impl Verifier {
     /// With a replay guard this may block on `fsync`; from async code, call
     /// it on a blocking thread.
     pub fn verify(&self, cmd: &SignedCommand, now: SystemTime) -> Result<VerifiedCommand, Refusal> {
+        self.verify_batch(std::slice::from_ref(cmd), now)
+            .pop()
+            .unwrap_or(Err(Refusal::ReplayStoreUnavailable {
+                detail: "no answer".into(),
+            }))
+    }
+
+    /// As [`verify`](Self::verify) for several commands, one answer each in
+    /// order; the ids of those that pass are recorded in the replay guard
+    /// together, with one write and one `fsync`.
+    pub fn verify_batch(
+        &self,
+        cmds: &[SignedCommand],
+        now: SystemTime,
+    ) -> Vec<Result<VerifiedCommand, Refusal>> {
+        let mut answers: Vec<Result<VerifiedCommand, Refusal>> =
+            cmds.iter().map(|c| self.check(c, now)).collect();
+        // 6. Replay, last: only fully verified commands are recorded.
+        if let Some(guard) = &self.replay {
+            let passed: Vec<usize> = (0..answers.len()).filter(|&i| answers[i].is_ok()).collect();
+            let entries: Vec<ReplayEntry<'_>> = passed
+                .iter()
+                .filter_map(|&i| answers[i].as_ref().ok().map(VerifiedCommand::replay_entry))
+                .collect();
+            let recorded = guard.check_and_record_many(&entries, now);
+            let refusals: Vec<(usize, Refusal)> = passed
+                .into_iter()
+                .zip(recorded)
+                .filter_map(|(i, r)| r.err().map(|e| (i, Refusal::from(e))))
+                .collect();
+            for (i, refusal) in refusals {
+                answers[i] = Err(refusal);
+            }
+        }
+        answers
+    }
+
+    /// Steps 1 to 5.
+    fn check(&self, cmd: &SignedCommand, now: SystemTime) -> Result<VerifiedCommand, Refusal> {
         // 1. Command type.
         if !self.supports(&cmd.command_type) {
             return Err(Refusal::UnsupportedCommandType {
@@ -250,21 +324,17 @@ impl Verifier {
             });
         }
 
-        // 5. Target.
+        // 5. Target: this agent, and its place in the tree.
         if let Some(own) = &self.own_agent_id {
             cmd.check_target(own)?;
-        }
-
-        // 6. Replay, last: only fully verified commands are recorded.
-        let forget_after = nanos_to_system_time(forget_after_ns);
-        if let Some(guard) = &self.replay {
-            guard.check_and_record(&cmd.command_id, forget_after, now)?;
+            cmd.check_tree(self.own_tree_path.as_deref())?;
         }
 
         Ok(VerifiedCommand {
             command: cmd.clone(),
             authority_id,
-            forget_after,
+            forget_after: nanos_to_system_time(forget_after_ns),
+            key: keys::encode_public_key(authority.public_key()),
         })
     }
 }

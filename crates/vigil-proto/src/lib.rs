@@ -36,8 +36,9 @@ pub use codec::{
 };
 pub use frame::{BuildError, Frame, FrameError};
 pub use message::{
-    Ack, AckStatus, BreakOutcome, ClientRequest, ErrorBody, ErrorCode, FailsafeReport,
-    MessageError, ModuleInfo, ServerMessage, api,
+    Ack, AckStatus, BreakOutcome, ClientRequest, ErrorBody, ErrorCode, FailsafeReport, Hello,
+    MAX_HELLO_ID_LEN, MAX_HELLO_PATH_LEN, MessageError, ModuleInfo, ServerMessage, api,
+    tree_path_of,
 };
 
 /// Whether `s` can be an API or TYPE token.

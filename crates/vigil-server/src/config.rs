@@ -29,6 +29,13 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default time between heartbeats: a third of FailsafeAPI's 15 s failsafe
 /// timeout, so that one lost beat does not fire a client's failsafe.
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+/// Default most commands written to one client and not yet answered; the
+/// rest wait in the server's queue for that client.
+pub const DEFAULT_COMMAND_WINDOW: usize = 64;
+/// Default time a client has to answer a command it was sent; past it the
+/// command's outcome is `unanswered`.
+pub const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+
 /// Default `wa_id` of the server's authority key.
 pub const DEFAULT_AUTHORITY_ID: &str = "vigil-server";
 
@@ -80,6 +87,18 @@ pub struct ServerConfig {
     /// The server's own agent id, for CIRIS `target_agent_id` (default: its
     /// key fingerprint in hex).
     pub agent_id: String,
+    /// The server's own place in the agent tree (default: none, the root):
+    /// an emergency shutdown scoped to a subtree stops the server only if
+    /// this path is in it.
+    pub tree_path: Vec<String>,
+    /// Most commands written to one client and not yet answered; the rest
+    /// wait at the server, in a queue bounded by `max_outbound_bytes`, past
+    /// which a command is not queued (`queue_full`). Emergency commands
+    /// and heartbeats do not wait for it.
+    pub command_window: usize,
+    /// Time a client has to answer a command; past it the command's
+    /// outcome is `unanswered`.
+    pub ack_timeout: Duration,
 }
 
 /// The server's signing key and the id it signs as (`wa_id`).
@@ -125,6 +144,9 @@ impl ServerConfig {
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             audit: None,
             agent_id,
+            tree_path: Vec::new(),
+            command_window: DEFAULT_COMMAND_WINDOW,
+            ack_timeout: DEFAULT_ACK_TIMEOUT,
         }
     }
 }

@@ -27,6 +27,9 @@ pub enum Target {
     All,
     /// The clients with these key fingerprints (each of their sessions).
     Clients(Vec<Fingerprint>),
+    /// The clients that said (`sys:hello`) they stand in the subtree at
+    /// this path (their tree path starts with it).
+    Subtree(Vec<String>),
 }
 
 /// What became of a command at one client.
@@ -37,8 +40,9 @@ pub enum Outcome {
     Acked(Ack),
     /// No session of this client was connected.
     NotConnected,
-    /// The client's outbound queue was full; it was disconnected as a slow
-    /// consumer and did not get the command.
+    /// The command was not queued: the client's queue for commands was
+    /// full (it answers more slowly than commands come), or it had stopped
+    /// reading altogether (then it was disconnected as a slow consumer).
     QueueFull,
     /// The session ended before it answered.
     Disconnected,

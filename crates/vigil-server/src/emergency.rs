@@ -9,20 +9,22 @@
 //! CIRIS: a replayed `command_id` is 409, and an attempt that cannot be
 //! audited is 503 (nothing happens).
 //!
-//! Then, by `target_agent_id`: this server's own id shuts down the server
-//! only; a connected client's id relays the command to that client (which
-//! verifies it again) and the server stays up; no target relays it to every
-//! client and then shuts the server down. The server appends its id to
-//! `relay_chain` when it relays (that field is not signed).
+//! Then, by `target_agent_id` and `target_tree_path` (see `route.rs`):
+//! this server's own id shuts down the server only; a connected client's
+//! id relays the command to that client (which verifies it again) and the
+//! server stays up; a subtree relays it to the clients in it, and shuts
+//! the server down only if the server's own tree path is in it; no target
+//! relays it to every client and then shuts the server down. The server
+//! appends its id to `relay_chain` when it relays (that field is not
+//! signed).
 
 use std::time::Duration;
 
 use hyper::StatusCode;
 use serde_json::{Value, json};
-use vigil_auth::Fingerprint;
 use vigil_command::{Refusal, SignedCommand};
 
-use crate::{ServerHandle, Target};
+use crate::ServerHandle;
 
 use crate::http::Resp;
 
@@ -156,26 +158,18 @@ pub(crate) async fn shutdown(
         Ok(v) => v,
         Err(refusal) => return refuse(server, &command, &refusal).await,
     };
-    // Where does it go?
+    // Where does it go? (`target_agent_id`, `target_tree_path`)
     let own = server.agent_id().to_owned();
-    enum Plan {
-        ServerOnly,
-        Client(Fingerprint),
-        Everyone,
-    }
-    let plan = match command.target_agent_id.as_deref() {
-        Some(id) if id == own => Plan::ServerOnly,
-        Some(id) => match id.parse::<Fingerprint>() {
-            Ok(fp) if fp.to_hex() == id && server.is_connected(&fp) => Plan::Client(fp),
-            _ => {
-                let _ = audit(server, "refused", Some(&command), json!("unknown target")).await;
-                return detail(
-                    StatusCode::NOT_FOUND,
-                    format!("no connected agent {id:?} (and it is not this server, {own:?})"),
-                );
-            }
-        },
-        None => Plan::Everyone,
+    let resolved = match crate::route::resolve(
+        server,
+        command.target_agent_id.as_deref(),
+        command.target_tree_path.as_deref(),
+    ) {
+        Ok(r) => r,
+        Err(why) => {
+            let _ = audit(server, "refused", Some(&command), json!("unknown target")).await;
+            return detail(StatusCode::NOT_FOUND, why);
+        }
     };
     // What the clients get: the command with this server's id appended to
     // its (unsigned) relay chain. A copy they would refuse (a chain
@@ -196,19 +190,8 @@ pub(crate) async fn shutdown(
     }
     let initiated = now_iso();
     let mut services_stopped: Vec<String> = Vec::new();
-    let mut final_message_sent = false;
-    let target = match &plan {
-        Plan::ServerOnly => None,
-        Plan::Client(fp) => Some(Target::Clients(vec![*fp])),
-        Plan::Everyone => {
-            if server.sessions().is_empty() {
-                None
-            } else {
-                Some(Target::All)
-            }
-        }
-    };
-    if let Some(target) = target {
+    let final_message_sent;
+    if let Some(target) = resolved.clients.clone() {
         // The id is spent once the relayed command is recorded, just
         // before it is sent.
         let relayed = server
@@ -243,12 +226,10 @@ pub(crate) async fn shutdown(
         if let Err(refusal) = relay.record(&verified).await {
             return refuse(server, &command, &refusal).await;
         }
-        if matches!(plan, Plan::Everyone) {
-            // Nobody to tell: the message reached every agent there is.
-            final_message_sent = true;
-        }
+        // Nobody to tell: the message reached every agent it was for.
+        final_message_sent = true;
     }
-    let stops_server = !matches!(plan, Plan::Client(_));
+    let stops_server = resolved.server;
     let (completed, exit_code) = if stops_server {
         tracing::error!(command_id = %command.command_id, "EMERGENCY SHUTDOWN: stopping the server");
         server.shutdown();
@@ -277,9 +258,6 @@ pub(crate) async fn shutdown(
     } else {
         (None, None)
     };
-    if matches!(plan, Plan::ServerOnly) {
-        final_message_sent = true;
-    }
     json_response(
         StatusCode::OK,
         &json!({

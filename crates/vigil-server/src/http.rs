@@ -21,7 +21,6 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq as _;
 use tokio::net::TcpListener;
-use vigil_auth::Fingerprint;
 use vigil_command::{Authorities, Refusal, ReplayGuard, SignedCommand, Verifier};
 
 use crate::{DeliveryReport, Outcome, ServerError, ServerHandle, Target};
@@ -112,10 +111,14 @@ impl Relay {
         verified: &vigil_command::VerifiedCommand,
     ) -> Result<(), Refusal> {
         let replay = self.replay.clone();
-        let id = verified.command().command_id.clone();
-        let forget_after = verified.forget_after();
+        let verified = verified.clone();
+        // Each authority key has its own share of the guard, and a
+        // SHUTDOWN_NOW is never refused for capacity.
         tokio::task::spawn_blocking(move || {
-            replay.check_and_record(&id, forget_after, SystemTime::now())
+            replay
+                .check_and_record_many(&[verified.replay_entry()], SystemTime::now())
+                .pop()
+                .unwrap_or_else(|| Err(vigil_command::ReplayError::Broken("no answer".into())))
         })
         .await
         .map_err(|e| Refusal::ReplayStoreUnavailable {
@@ -585,45 +588,25 @@ fn wait_of(query: &str) -> Result<Option<Duration>, ApiError> {
     Ok(None)
 }
 
-/// Resolves a `client_id` (a client's key fingerprint) to a connected
-/// client.
-fn target_of(state: &State, client_id: Option<&str>) -> Result<Target, ApiError> {
-    match client_id {
-        None => {
-            if state.server.sessions().is_empty() {
-                return Err(ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "no client is connected",
-                ));
-            }
-            Ok(Target::All)
-        }
-        Some(id) => {
-            let fp: Fingerprint = id.parse().map_err(|_| {
-                ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    format!(
-                        "unknown client {id:?}: client ids are key fingerprints (64 hex digits)"
-                    ),
-                )
-            })?;
-            if fp.to_hex() != id {
-                return Err(ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    format!(
-                        "unknown client {id:?}: client ids are key fingerprints in lowercase hex"
-                    ),
-                ));
-            }
-            if !state.server.is_connected(&fp) {
-                return Err(ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    format!("client {id} is not connected"),
-                ));
-            }
-            Ok(Target::Clients(vec![fp]))
-        }
-    }
+/// The clients a command for `agent` (an agent id or a key fingerprint)
+/// and `tree` goes to: some must be connected (404 otherwise). The server
+/// itself runs no relayed or `/send` commands.
+fn target_of(
+    state: &State,
+    agent: Option<&str>,
+    tree: Option<&[String]>,
+) -> Result<Target, ApiError> {
+    let resolved = crate::route::resolve(&state.server, agent, tree)
+        .map_err(|why| ApiError::new(StatusCode::NOT_FOUND, why))?;
+    resolved.clients.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            match agent {
+                Some(id) => format!("{id:?} is this server, not a client: it runs no commands"),
+                None => "no client is connected".to_owned(),
+            },
+        )
+    })
 }
 
 async fn answer(delivery: crate::Delivery, wait: Option<Duration>) -> Resp {
@@ -720,7 +703,7 @@ async fn send(state: &State, body: &[u8], query: &str) -> Resp {
             format!("reason is longer than {MAX_REASON_CHARS} characters"),
         );
     }
-    let target = match target_of(state, req.client_id.as_deref()) {
+    let target = match target_of(state, req.client_id.as_deref(), None) {
         Ok(t) => t,
         Err(e) => return e.into_response(),
     };
@@ -772,7 +755,11 @@ async fn relay(state: &State, body: &[u8], query: &str) -> Resp {
         Ok(v) => v,
         Err(refusal) => return refused(refusal),
     };
-    let target = match target_of(state, command.target_agent_id.as_deref()) {
+    let target = match target_of(
+        state,
+        command.target_agent_id.as_deref(),
+        command.target_tree_path.as_deref(),
+    ) {
         Ok(t) => t,
         Err(e) => return e.into_response(),
     };
@@ -816,6 +803,8 @@ fn clients(state: &State) -> Resp {
         .map(|s| {
             json!({
                 "client_id": s.fingerprint.to_hex(),
+                "agent_id": s.place.as_ref().and_then(|p| p.agent_id.clone()),
+                "tree_path": s.place.as_ref().map(|p| p.tree_path.clone()),
                 "session": s.id,
                 "peer": s.peer.to_string(),
                 "connected_at": vigil_command::Timestamp::from_system_time(s.connected_at).map(|t| t.isoformat()).unwrap_or_default(),
@@ -893,9 +882,10 @@ fn metrics(state: &State) -> Resp {
     metric(
         "vigil_commands_total",
         "counter",
-        "Commands by outcome: sent to a session, then acknowledged done, failed or refused.",
+        "Commands by outcome: sent to a session (or not queued, its queue full), then acknowledged done, failed or refused.",
         &[
             ("outcome=\"sent\"", s.commands_sent.get()),
+            ("outcome=\"queue_full\"", s.commands_queue_full.get()),
             ("outcome=\"done\"", s.acks_done.get()),
             ("outcome=\"failed\"", s.acks_failed.get()),
             ("outcome=\"refused\"", s.acks_refused.get()),

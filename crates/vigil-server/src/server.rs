@@ -20,7 +20,7 @@ use vigil_auth::peer_fingerprint;
 use vigil_proto::ServerMessage;
 
 use crate::delivery::{Awaited, ClientOutcome, Delivery, Outcome, Target, Tracker, command_id_of};
-use crate::outbound::{Item, Refused};
+use crate::outbound::{Item, Lane, Refused};
 use crate::record::{CommandLog, CommandRecord};
 use crate::session::{self, SessionHandle, SessionInfo};
 use crate::{ServerConfig, ServerError};
@@ -58,6 +58,10 @@ pub struct ServerStats {
     pub slow_consumers: Counter,
     /// Commands queued to a session.
     pub commands_sent: Counter,
+    /// Commands not queued because the client's command queue was full
+    /// (it answers more slowly than they come): their outcome is
+    /// `queue_full`.
+    pub commands_queue_full: Counter,
     /// Acknowledgements by outcome.
     pub acks_done: Counter,
     /// Acknowledgements saying the command ran and failed.
@@ -218,6 +222,10 @@ impl Shared {
             Ok(()) => return Ok(()),
             Err((refused, _)) => refused,
         };
+        if refused == Refused::Busy {
+            self.stats.commands_queue_full.inc();
+            tracing::debug!(session, client = %client.short(), "the client's command queue is full: command not queued");
+        }
         if refused == Refused::Full {
             tracing::warn!(
                 session,
@@ -288,7 +296,7 @@ impl ServerHandle {
             .shared
             .sessions()
             .values()
-            .map(|h| h.info.clone())
+            .map(SessionHandle::snapshot)
             .collect();
         list.sort_by_key(|s| s.id);
         list
@@ -326,7 +334,8 @@ impl ServerHandle {
             serde_json::json!({"command_id": command_id, "via": "deliver", "target": target_json(target)}),
         )
         .await?;
-        Ok(self.deliver_payload(command_id, target, |reference| {
+        let lane = lane_of(command.get("command_type").and_then(Value::as_str));
+        Ok(self.deliver_payload(command_id, target, lane, |reference| {
             session::encode(&ServerMessage::Command(command.clone()), reference)
         }))
     }
@@ -334,9 +343,15 @@ impl ServerHandle {
     /// Sends `raw` (one line of JSON, a signed command as it was received)
     /// byte for byte. The caller has audited it; `raw` must hold no line
     /// break (it would end the frame early).
-    pub(crate) fn deliver_raw(&self, command_id: &str, raw: &[u8], target: &Target) -> Delivery {
+    pub(crate) fn deliver_raw(
+        &self,
+        command_id: &str,
+        raw: &[u8],
+        target: &Target,
+        lane: Lane,
+    ) -> Delivery {
         debug_assert!(!raw.contains(&b'\n'));
-        self.deliver_payload(command_id.to_owned(), target, |reference| {
+        self.deliver_payload(command_id.to_owned(), target, lane, |reference| {
             let mut out = Vec::with_capacity(raw.len() + reference.len() + 10);
             out.extend_from_slice(b"cmd:exec:");
             out.extend_from_slice(reference.as_bytes());
@@ -351,14 +366,15 @@ impl ServerHandle {
         &self,
         command_id: String,
         target: &Target,
+        lane: Lane,
         encode: impl FnOnce(&str) -> Bytes,
     ) -> Delivery {
         let n = self.shared.next_delivery.fetch_add(1, Ordering::Relaxed);
         let reference = format!("d{n}");
         let bytes = encode(&reference);
         let wanted: Option<HashSet<Fingerprint>> = match target {
-            Target::All => None,
             Target::Clients(list) => Some(list.iter().copied().collect()),
+            _ => None,
         };
         // Which sessions get it, decided under the lock; queued after, so
         // that every session's tracker slot exists before its ack can.
@@ -366,10 +382,11 @@ impl ServerHandle {
             .shared
             .sessions()
             .values()
-            .filter(|h| {
-                wanted
+            .filter(|h| match target {
+                Target::Subtree(path) => h.within(path),
+                _ => wanted
                     .as_ref()
-                    .is_none_or(|w| w.contains(&h.info.fingerprint))
+                    .is_none_or(|w| w.contains(&h.info.fingerprint)),
             })
             .map(|h| (h.info.fingerprint, h.info.id, h.out.clone()))
             .collect();
@@ -397,6 +414,7 @@ impl ServerHandle {
             let item = Item {
                 bytes: bytes.clone(),
                 delivery: Some(awaited.clone()),
+                lane,
             };
             let outcome = match self.shared.push(id, &fp, &out, item) {
                 Ok(()) => {
@@ -404,7 +422,7 @@ impl ServerHandle {
                     queued.push((fp, id));
                     continue;
                 }
-                Err(Refused::Full) => Outcome::QueueFull,
+                Err(Refused::Full | Refused::Busy) => Outcome::QueueFull,
                 Err(Refused::Closed) => Outcome::Disconnected,
             };
             // Nothing to audit: no ack was recorded on this slot.
@@ -460,7 +478,18 @@ impl ServerHandle {
         if let Target::Clients(list) = target
             && let [only] = list.as_slice()
         {
-            unsigned.target_agent_id = Some(only.to_hex());
+            // The agent id the client checks: the one it said in
+            // `sys:hello`, else its fingerprint (its default).
+            let said = self
+                .shared
+                .sessions()
+                .values()
+                .find(|h| h.info.fingerprint == *only)
+                .and_then(|h| h.agent_id().map(str::to_owned));
+            unsigned.target_agent_id = Some(said.unwrap_or_else(|| only.to_hex()));
+        }
+        if let Target::Subtree(path) = target {
+            unsigned.target_tree_path = Some(path.clone());
         }
         // Arguments with no canonical JSON form (a non-finite number, or
         // nesting past the limit) are the caller's fault, not the server's.
@@ -540,7 +569,8 @@ impl ServerHandle {
             );
             return Err(Relayed::Refused(refusal));
         }
-        let delivery = self.deliver_raw(&command.command_id, raw, target);
+        let lane = lane_of(Some(command.command_type.as_str()));
+        let delivery = self.deliver_raw(&command.command_id, raw, target, lane);
         self.shared.commands.insert(
             CommandRecord {
                 command_id: command.command_id.clone(),
@@ -628,6 +658,28 @@ impl ServerHandle {
         let _ = rx.wait_for(|s| *s).await;
     }
 
+    /// The server's own place in the agent tree.
+    pub fn tree_path(&self) -> &[String] {
+        &self.shared.config.tree_path
+    }
+
+    /// The fingerprints of the connected clients `wanted` picks, once each.
+    pub(crate) fn matching_clients(
+        &self,
+        wanted: impl Fn(&SessionHandle) -> bool,
+    ) -> Vec<Fingerprint> {
+        let mut found: Vec<Fingerprint> = self
+            .shared
+            .sessions()
+            .values()
+            .filter(|h| wanted(h))
+            .map(|h| h.info.fingerprint)
+            .collect();
+        found.sort_unstable();
+        found.dedup();
+        found
+    }
+
     /// Whether a client with this fingerprint has a live session.
     pub fn is_connected(&self, client: &Fingerprint) -> bool {
         self.shared
@@ -648,6 +700,7 @@ impl ServerHandle {
             let item = Item {
                 bytes: bytes.clone(),
                 delivery: None,
+                lane: Lane::Control,
             };
             if self.shared.push(id, &fp, &out, item).is_ok() {
                 queued += 1;
@@ -873,6 +926,7 @@ async fn connection(
         fingerprint,
         peer,
         connected_at: SystemTime::now(),
+        place: None,
     };
     session::run(shared, tls, info).await;
 }
@@ -973,6 +1027,17 @@ fn target_json(target: &Target) -> Value {
     match target {
         Target::All => Value::String("all".into()),
         Target::Clients(list) => list.iter().map(|f| Value::String(f.to_hex())).collect(),
+        Target::Subtree(path) => serde_json::json!({ "tree_path": path }),
+    }
+}
+
+/// The lane a command goes in: an emergency shutdown never waits behind
+/// other commands, nor for the session's window.
+fn lane_of(command_type: Option<&str>) -> Lane {
+    if command_type == Some(vigil_command::EMERGENCY_TYPE) {
+        Lane::Control
+    } else {
+        Lane::Command
     }
 }
 

@@ -50,8 +50,9 @@ const MAX_BATCH: usize = 64;
 /// Module bodies (`mod:verify_resp`) waiting to be written, at most;
 /// reading pauses at this many.
 const MAX_BODIES: usize = 2;
-/// Commands written to a client and not yet acknowledged, at most; past
-/// it the oldest is settled as [`Outcome::Unanswered`].
+/// Commands written to a client and not yet acknowledged, at most, counting
+/// emergency commands (which do not wait for the window); past it the
+/// oldest is settled as [`Outcome::Unanswered`].
 const MAX_AWAITING: usize = 4096;
 
 /// What the server knows about a connected client.
@@ -65,6 +66,9 @@ pub struct SessionInfo {
     pub peer: SocketAddr,
     /// When the handshake completed.
     pub connected_at: SystemTime,
+    /// Where the client says it stands (`sys:hello`): its agent id and
+    /// tree path, which the server routes by. `None` until it says.
+    pub place: Option<vigil_proto::Hello>,
 }
 
 /// The registry's handle on a live session.
@@ -73,6 +77,30 @@ pub(crate) struct SessionHandle {
     pub(crate) info: SessionInfo,
     /// Its queue; cancelling it ends the session.
     pub(crate) out: SharedOutbound,
+    /// What the client said in `sys:hello`, once it did.
+    pub(crate) place: Arc<std::sync::OnceLock<vigil_proto::Hello>>,
+}
+
+impl SessionHandle {
+    /// The client's agent id, as it said (`None` before `sys:hello`).
+    pub(crate) fn agent_id(&self) -> Option<&str> {
+        self.place.get().and_then(|p| p.agent_id.as_deref())
+    }
+
+    /// Whether the client said it stands in the subtree at `path` (its
+    /// tree path starts with it). A client that said nothing is in none.
+    pub(crate) fn within(&self, path: &[String]) -> bool {
+        self.place
+            .get()
+            .is_some_and(|p| !p.tree_path.is_empty() && p.tree_path.starts_with(path))
+    }
+
+    /// The info, with the place filled in.
+    pub(crate) fn snapshot(&self) -> SessionInfo {
+        let mut info = self.info.clone();
+        info.place = self.place.get().cloned();
+        info
+    }
 }
 
 /// Why a session ended.
@@ -119,6 +147,7 @@ where
         shared.register(SessionHandle {
             info: session.info.clone(),
             out: session.queue.clone(),
+            place: session.place.clone(),
         });
         // The fingerprint may have been revoked between the handshake and
         // the registration: the revocation sweep may have missed us.
@@ -166,8 +195,11 @@ struct Session<S> {
     out_bytes: usize,
     /// Module bodies in `out`.
     bodies: usize,
-    /// Commands written (or about to be) and not acknowledged yet.
-    awaiting: VecDeque<Awaited>,
+    /// Commands written (or about to be) and not acknowledged yet, with
+    /// when they were taken from the queue.
+    awaiting: VecDeque<(Instant, Awaited)>,
+    /// What the client said in `sys:hello`.
+    place: Arc<std::sync::OnceLock<vigil_proto::Hello>>,
     /// Module calls read but not started: they start together.
     calls: Vec<((String, String), ExecCall)>,
     /// Module runs in flight, answered by (REF, module).
@@ -195,6 +227,7 @@ where
             out_bytes: 0,
             bodies: 0,
             awaiting: VecDeque::new(),
+            place: Arc::default(),
             calls: Vec::new(),
             execs: Vec::new(),
             last_read: Instant::now(),
@@ -266,6 +299,14 @@ where
                 Status::Overflowed => return Poll::Ready(Event::End(End::QueueFull)),
                 Status::Cancelled => return Poll::Ready(Event::End(End::Cancelled)),
             }
+            // A command's answer is due by the ack timeout: the timer must
+            // fire by then (it moves only when it fires).
+            if let Some((since, _)) = self.awaiting.front() {
+                let due = *since + self.shared.config.ack_timeout;
+                if timer.deadline() > due {
+                    timer.as_mut().reset(due);
+                }
+            }
             match self.poll_write_out(cx) {
                 Poll::Ready(Ok(())) => self.stalled_since = None,
                 Poll::Ready(Err(e)) => return Poll::Ready(Event::End(End::Io(e))),
@@ -325,6 +366,23 @@ where
                 return Some(End::Idle);
             }
             let mut due = idle_due;
+            // Commands the client left unanswered past the ack timeout end
+            // as `unanswered`: no command stays pending forever.
+            let ack_timeout = self.shared.config.ack_timeout;
+            while self
+                .awaiting
+                .front()
+                .is_some_and(|(since, _)| now >= *since + ack_timeout)
+            {
+                if let Some((_, late)) = self.awaiting.pop_front() {
+                    tracing::warn!(command_id = %late.tracker.command_id, timeout = ?ack_timeout, "command unanswered past the ack timeout");
+                    self.shared
+                        .audit_acks(late.settle(self.info.id, Outcome::Unanswered));
+                }
+            }
+            if let Some((since, _)) = self.awaiting.front() {
+                due = due.min(*since + ack_timeout);
+            }
             if let Some(since) = self.stalled_since {
                 let stall_due = since + self.shared.config.write_stall_timeout;
                 if now >= stall_due {
@@ -357,8 +415,14 @@ where
     fn take_queued(&mut self, cx: &mut Context<'_>) -> (bool, Status) {
         // Past a batch of output, only the queue's status is read.
         let budget = WRITE_BATCH.saturating_sub(self.out_bytes);
+        // At most a window of commands awaits the client's answer.
+        let room = self
+            .shared
+            .config
+            .command_window
+            .saturating_sub(self.awaiting.len());
         let queue = self.queue.clone();
-        queue.poll_take(cx, budget, |item: Item| {
+        queue.poll_take(cx, budget, room, |item: Item| {
             if let Some(awaited) = item.delivery {
                 self.await_ack(awaited);
             }
@@ -368,13 +432,13 @@ where
 
     fn await_ack(&mut self, awaited: Awaited) {
         if self.awaiting.len() >= MAX_AWAITING
-            && let Some(oldest) = self.awaiting.pop_front()
+            && let Some((_, oldest)) = self.awaiting.pop_front()
         {
             tracing::debug!(command_id = %oldest.tracker.command_id, "too many unanswered commands: no longer waiting for the oldest");
             self.shared
                 .audit_acks(oldest.settle(self.info.id, Outcome::Unanswered));
         }
-        self.awaiting.push_back(awaited);
+        self.awaiting.push_back((Instant::now(), awaited));
     }
 
     fn push_chunk(&mut self, bytes: Bytes, body: bool) {
@@ -552,6 +616,7 @@ where
                 self.calls.push(((reference.to_owned(), module), call));
             }
             ClientRequest::Ping => self.reply(&ServerMessage::Pong, reference),
+            ClientRequest::Hello(hello) => self.hello(hello, reference),
             ClientRequest::Ack(ack) => self.acknowledged(ack, reference),
             ClientRequest::FailsafeReport(report) => {
                 self.shared.stats.failsafe_reports.inc();
@@ -586,6 +651,25 @@ where
         }
     }
 
+    /// Records where the client says it stands, once.
+    fn hello(&mut self, hello: vigil_proto::Hello, reference: &str) {
+        if let Some(problem) = hello.problem() {
+            self.shared.stats.bad_frames.inc();
+            self.error_reply(ErrorCode::BadPayload, problem, reference);
+            return;
+        }
+        tracing::info!(agent_id = ?hello.agent_id, tree_path = ?hello.tree_path, "client says where it stands");
+        if self.place.set(hello).is_err() {
+            self.error_reply(
+                ErrorCode::BadPayload,
+                "this session already said hello".into(),
+                reference,
+            );
+            return;
+        }
+        self.reply(&ServerMessage::HelloOk, reference);
+    }
+
     /// Counts an acknowledgement if it answers a command delivered to
     /// this session under that REF, for that command id.
     fn acknowledged(&mut self, ack: vigil_proto::Ack, reference: &str) {
@@ -607,9 +691,9 @@ where
         let found = self
             .awaiting
             .iter()
-            .position(|a| a.tracker.reference == reference);
+            .position(|(_, a)| a.tracker.reference == reference);
         let effects = found.and_then(|i| {
-            let effects = self.awaiting.get(i)?.acknowledge(self.info.id, ack);
+            let effects = self.awaiting.get(i)?.1.acknowledge(self.info.id, ack);
             effects.counted.then_some((i, effects))
         });
         let Some((i, effects)) = effects else {
@@ -625,7 +709,7 @@ where
         let awaited = self.awaiting.remove(i);
         self.shared.audit_acks(effects.audit_now);
         if effects.audit_later
-            && let Some(Awaited { tracker, .. }) = awaited
+            && let Some((_, Awaited { tracker, .. })) = awaited
         {
             // The first ack of a group: record the group soon, even if
             // no more acks come to fill it.
@@ -680,7 +764,7 @@ where
         }
         let id = self.info.id;
         let undelivered = self.queue.close();
-        for awaited in self.awaiting.drain(..).chain(undelivered) {
+        for awaited in self.awaiting.drain(..).map(|(_, a)| a).chain(undelivered) {
             self.shared
                 .audit_acks(awaited.settle(id, Outcome::Disconnected));
         }

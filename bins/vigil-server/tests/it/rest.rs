@@ -401,3 +401,174 @@ async fn r08_a_padded_relay_chain_is_refused_before_the_id_is_spent() {
     assert!(status.success(), "the client obeyed: {status:?}");
     dep.assert_serving().await;
 }
+
+/// R09: the server routes by `target_tree_path`. With one client at
+/// `fleet-a/agent-1` and one at `fleet-b/agent-2`, a relayed `RUN` scoped to
+/// `fleet-a` reaches only the first; an untargeted `SHUTDOWN_NOW` scoped to
+/// `fleet-b` stops only the second, and the server (at the root of the
+/// tree, outside `fleet-b`) stays up.
+#[tokio::test]
+async fn r09_scoped_commands_reach_only_their_subtree() {
+    let dep = Deployment::start(&[]).await;
+    let tree = |path: &[&str]| {
+        let path = format!("tree_path = {path:?}\n");
+        move |base: String| format!("{path}{base}")
+    };
+    let _a = dep.client_edited(tree(&["fleet-a", "agent-1"]), &[]);
+    let b_config = dep.add_client("client-b", tree(&["fleet-b", "agent-2"]));
+    let mut b = dep.client_with(&b_config, &[], "client-b");
+    crate::support::eventually("both clients connected", || {
+        dep.metric("vigil_connections") == 2
+    })
+    .await;
+    let a_id = dep.client_identity().fingerprint().to_hex();
+    let operator = crate::commands::operator_key(&dep);
+    let now = crate::commands::now();
+    let run = crate::commands::signed(&operator, "wa_operator", "r09-run", "RUN", now, |c| {
+        c.target_tree_path = Some(vec!["fleet-a".into()]);
+    });
+    let (status, body) = dep.http(
+        "POST",
+        "/v1/commands?wait=5",
+        Some(&dep.token),
+        Some(serde_json::to_string(&run).expect("json").as_bytes()),
+    );
+    assert_eq!(status, 200, "{body}");
+    let results = body["results"].as_array().expect("results");
+    assert_eq!(results.len(), 1, "only fleet-a was sent it: {body}");
+    assert_eq!(results[0]["client"], a_id.as_str(), "{body}");
+
+    let stop = crate::commands::signed(
+        &operator,
+        "wa_operator",
+        "r09-stop",
+        "SHUTDOWN_NOW",
+        now,
+        |c| {
+            c.command = None;
+            c.target_tree_path = Some(vec!["fleet-b".into()]);
+        },
+    );
+    let (status, body) = dep.http(
+        "POST",
+        "/emergency/shutdown",
+        None,
+        Some(serde_json::to_string(&stop).expect("json").as_bytes()),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["services_stopped"][0], "agents:1/1", "{body}");
+    assert!(b.exited().await.success(), "fleet-b's client obeyed");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(dep.metric("vigil_connections"), 1, "fleet-a's client stays");
+    dep.assert_serving().await;
+}
+
+/// Posts `n` `/send` commands for `client` from `threads` threads at once;
+/// the bodies of the answers.
+fn send_flood(
+    dep: &Deployment,
+    n: usize,
+    threads: usize,
+    client: &str,
+) -> Vec<(u16, serde_json::Value)> {
+    let body = json!({"command": "nothing", "client_id": client}).to_string();
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let body = body.clone();
+                scope.spawn(move || {
+                    (0..n / threads + usize::from(t < n % threads))
+                        .map(|_| dep.http("POST", "/send", Some(&dep.token), Some(body.as_bytes())))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("sender"))
+            .collect()
+    })
+}
+
+/// R10: `/send` floods one client faster than it can answer (3,000
+/// commands from 8 connections at once). Nothing is lost without the
+/// server knowing: each accepted command is either queued (at most a
+/// window of unanswered commands goes to the client, the rest waits at the
+/// server) and then answered by the client, or refused at once as
+/// `queue_full`; none stays pending, and the client drops nothing. Then,
+/// in the middle of another flood, an emergency `SHUTDOWN_NOW` for that
+/// client overtakes the queued commands and is obeyed.
+#[tokio::test]
+async fn r10_a_send_flood_is_flow_controlled_and_loses_nothing() {
+    let dep = Deployment::start(&[]).await;
+    let mut client = dep.client("", &[]);
+    crate::support::eventually("the client connected", || {
+        dep.metric("vigil_connections") == 1
+    })
+    .await;
+    let me = dep.client_identity().fingerprint().to_hex();
+    // The senders block this test's thread; nothing else runs on it meanwhile.
+    let answers = send_flood(&dep, 3_000, 8, &me);
+    let mut queued = Vec::new();
+    let mut refused_at_once = 0;
+    for (status, body) in &answers {
+        assert_eq!(*status, 202, "{body}");
+        let id = body["command_id"].as_str().expect("command_id").to_owned();
+        if body["sent_to"].as_array().is_some_and(|s| s.len() == 1) {
+            queued.push(id);
+        } else {
+            assert_eq!(body["not_sent"][0]["status"], "queue_full", "{body}");
+            refused_at_once += 1;
+        }
+    }
+    eprintln!(
+        "queued {}, refused at once as queue_full {refused_at_once}",
+        queued.len()
+    );
+    // Every queued command reaches a final answer from the client.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    for id in &queued {
+        loop {
+            let (status, record) =
+                dep.http("GET", &format!("/v1/commands/{id}"), Some(&dep.token), None);
+            assert_eq!(status, 200, "{record}");
+            let state = &record["targets"][&me]["status"];
+            if state != "pending" {
+                assert_eq!(state, "failed", "{id}: {record}");
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{id} is still pending: {record}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert!(!client.logged("dropped"), "the client dropped frames");
+
+    // Another flood, and an emergency shutdown in its middle.
+    let operator = crate::commands::operator_key(&dep);
+    let stop = crate::commands::signed(
+        &operator,
+        "wa_operator",
+        "r10-stop",
+        "SHUTDOWN_NOW",
+        crate::commands::now(),
+        |c| {
+            c.command = None;
+            c.target_agent_id = Some(me.clone());
+        },
+    );
+    let stop = serde_json::to_string(&stop).expect("json");
+    let (status, body) = std::thread::scope(|scope| {
+        let flood = scope.spawn(|| send_flood(&dep, 2_000, 6, &me));
+        std::thread::sleep(Duration::from_millis(300));
+        let answer = dep.http("POST", "/emergency/shutdown", None, Some(stop.as_bytes()));
+        let _ = flood.join();
+        answer
+    });
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["services_stopped"][0], "agents:1/1", "{body}");
+    assert!(client.exited().await.success(), "the client obeyed");
+    dep.assert_serving().await;
+}

@@ -63,6 +63,7 @@ impl Peer {
                 };
                 let reply = match (frame.api(), frame.kind()) {
                     ("sys", "ping") => Some(("sys:pong", "{}")),
+                    ("sys", "hello") => Some(("sys:hello_ok", "{}")),
                     ("mod", "sync") => Some(("mod:sync_resp", "{\"modules\":[]}")),
                     _ => None,
                 };
@@ -114,5 +115,122 @@ impl Peer {
             _ => None,
         })
         .await
+    }
+}
+
+/// What [`Peer::flood`] saw.
+pub(crate) struct Flood {
+    /// The client's acknowledgements, by REF.
+    pub(crate) acks: std::collections::HashMap<String, Ack>,
+    /// Failsafe transitions the client reported.
+    pub(crate) reports: Vec<String>,
+}
+
+impl Peer {
+    /// Sends `frames` (each a `cmd:exec` line whose REF is its index, as
+    /// `{prefix}{i}`), as fast as the client takes them or, with `window`,
+    /// with at most that many unacknowledged; `heartbeat(n)` is sent every
+    /// 500 ms meanwhile. Reads the client's answers at the same time, until
+    /// every frame is acknowledged or nothing arrives for 10 s.
+    pub(crate) async fn flood(
+        &mut self,
+        frames: &[String],
+        window: Option<usize>,
+        mut heartbeat: impl FnMut(u64) -> String,
+    ) -> Flood {
+        use std::cell::{Cell, RefCell};
+        use std::time::{Duration, Instant};
+        let acked = Cell::new(0usize);
+        let done = Cell::new(false);
+        let wake = tokio::sync::Notify::new();
+        let pongs: RefCell<Vec<u8>> = RefCell::new(Vec::new());
+        let acks = RefCell::new(std::collections::HashMap::new());
+        let reports = RefCell::new(Vec::new());
+        let (mut rd, mut wr) = tokio::io::split(&mut self.stream);
+        let leftover = std::mem::take(&mut self.buf);
+        let writer = async {
+            let mut beats = 0u64;
+            let mut last_beat = Instant::now();
+            let mut next = 0usize;
+            let mut out = Vec::new();
+            while !done.get() {
+                if last_beat.elapsed() >= Duration::from_millis(500) {
+                    beats += 1;
+                    out.extend_from_slice(heartbeat(beats).as_bytes());
+                    last_beat = Instant::now();
+                }
+                out.append(&mut pongs.borrow_mut());
+                let room = match window {
+                    Some(w) => w.saturating_sub(next - acked.get()),
+                    None => usize::MAX,
+                };
+                let mut taken = 0;
+                while next < frames.len() && taken < room && out.len() < 64 * 1024 {
+                    out.extend_from_slice(frames[next].as_bytes());
+                    next += 1;
+                    taken += 1;
+                }
+                if !out.is_empty() {
+                    if wr.write_all(&out).await.is_err() {
+                        return;
+                    }
+                    out.clear();
+                }
+                if taken == 0 {
+                    // Wait for acks (or the next heartbeat).
+                    let woken = wake.notified();
+                    let _ = tokio::time::timeout(Duration::from_millis(100), woken).await;
+                }
+            }
+        };
+        let reader = async {
+            let mut buf = leftover;
+            let mut last_progress = Instant::now();
+            loop {
+                while let Some(end) = buf.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=end).collect();
+                    let Ok(frame) = Frame::parse(&line[..end]) else {
+                        continue;
+                    };
+                    match ClientRequest::from_frame(&frame) {
+                        Ok(ClientRequest::Ack(ack)) => {
+                            acks.borrow_mut().insert(frame.reference().to_owned(), ack);
+                            acked.set(acked.get() + 1);
+                            last_progress = Instant::now();
+                            wake.notify_one();
+                        }
+                        Ok(ClientRequest::FailsafeReport(r)) => {
+                            reports.borrow_mut().push(r.event);
+                            pongs.borrow_mut().extend_from_slice(
+                                format!("fs:report_ok:{} {{}}\n", frame.reference()).as_bytes(),
+                            );
+                        }
+                        Ok(ClientRequest::Ping) => pongs.borrow_mut().extend_from_slice(
+                            format!("sys:pong:{} {{}}\n", frame.reference()).as_bytes(),
+                        ),
+                        _ => {}
+                    }
+                }
+                if acks.borrow().len() >= frames.len() {
+                    break;
+                }
+                let mut chunk = [0u8; 64 * 1024];
+                match tokio::time::timeout(Duration::from_millis(500), rd.read(&mut chunk)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => break,
+                    Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+                    Err(_) => {
+                        if last_progress.elapsed() > Duration::from_secs(10) {
+                            break;
+                        }
+                    }
+                }
+            }
+            done.set(true);
+        };
+        tokio::join!(writer, reader);
+        Flood {
+            acks: acks.into_inner(),
+            reports: reports.into_inner(),
+        }
     }
 }

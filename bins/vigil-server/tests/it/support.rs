@@ -256,6 +256,41 @@ impl Deployment {
         )
     }
 
+    /// Another client identity, trusted by the server: its certificate
+    /// and key (`NAME.crt`, `NAME.key`), a state directory of its own and
+    /// a copy of `client.toml` that uses them (`NAME.toml`), with `edit`
+    /// applied. Returns the config's path.
+    pub(crate) fn add_client(&self, name: &str, edit: impl FnOnce(String) -> String) -> PathBuf {
+        let identity = vigil_auth::GeneratedIdentity::generate(name).expect("identity");
+        let (crt, key) = (
+            self.path(&format!("{name}.crt")),
+            self.path(&format!("{name}.key")),
+        );
+        identity.write(&crt, &key, false).expect("write identity");
+        let mut trusted = self.trusted();
+        trusted.push(identity.fingerprint);
+        self.write_trust(&trusted);
+        let base = std::fs::read_to_string(self.path("client.toml")).expect("client.toml");
+        let config = base
+            .replace("\"client.crt\"", &format!("\"{name}.crt\""))
+            .replace("\"client.key\"", &format!("\"{name}.key\""))
+            .replace("\"client-state\"", &format!("\"{name}-state\""));
+        let path = self.path(&format!("{name}.toml"));
+        std::fs::write(&path, edit(config)).expect("write config");
+        path
+    }
+
+    /// Starts a `vigil-client` with the config at `config`.
+    pub(crate) fn client_with(&self, config: &Path, args: &[&str], label: &'static str) -> Proc {
+        Proc::spawn(
+            Command::new(bin("vigil-client"))
+                .arg("--config")
+                .arg(config)
+                .args(args),
+            label,
+        )
+    }
+
     /// The honest probe: a client with the trusted identity connects, is
     /// answered, lists the modules, and the REST API answers `/health`.
     pub(crate) async fn assert_serving(&self) {

@@ -401,7 +401,7 @@ async fn a_client_that_stops_reading_is_dropped_and_others_are_served() {
     let mut good_conn = Connection::connect(&support::client_config(&server, &good))
         .await
         .expect("connect");
-    let mut pushed = good_conn.take_broadcasts().expect("broadcasts");
+    let mut pushed = good_conn.take_pushed().expect("pushed").events;
     let received = Arc::new(AtomicU64::new(0));
     tokio::spawn({
         let received = received.clone();
@@ -412,8 +412,11 @@ async fn a_client_that_stops_reading_is_dropped_and_others_are_served() {
         }
     });
     support::eventually(|| server.handle.sessions().len() == 2).await;
-    let pad = serde_json::json!({"pad": "x".repeat(1024)});
-    let msg = vigil_proto::ServerMessage::Heartbeat(pad.as_object().cloned().unwrap_or_default());
+    // Broadcasts the client queues one by one (a heartbeat would only
+    // replace the one before).
+    let msg = vigil_proto::ServerMessage::ModUnload {
+        module: "x".repeat(1024),
+    };
     // Bursts of 32 KiB, each read by the good client before the next: its
     // queue never nears the limit, while the slow client's kernel buffers
     // fill and then its queue passes the limit.
