@@ -125,9 +125,18 @@ struct Cli {
     /// [default: 10].
     #[arg(long, env = "VIGIL_HTTP_READ_TIMEOUT", value_name = "SECS")]
     http_read_timeout: Option<f64>,
-    /// Most REST connections at once [default: 1024].
+    /// Most REST connections at once; when they run out, the one that has
+    /// waited longest for a request gives way [default: 1024].
     #[arg(long, env = "VIGIL_HTTP_MAX_CONNECTIONS", value_name = "N")]
     http_max_connections: Option<usize>,
+    /// REST connections from one address that may wait for a request at
+    /// once; past it, that address's oldest gives way [default: 64].
+    #[arg(long, env = "VIGIL_HTTP_MAX_WAITING_PER_SOURCE", value_name = "N")]
+    http_max_waiting_per_source: Option<usize>,
+    /// TLS handshakes in progress from one address; past it, that
+    /// address's oldest gives way [default: 256].
+    #[arg(long, env = "VIGIL_MAX_HANDSHAKES_PER_SOURCE", value_name = "N")]
+    max_handshakes_per_source: Option<usize>,
     /// Most commands written to one client and not yet answered; the rest
     /// wait at the server (up to --max-outbound-kib), past which a command
     /// is not queued (queue_full) [default: 64].
@@ -142,6 +151,31 @@ struct Cli {
     /// only if this place is in it [default: none, the root].
     #[arg(long, env = "VIGIL_TREE_PATH", value_name = "PATH")]
     tree_path: Option<String>,
+    /// KiB after which the audit log's open segment is sealed and a new one
+    /// started; a start reads only the open segment whole [default: 16384].
+    #[arg(long, env = "VIGIL_AUDIT_SEGMENT_KIB", value_name = "KIB")]
+    audit_segment_kib: Option<u64>,
+    /// Hours after which the open segment is sealed [default: 24].
+    #[arg(long, env = "VIGIL_AUDIT_SEGMENT_HOURS", value_name = "HOURS")]
+    audit_segment_hours: Option<f64>,
+    /// Sealed audit segments kept; older ones are deleted, and the chain
+    /// records which (0: keep every one) [default: 256].
+    #[arg(long, env = "VIGIL_AUDIT_KEEP_SEGMENTS", value_name = "N")]
+    audit_keep_segments: Option<usize>,
+    /// Sealed audit segments older than this many days are deleted the same
+    /// way [default: none, no age limit].
+    #[arg(long, env = "VIGIL_AUDIT_KEEP_DAYS", value_name = "DAYS")]
+    audit_keep_days: Option<f64>,
+    /// KiB the audit log holds in reserve (in audit.jsonl.reserve) so that
+    /// an authorized SHUTDOWN_NOW is recorded and carried out when the disk
+    /// is otherwise full (0: none) [default: 1024].
+    #[arg(long, env = "VIGIL_AUDIT_RESERVE_KIB", value_name = "KIB")]
+    audit_reserve_kib: Option<u64>,
+    /// Seconds between the audit records that count refused unauthenticated
+    /// traffic (refusals.summary); meanwhile only the first refusal of each
+    /// source is recorded on its own [default: 60].
+    #[arg(long, env = "VIGIL_REFUSAL_SUMMARY_INTERVAL", value_name = "SECS")]
+    refusal_summary_interval: Option<f64>,
 }
 
 /// The TOML file: the same settings as the flags.
@@ -171,9 +205,17 @@ struct FileConfig {
     write_stall_timeout: Option<f64>,
     http_read_timeout: Option<f64>,
     http_max_connections: Option<usize>,
+    http_max_waiting_per_source: Option<usize>,
+    max_handshakes_per_source: Option<usize>,
     command_window: Option<usize>,
     ack_timeout: Option<f64>,
     tree_path: Option<Vec<String>>,
+    audit_segment_kib: Option<u64>,
+    audit_segment_hours: Option<f64>,
+    audit_keep_segments: Option<usize>,
+    audit_keep_days: Option<f64>,
+    audit_reserve_kib: Option<u64>,
+    refusal_summary_interval: Option<f64>,
 }
 
 fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
@@ -323,6 +365,13 @@ fn resolve(cli: Cli) -> anyhow::Result<(ServerConfig, HttpConfig, Watches)> {
         anyhow::ensure!(n > 0, "max_connections must be at least 1");
         config.max_connections = n;
     }
+    if let Some(n) = cli
+        .max_handshakes_per_source
+        .or(file.max_handshakes_per_source)
+    {
+        anyhow::ensure!(n > 0, "max_handshakes_per_source must be at least 1");
+        config.max_handshakes_per_source = n;
+    }
     if let Some(s) = cli.handshake_timeout.or(file.handshake_timeout) {
         config.handshake_timeout = seconds("handshake_timeout", s)?;
     }
@@ -360,9 +409,41 @@ fn resolve(cli: Cli) -> anyhow::Result<(ServerConfig, HttpConfig, Watches)> {
         None => load_or_make_token(&data_dir.join("api-token"))?,
     };
     let audit_path = data_dir.join("audit.jsonl");
-    let audit = vigil_audit::AuditLog::open(&audit_path, vigil_audit::AuditOptions::default())
+    let mut audit_options = vigil_audit::AuditOptions::default();
+    if let Some(kib) = cli.audit_segment_kib.or(file.audit_segment_kib) {
+        anyhow::ensure!(kib >= 4, "audit_segment_kib must be at least 4");
+        audit_options.segment_max_bytes = kib.saturating_mul(1024);
+    }
+    if let Some(h) = cli.audit_segment_hours.or(file.audit_segment_hours) {
+        audit_options.segment_max_age = Some(seconds("audit_segment_hours", h * 3600.0)?);
+    }
+    if let Some(n) = cli.audit_keep_segments.or(file.audit_keep_segments) {
+        audit_options.keep_segments = (n > 0).then_some(n);
+    }
+    if let Some(d) = cli.audit_keep_days.or(file.audit_keep_days) {
+        audit_options.keep_age = Some(seconds("audit_keep_days", d * 86_400.0)?);
+    }
+    if let Some(kib) = cli.audit_reserve_kib.or(file.audit_reserve_kib) {
+        audit_options.reserve_bytes = kib.saturating_mul(1024);
+    }
+    let audit = vigil_audit::AuditLog::open(&audit_path, audit_options)
         .with_context(|| format!("cannot open the audit log {}", audit_path.display()))?;
-    tracing::info!(path = %audit_path.display(), records = audit.open_report().records, "audit log open");
+    let opened = audit.open_report();
+    tracing::info!(
+        path = %audit_path.display(),
+        records = opened.records,
+        sealed_segments = opened.sealed_segments,
+        first_seq = opened.first_seq,
+        next_seq = opened.next_seq,
+        reserve_bytes = opened.reserve_bytes,
+        "audit log open (records: of the open segment, read whole; sealed segments: heads checked)"
+    );
+    if let Some(s) = cli
+        .refusal_summary_interval
+        .or(file.refusal_summary_interval)
+    {
+        config.refusal_summary_interval = seconds("refusal_summary_interval", s)?;
+    }
     config.audit = Some(audit);
     if let Some(id) = cli.agent_id.or(file.agent_id) {
         config.agent_id = id;
@@ -382,6 +463,13 @@ fn resolve(cli: Cli) -> anyhow::Result<(ServerConfig, HttpConfig, Watches)> {
     if let Some(n) = cli.http_max_connections.or(file.http_max_connections) {
         anyhow::ensure!(n > 0, "http_max_connections must be at least 1");
         http.max_connections = n;
+    }
+    if let Some(n) = cli
+        .http_max_waiting_per_source
+        .or(file.http_max_waiting_per_source)
+    {
+        anyhow::ensure!(n > 0, "http_max_waiting_per_source must be at least 1");
+        http.max_waiting_per_source = n;
     }
     if let Some(path) = cli.authorities.or(from_file(file.authorities)) {
         vigil_auth::check_permissions(&path, "authorities file")?;

@@ -1,4 +1,5 @@
-//! `vigilctl audit verify`: checks an audit log's hash chain.
+//! `vigilctl audit verify`: checks an audit log's hash chain, in every
+//! segment it keeps.
 
 use std::path::Path;
 
@@ -12,12 +13,20 @@ pub(crate) fn verify(path: &Path) -> anyhow::Result<()> {
     match &report.problem {
         None => {
             println!(
-                "{}: ok, {} records checked, last seq {}, last hash {}",
+                "{}: ok, {} records checked in {} file{}, last seq {}, last hash {}",
                 path.display(),
                 report.records,
+                report.segments,
+                if report.segments == 1 { "" } else { "s" },
                 report.last_seq,
                 report.last_hash
             );
+            if report.first_seq > 1 {
+                println!(
+                    "the records before seq {} were deleted by retention, as the chain records",
+                    report.first_seq
+                );
+            }
             Ok(())
         }
         Some(p) => {
@@ -39,9 +48,10 @@ pub(crate) fn verify(path: &Path) -> anyhow::Result<()> {
                 report.last_seq,
                 report.last_hash
             );
+            let file = report.file.as_deref().unwrap_or(path);
             bail!(
                 "{} line {} ({seq}, byte offset {}; seq {} expected there): {}{hint}",
-                path.display(),
+                file.display(),
                 p.line,
                 p.offset,
                 p.expected_seq,

@@ -58,6 +58,17 @@ pub enum AuditError {
         /// The first broken or missing record.
         problem: Box<Problem>,
     },
+    /// A sealed segment's head (its first or last record, its seal) is
+    /// broken, or a segment is missing between two others; the log was not
+    /// opened. (Its records in between are checked by
+    /// [`verify`](crate::verify), not at open.)
+    #[error("audit log segment {path}: {reason}")]
+    BrokenSegment {
+        /// The segment.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// The record, encoded, is longer than
     /// [`AuditOptions::max_record_bytes`](crate::AuditOptions::max_record_bytes).
     #[error("audit record of {size} bytes exceeds the limit of {limit} bytes")]
@@ -110,7 +121,34 @@ pub enum AuditError {
     },
 }
 
+impl Failure {
+    /// Whether the disk (or the quota) is full: `ENOSPC` or `EDQUOT`.
+    pub fn is_disk_full(&self) -> bool {
+        is_no_space(&self.source)
+    }
+}
+
+/// Whether `e` is `ENOSPC` or `EDQUOT`.
+pub(crate) fn is_no_space(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(code) if code == rustix::io::Errno::NOSPC.raw_os_error()
+            || code == rustix::io::Errno::DQUOT.raw_os_error()
+    )
+}
+
 impl AuditError {
+    /// The write-path failure behind this error, if it is one
+    /// ([`AuditError::Failed`], [`AuditError::Poisoned`]).
+    pub fn failure(&self) -> Option<&Failure> {
+        match self {
+            AuditError::Failed { failure, .. } | AuditError::Poisoned { failure, .. } => {
+                Some(failure)
+            }
+            _ => None,
+        }
+    }
+
     pub(crate) fn io(path: &Path, action: &'static str, source: io::Error) -> AuditError {
         AuditError::Io {
             path: path.to_owned(),
@@ -169,6 +207,11 @@ pub enum FailureStage {
     /// was removed or replaced, so what was written cannot be found by
     /// anyone reading the path.
     FileGone,
+    /// Sealing the open segment and starting the next one (renaming,
+    /// creating or syncing a file), or deleting old segments. The seal is
+    /// in the file when this fails; opening the log again finishes the
+    /// rotation.
+    Rotate,
 }
 
 impl fmt::Display for FailureStage {
@@ -177,6 +220,7 @@ impl fmt::Display for FailureStage {
             FailureStage::Write => "write failed",
             FailureStage::Sync => "fsync failed",
             FailureStage::FileGone => "the log file was removed or replaced",
+            FailureStage::Rotate => "starting a new segment failed",
         })
     }
 }

@@ -1,12 +1,14 @@
 //! vigil's audit log: append-only, hash-chained JSON lines that are on disk
 //! before anyone is told they are.
 //!
-//! - [`AuditLog::open`] opens (or creates) a log, checks its whole chain,
-//!   cuts off a torn last line and continues the chain.
+//! - [`AuditLog::open`] opens (or creates) a log, checks the open segment
+//!   and the heads of the sealed ones, cuts off a torn last line and
+//!   continues the chain.
 //! - [`AuditLog::append`] returns a [`Receipt`] only once the record is
 //!   written and synced; concurrent appends share one sync (group commit).
-//! - [`verify`] checks a file and reports the first broken or missing
-//!   record with its line number and seq.
+//!   [`AuditLog::append_essential`] can also draw on a disk reserve.
+//! - [`verify`] checks every segment that is kept and reports the first
+//!   broken or missing record with its file, line number and seq.
 //!
 //! **An acknowledged record is durable, and the log fails closed**: when a
 //! record cannot be written and synced, `append` returns an error and the
@@ -102,6 +104,11 @@
 //!     prev, seq = rec["hash"], rec["seq"]
 //! ```
 //!
+//! For a log split into segments (below), feed it the sealed files in name
+//! order and then the open segment, as one stream; after retention has
+//! deleted the oldest, start from the first kept record's `seq - 1` and
+//! `prev`, which the retention record names.
+//!
 //! The chain makes changes evident, not impossible: whoever can write the
 //! file can rewrite a suffix and recompute its hashes. Keep the last hash
 //! somewhere else ([`VerifyReport::last_hash`], [`Receipt::hash`]) to pin
@@ -164,6 +171,47 @@
 //! One log has one writer: open takes an exclusive `flock` on the file, so
 //! a second writer gets [`AuditError::Locked`]. [`verify`] takes no lock.
 //!
+//! # Segments, retention and the reserve
+//!
+//! The log is split into segments, so that opening it takes a time bounded
+//! by the segment size rather than by its history. `path` is the **open
+//! segment**; when a batch would take it past
+//! [`AuditOptions::segment_max_bytes`] (16 MiB by default), or its first
+//! record is older than [`AuditOptions::segment_max_age`] (a day), the
+//! writer appends a **seal** record (kind [`SEAL_KIND`]), renames the file
+//! to `<path>.<first seq>-<last seq>` (each seq in 20 digits, so the names
+//! sort in chain order) and starts a new open segment, whose first record's
+//! `prev` is the seal's hash. The chain runs on across files unbroken. A
+//! seal's details say where its segment starts and name the seal before:
+//!
+//! ```text
+//! {"first_seq":1,"previous_seal":null,"reason":"size","records":48130}
+//! ```
+//!
+//! [`AuditLog::open`] reads the open segment whole and only the **heads**
+//! of the sealed ones: the first and last record of each (each checked on
+//! its own), each seal against the file's name, each segment's first
+//! record and seal against the seal before, and that no segment is missing
+//! between two. A record changed inside a sealed segment is found by
+//! [`verify`], which reads everything. A rotation cut short by a crash
+//! (the open segment ends with its seal, or is missing) is finished at
+//! open.
+//!
+//! Past [`AuditOptions::keep_segments`] sealed segments (256 by default)
+//! or [`AuditOptions::keep_age`], the oldest are deleted, after a record
+//! of kind [`RETENTION_KIND`] lists what goes (file, first and last seq,
+//! seal). [`verify`] accepts a log that starts after seq 1 only when such a
+//! record names the deleted segment whose seal the first kept record
+//! follows.
+//!
+//! [`AuditLog::append_essential`] is [`AuditLog::append`] for the few
+//! records that stand between an authorized emergency action and its
+//! being carried out: the log holds [`AuditOptions::reserve_bytes`] (1 MiB)
+//! of allocated bytes in `<path>.reserve`, and when a batch holding an
+//! essential record fails for want of space (`ENOSPC`, `EDQUOT`) it
+//! releases them and writes the batch again. The reserve is made again at
+//! the next open, when there is room.
+//!
 //! This crate is for Unix (it uses `pwrite`, `fdatasync`, `flock` and
 //! inode numbers).
 #![deny(missing_docs)]
@@ -171,14 +219,17 @@
 mod error;
 mod log;
 mod record;
+mod segment;
 mod sink;
 mod verify;
 
 pub use error::{AuditError, Failure, FailureStage};
 pub use log::{
-    AuditLog, AuditOptions, AuditStats, DEFAULT_MAX_RECORD_BYTES, DEFAULT_QUEUE_CAPACITY,
+    AuditLog, AuditOptions, AuditStats, DEFAULT_KEEP_SEGMENTS, DEFAULT_MAX_RECORD_BYTES,
+    DEFAULT_QUEUE_CAPACITY, DEFAULT_RESERVE_BYTES, DEFAULT_SEGMENT_AGE, DEFAULT_SEGMENT_BYTES,
     MAX_KIND_BYTES, OnCorruption, OpenReport, Receipt, TornTail,
 };
 pub use record::{RecordHash, RecordHashParseError};
+pub use segment::{RETENTION_KIND, SEAL_KIND};
 pub use sink::FaultInjection;
 pub use verify::{MAX_LINE_BYTES, Problem, ProblemKind, VerifyReport, verify, verify_reader};

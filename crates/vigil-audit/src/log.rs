@@ -7,15 +7,16 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{AuditError, Failure, FailureStage};
 use crate::record::{RecordHash, encode_body, encode_object, encode_str, finish_line, format_time};
+use crate::segment::{self, SEAL_KIND, SealedFile};
 use crate::sink::{FaultInjection, Sink};
-use crate::verify::{MAX_LINE_BYTES, Problem, ProblemKind, scan};
+use crate::verify::{MAX_LINE_BYTES, Problem, ProblemKind, scan_from};
 
 /// Default for [`AuditOptions::max_record_bytes`]: 64 KiB.
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 64 << 10;
@@ -25,6 +26,15 @@ pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
 
 /// Longest accepted record kind, in bytes.
 pub const MAX_KIND_BYTES: usize = 128;
+
+/// Default for [`AuditOptions::segment_max_bytes`]: 16 MiB.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 16 << 20;
+/// Default for [`AuditOptions::segment_max_age`]: a day.
+pub const DEFAULT_SEGMENT_AGE: Duration = Duration::from_secs(24 * 60 * 60);
+/// Default for [`AuditOptions::keep_segments`].
+pub const DEFAULT_KEEP_SEGMENTS: usize = 256;
+/// Default for [`AuditOptions::reserve_bytes`]: 1 MiB.
+pub const DEFAULT_RESERVE_BYTES: u64 = 1 << 20;
 
 /// An upper bound on the bytes a line takes beyond its kind and its
 /// encoded details: the fixed member names, a 20-digit seq, the time, two
@@ -69,6 +79,26 @@ pub struct AuditOptions {
     /// Makes the file's writes or syncs fail on purpose, to test the
     /// fail-closed path. Tests only: see [`FaultInjection`].
     pub fault_injection: Option<FaultInjection>,
+    /// The open segment is sealed, and a new one started, before a batch
+    /// would take it past this size (default [`DEFAULT_SEGMENT_BYTES`]).
+    /// Opening reads only the open segment whole, so this bounds the time
+    /// an open takes, whatever the log's history.
+    pub segment_max_bytes: u64,
+    /// ... or once its first record is older than this (default
+    /// [`DEFAULT_SEGMENT_AGE`]; `None`: no age limit).
+    pub segment_max_age: Option<Duration>,
+    /// At most this many sealed segments are kept; older ones are deleted,
+    /// after a record of the chain says which (default
+    /// [`DEFAULT_KEEP_SEGMENTS`]; `None`: keep every one).
+    pub keep_segments: Option<usize>,
+    /// Sealed segments sealed longer ago than this are deleted the same way
+    /// (default `None`: no age limit).
+    pub keep_age: Option<Duration>,
+    /// Bytes held in reserve, in `<log>.reserve`, for records appended with
+    /// [`AuditLog::append_essential`]: when the disk is full, the reserve
+    /// is released so that they are still written (default
+    /// [`DEFAULT_RESERVE_BYTES`]; 0: no reserve).
+    pub reserve_bytes: u64,
 }
 
 impl Default for AuditOptions {
@@ -79,6 +109,11 @@ impl Default for AuditOptions {
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             fault_injection: None,
+            segment_max_bytes: DEFAULT_SEGMENT_BYTES,
+            segment_max_age: Some(DEFAULT_SEGMENT_AGE),
+            keep_segments: Some(DEFAULT_KEEP_SEGMENTS),
+            keep_age: None,
+            reserve_bytes: DEFAULT_RESERVE_BYTES,
         }
     }
 }
@@ -99,9 +134,17 @@ pub struct Receipt {
 pub struct OpenReport {
     /// Whether the file was created by this open.
     pub created: bool,
-    /// Records that passed every check, from the first line on (with
-    /// [`OnCorruption::Continue`], those before the break).
+    /// Records of the open segment that passed every check, from its first
+    /// line on (with [`OnCorruption::Continue`], those before the break).
+    /// Sealed segments are not read whole at open: their heads are checked.
     pub records: u64,
+    /// Sealed segments kept (their heads were checked).
+    pub sealed_segments: u64,
+    /// The seq of the first record kept (1 unless old segments were
+    /// deleted).
+    pub first_seq: u64,
+    /// Bytes held in reserve for essential records.
+    pub reserve_bytes: u64,
     /// The seq the next record gets.
     pub next_seq: u64,
     /// The `prev` the next record gets.
@@ -145,6 +188,12 @@ pub struct AuditStats {
     pub bytes: u64,
     /// Records in the largest batch.
     pub largest_batch: u64,
+    /// Segments sealed.
+    pub segments_sealed: u64,
+    /// Sealed segments deleted by retention.
+    pub segments_deleted: u64,
+    /// Bytes held in reserve now (0 once released).
+    pub reserve_bytes: u64,
 }
 
 /// An open, append-only, hash-chained audit log.
@@ -185,6 +234,9 @@ struct Shared {
     syncs: AtomicU64,
     bytes: AtomicU64,
     largest_batch: AtomicU64,
+    segments_sealed: AtomicU64,
+    segments_deleted: AtomicU64,
+    reserve_bytes: AtomicU64,
 }
 
 enum Msg {
@@ -196,22 +248,36 @@ struct Pending {
     kind: String,
     /// Canonical JSON, encoded by the caller's task.
     details: String,
+    /// May use the reserve.
+    essential: bool,
     reply: oneshot::Sender<Result<Receipt, AuditError>>,
 }
 
 impl AuditLog {
-    /// Opens (or creates) the log at `path`, checks its whole chain and
-    /// starts its writer thread.
+    /// Opens (or creates) the log at `path`, checks it and starts its
+    /// writer thread.
     ///
+    /// - The **sealed segments** (`<path>.<first>-<last>`) are not read
+    ///   whole: their heads are checked (first and last record of each,
+    ///   each seal against its name and the seal before it, and that no
+    ///   segment is missing between two). The **open segment** (`path`)
+    ///   is read and its chain checked whole, from the last seal on. So
+    ///   opening takes a time bounded by the segment size, not the log's
+    ///   history; [`verify`](crate::verify) reads everything.
     /// - The file gets an exclusive advisory lock (`flock`) for as long as
     ///   the log is open: a second writer, in this process or another,
     ///   gets [`AuditError::Locked`] instead of forking the chain.
-    /// - A new file is created and its directory synced, so that the file
-    ///   itself survives a crash.
+    /// - A new file is created (mode 0600) and its directory synced, so
+    ///   that the file itself survives a crash.
     /// - An unterminated last line is cut off after its bytes are saved
     ///   and synced to `<path>.torn` (see [`TornTail`]).
     /// - A chain that breaks before that is [`AuditError::Corrupt`], unless
-    ///   `options.on_corruption` is [`OnCorruption::Continue`].
+    ///   `options.on_corruption` is [`OnCorruption::Continue`]; a broken
+    ///   head is [`AuditError::BrokenSegment`].
+    /// - A rotation cut short (the open segment ends with its seal, or is
+    ///   missing after a seal) is finished.
+    /// - The reserve file is made (or topped up) to
+    ///   [`AuditOptions::reserve_bytes`], as far as the disk allows.
     ///
     /// This blocks while it reads the file; from async code, call it in
     /// `tokio::task::spawn_blocking`.
@@ -219,47 +285,71 @@ impl AuditLog {
     /// # Errors
     ///
     /// [`AuditError::Io`], [`AuditError::NotFound`],
-    /// [`AuditError::NotRegularFile`], [`AuditError::Locked`] and
-    /// [`AuditError::Corrupt`].
+    /// [`AuditError::NotRegularFile`], [`AuditError::Locked`],
+    /// [`AuditError::Corrupt`] and [`AuditError::BrokenSegment`].
     pub fn open(path: impl AsRef<Path>, options: AuditOptions) -> Result<AuditLog, AuditError> {
         let path = path.as_ref().to_owned();
+        let (mut kept, chain_end) = check_heads(&path)?;
         let existed = match fs::metadata(&path) {
             // Checked before opening: opening a FIFO would block.
             Ok(m) if !m.is_file() => return Err(AuditError::NotRegularFile { path }),
             Ok(_) => true,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                if !options.create {
+                // A log with sealed segments goes on in a new open segment.
+                if !options.create && kept.is_empty() {
                     return Err(AuditError::NotFound { path });
                 }
                 false
             }
             Err(e) => return Err(AuditError::io(&path, "read the metadata of", e)),
         };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(options.create)
-            .open(&path)
-            .map_err(|e| match e.kind() {
-                io::ErrorKind::NotFound if !options.create => {
-                    AuditError::NotFound { path: path.clone() }
-                }
-                _ => AuditError::io(&path, "open", e),
-            })?;
-        let meta = file
-            .metadata()
-            .map_err(|e| AuditError::io(&path, "read the metadata of", e))?;
-        if !meta.is_file() {
-            return Err(AuditError::NotRegularFile { path });
-        }
-        lock(&file, &path)?;
+        let (mut file, mut meta) = open_segment(&path, options.create || !kept.is_empty())?;
         let created = !existed;
-        if created {
-            sync_dir(&path).map_err(|e| AuditError::io(&path, "sync the directory of", e))?;
-        }
 
-        let s = scan(BufReader::with_capacity(1 << 16, &file), false)
-            .map_err(|e| AuditError::io(&path, "read", e))?;
+        // Where the open segment's chain starts: after the last seal, or
+        // at its own first record when no sealed segment is kept (a new
+        // log, or one whose sealed segments retention deleted).
+        let (after_seq, after_hash) = match chain_end {
+            Some(end) => end,
+            None => match segment::first_line(&path)
+                .ok()
+                .flatten()
+                .and_then(|l| crate::record::parse_line(&l).ok())
+            {
+                Some(first) if first.seq > 1 => (first.seq - 1, first.prev),
+                _ => (0, RecordHash::ZERO),
+            },
+        };
+        let first_seq = kept.first().map_or(after_seq + 1, |k| k.file.first);
+        let s = scan_from(
+            BufReader::with_capacity(1 << 16, &file),
+            false,
+            after_seq,
+            after_hash,
+        )
+        .map_err(|e| AuditError::io(&path, "read", e))?;
+        // An open segment that starts after the chain's first record, with
+        // no sealed segment kept before it: a retention record in it must
+        // say the segments before were deleted.
+        let mut s = s;
+        if chain_end.is_none() && after_seq > 0 && s.problem.is_none() {
+            let explained = s
+                .specials
+                .iter()
+                .filter(|sp| sp.kind == segment::RETENTION_KIND)
+                .any(|sp| segment::deleted_by(&sp.details).contains(&(after_seq, after_hash)));
+            if !explained {
+                s.problem = Some(Problem {
+                    line: 1,
+                    offset: 0,
+                    expected_seq: 1,
+                    seq: Some(after_seq + 1),
+                    kind: ProblemKind::HistoryDeleted {
+                        first_seq: after_seq + 1,
+                    },
+                });
+            }
+        }
         let (next_seq, prev, problem) = match s.problem {
             None => (s.last_seq + 1, s.last_hash, None),
             Some(p) if p.kind == ProblemKind::Incomplete => (s.last_seq + 1, s.last_hash, None),
@@ -284,7 +374,7 @@ impl AuditLog {
                         "audit log chain is broken; opening anyway as asked"
                     );
                     let prev = s.claimed_hash.unwrap_or(s.last_hash);
-                    (s.claimed_seq + 1, prev, Some(p))
+                    (s.claimed_seq.max(s.last_seq) + 1, prev, Some(p))
                 }
             },
         };
@@ -302,29 +392,71 @@ impl AuditLog {
         } else {
             None
         };
+        let mut len = s.complete_end;
+        let mut segment_first = after_seq + 1;
+        // A rotation cut short after the seal was written: finish it.
+        if problem.is_none() && s.records > 0 && s.last_kind.as_deref() == Some(SEAL_KIND) {
+            let sealed = SealedFile {
+                path: segment::sealed_path(&path, segment_first, s.last_seq),
+                first: segment_first,
+                last: s.last_seq,
+            };
+            drop(file);
+            fs::rename(&path, &sealed.path)
+                .and_then(|()| sync_dir(&path))
+                .map_err(|e| AuditError::io(&path, "finish sealing", e))?;
+            tracing::warn!(path = %sealed.path.display(), "finished sealing an audit segment whose rotation was cut short");
+            kept.push(Kept {
+                file: sealed,
+                seal: s.last_hash,
+                sealed_at: SystemTime::now(),
+            });
+            (file, meta) = open_segment(&path, true)?;
+            len = 0;
+            segment_first = next_seq;
+        }
+        let segment_opened = if len == 0 {
+            SystemTime::now()
+        } else {
+            meta.created()
+                .or_else(|_| meta.modified())
+                .unwrap_or_else(|_| SystemTime::now())
+        };
+        let reserve = Reserve::ensure(&path, options.reserve_bytes);
+        let shared = Arc::new(Shared::default());
+        shared
+            .reserve_bytes
+            .store(reserve.as_ref().map_or(0, |r| r.held), Ordering::Relaxed);
         let report = OpenReport {
             created,
             records: s.records,
+            sealed_segments: kept.len() as u64,
+            first_seq,
+            reserve_bytes: reserve.as_ref().map_or(0, |r| r.held),
             next_seq,
             prev,
             torn_tail,
             problem,
         };
 
-        let shared = Arc::new(Shared::default());
         let kept_options = options.clone();
         let queue_capacity = options.queue_capacity.max(1);
         let (tx, rx) = mpsc::channel(queue_capacity);
         let writer = Writer {
-            sink: Sink::new(file, options.fault_injection),
+            sink: Sink::new(file, options.fault_injection.clone()),
             path: path.clone(),
             dev: meta.dev(),
             ino: meta.ino(),
-            len: s.complete_end,
+            len,
             next_seq,
             prev,
             max_batch: queue_capacity,
             shared: shared.clone(),
+            segment_first,
+            segment_opened,
+            kept: kept.into(),
+            reserve,
+            options: options.clone(),
         };
         std::thread::Builder::new()
             .name("vigil-audit".into())
@@ -367,6 +499,32 @@ impl AuditLog {
     /// refuses everything with [`AuditError::Poisoned`] until it is
     /// opened again); [`AuditError::Closed`] after [`close`](Self::close).
     pub async fn append(&self, kind: &str, details: Value) -> Result<Receipt, AuditError> {
+        self.append_as(kind, details, false).await
+    }
+
+    /// As [`append`](Self::append), for a record that must be written even
+    /// when the disk is otherwise full: if a write fails for want of
+    /// space, the log releases its reserve ([`AuditOptions::reserve_bytes`])
+    /// and tries again. For the few records that stand between an
+    /// authorized emergency action and its being carried out.
+    ///
+    /// # Errors
+    ///
+    /// As [`append`](Self::append).
+    pub async fn append_essential(
+        &self,
+        kind: &str,
+        details: Value,
+    ) -> Result<Receipt, AuditError> {
+        self.append_as(kind, details, true).await
+    }
+
+    async fn append_as(
+        &self,
+        kind: &str,
+        details: Value,
+        essential: bool,
+    ) -> Result<Receipt, AuditError> {
         check_kind(kind)?;
         let map = match details {
             Value::Object(map) => map,
@@ -392,6 +550,7 @@ impl AuditLog {
         let msg = Msg::Append(Pending {
             kind: kind.to_owned(),
             details: encoded,
+            essential,
             reply,
         });
         if self.inner.tx.send(msg).await.is_err() {
@@ -453,6 +612,9 @@ impl AuditLog {
             syncs: s.syncs.load(Ordering::Relaxed),
             bytes: s.bytes.load(Ordering::Relaxed),
             largest_batch: s.largest_batch.load(Ordering::Relaxed),
+            segments_sealed: s.segments_sealed.load(Ordering::Relaxed),
+            segments_deleted: s.segments_deleted.load(Ordering::Relaxed),
+            reserve_bytes: s.reserve_bytes.load(Ordering::Relaxed),
         }
     }
 
@@ -516,16 +678,27 @@ fn json_type(v: &Value) -> &'static str {
     }
 }
 
-/// Takes the file's exclusive `flock`, without waiting.
+/// Takes the file's exclusive `flock`, waiting at most a moment.
+///
+/// A lock belongs to an open file description, which a process forked
+/// by another thread shares until it `exec`s: a log closed a moment ago
+/// can look locked for that long. A second writer holds the lock for as
+/// long as it runs, so a short wait tells the two apart.
 fn lock(file: &File, path: &Path) -> Result<(), AuditError> {
     use rustix::fs::{FlockOperation, flock};
-    match flock(file, FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(()),
-        Err(rustix::io::Errno::WOULDBLOCK) => Err(AuditError::Locked {
-            path: path.to_owned(),
-        }),
-        Err(e) => Err(AuditError::io(path, "lock", e.into())),
+    for attempt in 0..10 {
+        match flock(file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(()),
+            Err(rustix::io::Errno::WOULDBLOCK) if attempt < 9 => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(rustix::io::Errno::WOULDBLOCK) => break,
+            Err(e) => return Err(AuditError::io(path, "lock", e.into())),
+        }
     }
+    Err(AuditError::Locked {
+        path: path.to_owned(),
+    })
 }
 
 /// Syncs the directory that holds `path`, so that a new name in it
@@ -602,6 +775,164 @@ fn cut_torn_tail(
     })
 }
 
+/// A sealed segment the log keeps: its file, its seal's hash, and when it
+/// was sealed (for retention by age).
+#[derive(Debug, Clone)]
+struct Kept {
+    file: SealedFile,
+    seal: RecordHash,
+    sealed_at: SystemTime,
+}
+
+/// Checks the heads of the sealed segments of `path`; the segments, and
+/// the end of their chain (last seq, seal hash), if any.
+/// The end of a chain: the last seq and its record's hash.
+type ChainEnd = (u64, RecordHash);
+
+fn check_heads(path: &Path) -> Result<(Vec<Kept>, Option<ChainEnd>), AuditError> {
+    let sealed =
+        segment::list(path).map_err(|e| AuditError::io(path, "list the segments of", e))?;
+    let mut kept = Vec::with_capacity(sealed.len());
+    let mut end: Option<(u64, RecordHash)> = None;
+    for file in sealed {
+        let broken = |reason: String| AuditError::BrokenSegment {
+            path: file.path.clone(),
+            reason,
+        };
+        let head = segment::read_head(&file).map_err(broken)?;
+        if let Some((last, seal)) = end {
+            if file.first != last + 1 {
+                return Err(broken(format!(
+                    "a segment is missing before it: the one before ends at seq {last}"
+                )));
+            }
+            if head.first.prev != seal {
+                return Err(broken(
+                    "its first record does not follow the seal of the segment before".into(),
+                ));
+            }
+            if head.previous_seal != Some(seal) {
+                return Err(broken(
+                    "its seal does not name the seal of the segment before".into(),
+                ));
+            }
+        }
+        end = Some((file.last, head.seal.hash));
+        let sealed_at = fs::metadata(&file.path)
+            .and_then(|m| m.modified())
+            .unwrap_or_else(|_| SystemTime::now());
+        kept.push(Kept {
+            seal: head.seal.hash,
+            sealed_at,
+            file,
+        });
+    }
+    Ok((kept, end))
+}
+
+/// Opens (creating it when `create`, mode 0600) and locks the open
+/// segment; syncs the directory when it was made.
+fn open_segment(path: &Path, create: bool) -> Result<(File, fs::Metadata), AuditError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let existed = path.exists();
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound if !create => AuditError::NotFound {
+                path: path.to_owned(),
+            },
+            _ => AuditError::io(path, "open", e),
+        })?;
+    let meta = file
+        .metadata()
+        .map_err(|e| AuditError::io(path, "read the metadata of", e))?;
+    if !meta.is_file() {
+        return Err(AuditError::NotRegularFile {
+            path: path.to_owned(),
+        });
+    }
+    lock(&file, path)?;
+    if !existed {
+        sync_dir(path).map_err(|e| AuditError::io(path, "sync the directory of", e))?;
+    }
+    Ok((file, meta))
+}
+
+/// Space held for essential records: a file of real (allocated) bytes,
+/// released (cut to nothing) when the disk is full.
+#[derive(Debug)]
+struct Reserve {
+    file: File,
+    held: u64,
+}
+
+impl Reserve {
+    /// Makes `<log>.reserve` hold `bytes`, as far as the disk allows;
+    /// `None` for no reserve.
+    fn ensure(log: &Path, bytes: u64) -> Option<Reserve> {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut name = log.file_name().unwrap_or_default().to_owned();
+        name.push(".reserve");
+        let path = log.with_file_name(name);
+        if bytes == 0 {
+            let _ = fs::remove_file(&path);
+            return None;
+        }
+        let mut file = match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+        {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "no audit reserve: cannot open its file");
+                return None;
+            }
+        };
+        let mut held = file.metadata().map(|m| m.len()).unwrap_or(0).min(bytes);
+        if held < bytes {
+            // Real bytes, not a hole: the space must be taken now.
+            let chunk = vec![0u8; 64 * 1024];
+            let _ = file.seek(SeekFrom::Start(held));
+            while held < bytes {
+                let n = usize::try_from((bytes - held).min(chunk.len() as u64)).unwrap_or(0);
+                if file.write_all(&chunk[..n]).is_err() {
+                    break;
+                }
+                held += n as u64;
+            }
+            let _ = file.set_len(held);
+            if file.sync_all().is_err() || held < bytes {
+                tracing::warn!(path = %path.display(), held, wanted = bytes, "the audit reserve is smaller than asked: the disk is short of space");
+            }
+        }
+        Some(Reserve { file, held })
+    }
+
+    /// Frees the space held; how much it was.
+    fn release(&mut self) -> u64 {
+        let freed = self.held;
+        if freed > 0
+            && self
+                .file
+                .set_len(0)
+                .and_then(|()| self.file.sync_all())
+                .is_ok()
+        {
+            self.held = 0;
+            return freed;
+        }
+        0
+    }
+}
+
 /// The writer thread's state. It alone touches the file after open.
 struct Writer {
     sink: Sink,
@@ -615,6 +946,15 @@ struct Writer {
     prev: RecordHash,
     max_batch: usize,
     shared: Arc<Shared>,
+    /// The seq of the open segment's first record (or of the next record,
+    /// when it has none).
+    segment_first: u64,
+    /// When the open segment was started.
+    segment_opened: SystemTime,
+    /// The sealed segments kept, oldest first.
+    kept: std::collections::VecDeque<Kept>,
+    reserve: Option<Reserve>,
+    options: AuditOptions,
 }
 
 impl Writer {
@@ -701,20 +1041,83 @@ impl Writer {
         }
     }
 
-    /// Writes the batch's lines, syncs once and checks the file is still
-    /// the one at the path. Nothing changes (seq, prev, length) unless all
-    /// of it worked; on failure the file is cut back to its last
-    /// acknowledged length.
+    /// Commits a batch: seals the open segment first if the batch would
+    /// take it past its size, or it is past its age; writes the batch's
+    /// lines, syncs once and checks the file is still the one at the path.
+    /// Nothing changes (seq, prev, length) unless all of it worked; on
+    /// failure the file is cut back to its last acknowledged length. A
+    /// batch holding an essential record that fails for want of space is
+    /// tried again once the reserve is released.
     fn commit(&mut self, batch: &[Pending], buf: &mut String) -> Result<Vec<Receipt>, Failure> {
+        let essential = batch.iter().any(|p| p.essential);
+        let mut lines: Vec<(&str, &str)> = batch
+            .iter()
+            .map(|p| (p.kind.as_str(), p.details.as_str()))
+            .collect();
+        self.rotate_if_due(batch.len() as u64 * 256, essential)?;
+        let receipts = self.write_records(&mut lines, buf, essential)?;
+        let s = &self.shared;
+        s.records.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        s.batches.fetch_add(1, Ordering::Relaxed);
+        s.bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        s.largest_batch
+            .fetch_max(batch.len() as u64, Ordering::Relaxed);
+        Ok(receipts)
+    }
+
+    /// Writes records (kind, canonical details) at the end of the open
+    /// segment with one write and one sync; on a full disk, with an
+    /// essential record among them, releases the reserve and tries once
+    /// more.
+    fn write_records(
+        &mut self,
+        lines: &mut [(&str, &str)],
+        buf: &mut String,
+        essential: bool,
+    ) -> Result<Vec<Receipt>, Failure> {
+        match self.try_write(lines, buf) {
+            Err(failure) if essential && failure.is_disk_full() && self.release_reserve() => {
+                self.try_write(lines, buf)
+            }
+            other => other,
+        }
+    }
+
+    /// Frees the reserve; whether it held anything.
+    fn release_reserve(&mut self) -> bool {
+        let Some(reserve) = self.reserve.as_mut() else {
+            return false;
+        };
+        let freed = reserve.release();
+        if freed == 0 {
+            return false;
+        }
+        if let Some(faults) = self.sink.faults() {
+            faults.give_back(freed);
+        }
+        self.shared.reserve_bytes.store(0, Ordering::Relaxed);
+        tracing::warn!(
+            path = %self.path.display(),
+            freed,
+            "the disk is full: the audit reserve was released for an essential record"
+        );
+        true
+    }
+
+    fn try_write(
+        &mut self,
+        lines: &[(&str, &str)],
+        buf: &mut String,
+    ) -> Result<Vec<Receipt>, Failure> {
         buf.clear();
-        let mut receipts = Vec::with_capacity(batch.len());
+        let mut receipts = Vec::with_capacity(lines.len());
         let mut seq = self.next_seq;
         let mut prev = self.prev;
         let mut line = String::new();
-        for p in batch {
+        for (kind, details) in lines {
             line.clear();
             let time = format_time(SystemTime::now());
-            encode_body(seq, &time, &p.kind, &p.details, &prev, &mut line);
+            encode_body(seq, &time, kind, details, &prev, &mut line);
             let hash = finish_line(&mut line);
             buf.push_str(&line);
             receipts.push(Receipt { seq, hash });
@@ -734,13 +1137,152 @@ impl Writer {
         self.len += buf.len() as u64;
         self.next_seq = seq;
         self.prev = prev;
-        let s = &self.shared;
-        s.records.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        s.batches.fetch_add(1, Ordering::Relaxed);
-        s.bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
-        s.largest_batch
-            .fetch_max(batch.len() as u64, Ordering::Relaxed);
         Ok(receipts)
+    }
+
+    /// Seals the open segment and starts the next one when it is due, then
+    /// deletes what retention no longer keeps (recording it first).
+    fn rotate_if_due(&mut self, incoming: u64, essential: bool) -> Result<(), Failure> {
+        if self.len == 0 {
+            return Ok(());
+        }
+        let too_big = self.len.saturating_add(incoming) > self.options.segment_max_bytes;
+        let too_old = self.options.segment_max_age.is_some_and(|age| {
+            self.segment_opened
+                .elapsed()
+                .is_ok_and(|elapsed| elapsed >= age)
+        });
+        if !too_big && !too_old {
+            return Ok(());
+        }
+        self.rotate(if too_big { "size" } else { "age" }, essential)?;
+        self.apply_retention(essential)
+    }
+
+    /// Writes the seal, renames the segment to its sealed name, and starts
+    /// a new open segment.
+    fn rotate(&mut self, reason: &str, essential: bool) -> Result<(), Failure> {
+        let first = self.segment_first;
+        let last = self.next_seq;
+        let previous = self.kept.back().map(|k| k.seal);
+        let details = serde_json::json!({
+            "first_seq": first,
+            "records": last - first + 1,
+            "previous_seal": previous.map(|h| h.to_hex()),
+            "reason": reason,
+        });
+        let mut encoded = String::new();
+        if let Value::Object(map) = &details {
+            encode_object(map, &mut encoded);
+        }
+        let mut buf = String::new();
+        let receipt =
+            self.write_records(&mut [(SEAL_KIND, encoded.as_str())], &mut buf, essential)?;
+        let seal = receipt.first().map_or(self.prev, |r| r.hash);
+        let sealed = SealedFile {
+            path: segment::sealed_path(&self.path, first, last),
+            first,
+            last,
+        };
+        let rotate = |e: io::Error| Failure {
+            stage: FailureStage::Rotate,
+            source: Arc::new(e),
+            restored: true,
+        };
+        // From here on the seal is in the file: a failure leaves a rotation
+        // that the next open finishes.
+        fs::rename(&self.path, &sealed.path).map_err(rotate)?;
+        sync_dir(&self.path).map_err(rotate)?;
+        let (file, meta) =
+            open_segment(&self.path, true).map_err(|e| rotate(io::Error::other(e.to_string())))?;
+        self.sink = Sink::new(file, self.options.fault_injection.clone());
+        self.dev = meta.dev();
+        self.ino = meta.ino();
+        self.len = 0;
+        self.segment_first = self.next_seq;
+        self.segment_opened = SystemTime::now();
+        self.shared.segments_sealed.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(path = %sealed.path.display(), first, last, reason, "audit segment sealed");
+        self.kept.push_back(Kept {
+            file: sealed,
+            seal,
+            sealed_at: SystemTime::now(),
+        });
+        Ok(())
+    }
+
+    /// Deletes the sealed segments past the count or age kept, after a
+    /// record of the chain lists them.
+    fn apply_retention(&mut self, essential: bool) -> Result<(), Failure> {
+        let mut doomed = 0;
+        let now = SystemTime::now();
+        for (i, k) in self.kept.iter().enumerate() {
+            let over_count = self
+                .options
+                .keep_segments
+                .is_some_and(|keep| self.kept.len() - i > keep);
+            let over_age = self.options.keep_age.is_some_and(|age| {
+                now.duration_since(k.sealed_at)
+                    .is_ok_and(|elapsed| elapsed > age)
+            });
+            if over_count || over_age {
+                doomed = i + 1;
+            } else {
+                break;
+            }
+        }
+        if doomed == 0 {
+            return Ok(());
+        }
+        let gone: Vec<Kept> = self.kept.iter().take(doomed).cloned().collect();
+        let deleted: Vec<Value> = gone
+            .iter()
+            .map(|k| {
+                serde_json::json!({
+                    "file": k.file.name(),
+                    "first_seq": k.file.first,
+                    "last_seq": k.file.last,
+                    "seal": k.seal.to_hex(),
+                })
+            })
+            .collect();
+        let reason = match (self.options.keep_segments, self.options.keep_age) {
+            (Some(n), None) => format!("more than {n} sealed segments"),
+            (None, Some(age)) => format!("sealed more than {}s ago", age.as_secs()),
+            (Some(n), Some(age)) => format!(
+                "more than {n} sealed segments, or sealed more than {}s ago",
+                age.as_secs()
+            ),
+            (None, None) => "retention".to_owned(),
+        };
+        let details = serde_json::json!({ "deleted": deleted, "reason": reason });
+        let mut encoded = String::new();
+        if let Value::Object(map) = &details {
+            encode_object(map, &mut encoded);
+        }
+        let mut buf = String::new();
+        // Recorded first: a crash before the files go leaves them kept, and
+        // the next rotation deletes them again.
+        self.write_records(
+            &mut [(segment::RETENTION_KIND, encoded.as_str())],
+            &mut buf,
+            essential,
+        )?;
+        for k in &gone {
+            match fs::remove_file(&k.file.path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::error!(path = %k.file.path.display(), error = %e, "cannot delete an old audit segment");
+                    continue;
+                }
+            }
+            self.shared.segments_deleted.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(path = %k.file.path.display(), first = k.file.first, last = k.file.last, "old audit segment deleted (retention)");
+        }
+        self.kept.drain(..doomed);
+        let _ = sync_dir(&self.path);
+        Ok(())
     }
 
     /// After a failed step: cut the file back to its last acknowledged

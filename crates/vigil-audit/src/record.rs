@@ -342,6 +342,8 @@ pub(crate) struct Parsed {
     pub(crate) seq: u64,
     pub(crate) prev: RecordHash,
     pub(crate) hash: RecordHash,
+    pub(crate) kind: String,
+    pub(crate) details: Map<String, Value>,
 }
 
 /// A line that could not be taken as a record: why, and the seq it claims
@@ -438,6 +440,8 @@ pub(crate) fn parse_line(line: &[u8]) -> Result<Parsed, Box<LineError>> {
         seq: raw.seq,
         prev,
         hash,
+        kind: raw.kind,
+        details: raw.details,
     })
 }
 

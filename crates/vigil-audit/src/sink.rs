@@ -77,6 +77,17 @@ impl FaultInjection {
         self.state.fail_sync.store(fail, Ordering::SeqCst);
     }
 
+    /// `bytes` more fit on the "disk" (space freed elsewhere, as when the
+    /// log releases its reserve). No effect without a limit.
+    pub(crate) fn give_back(&self, bytes: u64) {
+        let _ = self
+            .state
+            .space_left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                (left != u64::MAX).then(|| left.saturating_add(bytes).min(u64::MAX - 1))
+            });
+    }
+
     /// How much of a `len`-byte write the "disk" takes.
     fn take(&self, len: usize) -> usize {
         let left = self.state.space_left.load(Ordering::SeqCst);
@@ -123,6 +134,11 @@ impl Sink {
             return Err(rustix::io::Errno::IO.into());
         }
         self.file.sync_data()
+    }
+
+    /// The fault injection, if any.
+    pub(crate) fn faults(&self) -> Option<&FaultInjection> {
+        self.faults.as_ref()
     }
 
     /// Cuts the file to `len` bytes.

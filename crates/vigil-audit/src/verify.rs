@@ -23,6 +23,14 @@ pub const MAX_LINE_BYTES: usize = 16 << 20;
 pub struct VerifyReport {
     /// Records that passed every check, from the first line on.
     pub records: u64,
+    /// The seq of the first record kept: 1, unless sealed segments were
+    /// deleted (retention), as a record of the chain says.
+    pub first_seq: u64,
+    /// Files read: the sealed segments kept, and the open one.
+    pub segments: u64,
+    /// The file the problem is in (its line numbers are that file's), when
+    /// there is one.
+    pub file: Option<std::path::PathBuf>,
     /// The seq of the last record that passed (0 when none did).
     pub last_seq: u64,
     /// The hash of the last record that passed ([`RecordHash::ZERO`] when
@@ -44,16 +52,36 @@ impl VerifyReport {
 impl fmt::Display for VerifyReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.problem {
-            None => write!(
-                f,
-                "ok: {} records, last seq {}, last hash {}",
-                self.records, self.last_seq, self.last_hash
-            ),
-            Some(p) => write!(
-                f,
-                "broken: {p}; {} records before it are valid (last seq {}, last hash {})",
-                self.records, self.last_seq, self.last_hash
-            ),
+            None => {
+                write!(
+                    f,
+                    "ok: {} records in {} file{}, last seq {}, last hash {}",
+                    self.records,
+                    self.segments,
+                    if self.segments == 1 { "" } else { "s" },
+                    self.last_seq,
+                    self.last_hash
+                )?;
+                if self.first_seq > 1 {
+                    write!(
+                        f,
+                        " (records before seq {} were deleted, as the chain records)",
+                        self.first_seq
+                    )?;
+                }
+                Ok(())
+            }
+            Some(p) => {
+                f.write_str("broken: ")?;
+                if let Some(file) = &self.file {
+                    write!(f, "{}: ", file.display())?;
+                }
+                write!(
+                    f,
+                    "{p}; {} records before it are valid (last seq {}, last hash {})",
+                    self.records, self.last_seq, self.last_hash
+                )
+            }
         }
     }
 }
@@ -138,6 +166,19 @@ pub enum ProblemKind {
         /// The `prev` the line holds.
         found: RecordHash,
     },
+    /// A sealed segment does not end with its seal, or its seal does not
+    /// match its name or the seals before it.
+    BadSeal {
+        /// What is wrong.
+        reason: String,
+    },
+    /// The first record kept is not the first of the chain, and no
+    /// retention record says that the segments before it were deleted:
+    /// history was removed unrecorded.
+    HistoryDeleted {
+        /// The seq of the first record kept.
+        first_seq: u64,
+    },
 }
 
 impl fmt::Display for ProblemKind {
@@ -166,34 +207,173 @@ impl fmt::Display for ProblemKind {
                 f,
                 "prev mismatch: the line says {found}, the previous record's hash is {expected}"
             ),
+            ProblemKind::BadSeal { reason } => write!(f, "bad seal: {reason}"),
+            ProblemKind::HistoryDeleted { first_seq } => write!(
+                f,
+                "the records before seq {first_seq} are gone, and no retention record says they were deleted"
+            ),
         }
     }
 }
 
-/// Checks a whole log file and reports the first broken or missing record.
+/// Checks a whole log, every segment it keeps, and reports the first broken
+/// or missing record.
 ///
-/// Every line must be a record in canonical form whose `hash` matches its
-/// content, whose `seq` is one more than the line before's (1 for the
-/// first), and whose `prev` is the line before's `hash` (zeros for the
-/// first). The check stops at the first line that fails; the report says
-/// how many records before it are valid.
+/// `path` is the log's path (its open segment); its sealed segments
+/// (`<path>.<first>-<last>`, see the crate docs) are read first, in order,
+/// then the open one. Every line must be a record in canonical form whose
+/// `hash` matches its content, whose `seq` is one more than the line
+/// before's (1 for the first of the chain), and whose `prev` is the line
+/// before's `hash` (zeros for the first), across files as within them.
+/// Every sealed segment must end with its seal. When the first record kept
+/// is not the first of the chain, a retention record of the chain must
+/// say that the segments before it were deleted, ending with that
+/// record's `prev`. The check stops at the first line that fails; the
+/// report says how many records before it are valid, and in which file it
+/// is.
 ///
-/// Reads the file once, a line at a time: memory stays below
-/// [`MAX_LINE_BYTES`] whatever the file holds. It takes no lock, so it can
+/// Reads each file once, a line at a time: memory stays below
+/// [`MAX_LINE_BYTES`] whatever the log holds. It takes no lock, so it can
 /// run beside a live writer; it may then see the writer's last line
 /// half-written and report it [`ProblemKind::Incomplete`].
 ///
 /// # Errors
 ///
-/// [`AuditError::Io`] when the file cannot be opened or read. Problems
-/// with the content are not errors: they are in the report.
+/// [`AuditError::Io`] when a file cannot be opened or read (also when
+/// the log has no file at all). Problems with the content are not errors:
+/// they are in the report.
 pub fn verify(path: impl AsRef<Path>) -> Result<VerifyReport, AuditError> {
     let path = path.as_ref();
-    let file = File::open(path).map_err(|e| AuditError::io(path, "open", e))?;
-    verify_reader(file).map_err(|e| AuditError::io(path, "read", e))
+    let sealed =
+        crate::segment::list(path).map_err(|e| AuditError::io(path, "list the segments of", e))?;
+    let mut files: Vec<(std::path::PathBuf, Option<crate::segment::SealedFile>)> = sealed
+        .into_iter()
+        .map(|f| (f.path.clone(), Some(f)))
+        .collect();
+    if path.exists() || files.is_empty() {
+        files.push((path.to_owned(), None));
+    }
+    let mut report = VerifyReport {
+        records: 0,
+        first_seq: 1,
+        segments: 0,
+        file: None,
+        last_seq: 0,
+        last_hash: RecordHash::ZERO,
+        problem: None,
+    };
+    let mut start: Option<(u64, RecordHash)> = None;
+    let mut deleted: Vec<(u64, RecordHash)> = Vec::new();
+    let mut boundary: Option<(u64, RecordHash)> = None;
+    for (file_path, sealed) in files {
+        let file = File::open(&file_path).map_err(|e| AuditError::io(&file_path, "open", e))?;
+        report.segments += 1;
+        let (after_seq, after_hash) = match start {
+            Some(s) => s,
+            None => {
+                // The first file kept: the chain starts at its first line,
+                // at genesis unless history was deleted.
+                match crate::segment::first_line(&file_path)
+                    .ok()
+                    .flatten()
+                    .and_then(|l| crate::record::parse_line(&l).ok())
+                {
+                    Some(first) if !(first.seq == 1 && first.prev == RecordHash::ZERO) => {
+                        boundary = Some((first.seq, first.prev));
+                        report.first_seq = first.seq;
+                        (first.seq - 1, first.prev)
+                    }
+                    _ => (0, RecordHash::ZERO),
+                }
+            }
+        };
+        let scanned = scan_from(
+            BufReader::with_capacity(1 << 16, file),
+            true,
+            after_seq,
+            after_hash,
+        )
+        .map_err(|e| AuditError::io(&file_path, "read", e))?;
+        report.records += scanned.records;
+        report.last_seq = scanned.last_seq;
+        report.last_hash = scanned.last_hash;
+        for special in &scanned.specials {
+            if special.kind == crate::segment::RETENTION_KIND {
+                deleted.extend(crate::segment::deleted_by(&special.details));
+            }
+        }
+        if let Some(problem) = scanned.problem {
+            report.problem = Some(problem);
+            report.file = Some(file_path);
+            return Ok(report);
+        }
+        if let Some(sealed) = &sealed {
+            let seal = scanned
+                .specials
+                .last()
+                .filter(|s| s.seq == scanned.last_seq);
+            let reason = match seal {
+                _ if scanned.records == 0 => Some("the segment is empty".to_owned()),
+                Some(s) if s.kind == crate::segment::SEAL_KIND => {
+                    let first = s
+                        .details
+                        .get("first_seq")
+                        .and_then(serde_json::Value::as_u64);
+                    if s.seq != sealed.last {
+                        Some(format!(
+                            "its name says it ends at seq {}, it ends at {}",
+                            sealed.last, s.seq
+                        ))
+                    } else if first != Some(sealed.first) || after_seq + 1 != sealed.first {
+                        Some(format!(
+                            "its name and seal say it starts at seq {}, the chain at {}",
+                            sealed.first,
+                            after_seq + 1
+                        ))
+                    } else {
+                        None
+                    }
+                }
+                _ => Some("it does not end with its seal".to_owned()),
+            };
+            if let Some(reason) = reason {
+                report.problem = Some(Problem {
+                    line: scanned.records,
+                    offset: scanned.good_end,
+                    expected_seq: scanned.last_seq + 1,
+                    seq: Some(scanned.last_seq),
+                    kind: ProblemKind::BadSeal { reason },
+                });
+                report.file = Some(file_path);
+                return Ok(report);
+            }
+        }
+        start = Some((scanned.last_seq, scanned.last_hash));
+    }
+    if let Some((first_seq, prev)) = boundary
+        && !deleted.contains(&(first_seq - 1, prev))
+    {
+        // Nothing anchors the chain: none of it counts as valid.
+        report.records = 0;
+        report.last_seq = 0;
+        report.last_hash = RecordHash::ZERO;
+        report.file = crate::segment::list(path)
+            .ok()
+            .and_then(|l| l.first().map(|f| f.path.clone()))
+            .or_else(|| Some(path.to_owned()));
+        report.problem = Some(Problem {
+            line: 1,
+            offset: 0,
+            expected_seq: 1,
+            seq: Some(first_seq),
+            kind: ProblemKind::HistoryDeleted { first_seq },
+        });
+    }
+    Ok(report)
 }
 
-/// [`verify`] on a log read from `reader` (a pipe, a copy in memory).
+/// Checks one log stream read from `reader` (a pipe, a copy in memory),
+/// from the first record of the chain: one file, without its segments.
 ///
 /// # Errors
 ///
@@ -202,10 +382,22 @@ pub fn verify_reader(reader: impl io::Read) -> io::Result<VerifyReport> {
     let scan = scan(BufReader::with_capacity(1 << 16, reader), true)?;
     Ok(VerifyReport {
         records: scan.records,
+        first_seq: 1,
+        segments: 1,
+        file: None,
         last_seq: scan.last_seq,
         last_hash: scan.last_hash,
         problem: scan.problem,
     })
+}
+
+/// A record the chain's own bookkeeping wrote (a seal, a retention
+/// record), as a scan met it.
+#[derive(Debug)]
+pub(crate) struct Special {
+    pub(crate) seq: u64,
+    pub(crate) kind: String,
+    pub(crate) details: serde_json::Map<String, serde_json::Value>,
 }
 
 /// The result of reading a log from its start.
@@ -228,6 +420,10 @@ pub(crate) struct Scan {
     pub(crate) complete_end: u64,
     /// Total bytes read.
     pub(crate) end: u64,
+    /// The seals and retention records among the records that passed.
+    pub(crate) specials: Vec<Special>,
+    /// The kind of the last record that passed.
+    pub(crate) last_kind: Option<String>,
 }
 
 /// One line as read: complete (ended by a newline) or the file's
@@ -290,11 +486,24 @@ fn next_line(reader: &mut impl BufRead, offset: &mut u64) -> io::Result<Option<R
 /// [`verify`] wants); otherwise it goes on to the end, noting the highest
 /// seq claimed and the last hash stated, so that a log opened in spite of a
 /// break can continue after everything it holds.
-pub(crate) fn scan(mut reader: impl BufRead, stop_at_problem: bool) -> io::Result<Scan> {
+pub(crate) fn scan(reader: impl BufRead, stop_at_problem: bool) -> io::Result<Scan> {
+    scan_from(reader, stop_at_problem, 0, RecordHash::ZERO)
+}
+
+/// As [`scan`], for a stream whose first record follows the record
+/// `after_seq` with hash `after_hash` (a segment after the first).
+pub(crate) fn scan_from(
+    mut reader: impl BufRead,
+    stop_at_problem: bool,
+    after_seq: u64,
+    after_hash: RecordHash,
+) -> io::Result<Scan> {
     let mut s = Scan {
+        specials: Vec::new(),
+        last_kind: None,
         records: 0,
-        last_seq: 0,
-        last_hash: RecordHash::ZERO,
+        last_seq: after_seq,
+        last_hash: after_hash,
         good_end: 0,
         problem: None,
         claimed_seq: 0,
@@ -312,15 +521,27 @@ pub(crate) fn scan(mut reader: impl BufRead, stop_at_problem: bool) -> io::Resul
         let expected_seq = s.last_seq.saturating_add(1);
         let checked = check(&raw, expected_seq, &s.last_hash);
         match checked {
-            Ok((seq, hash)) if s.problem.is_none() => {
+            Ok(parsed) if s.problem.is_none() => {
+                let (seq, hash) = (parsed.seq, parsed.hash);
                 s.records += 1;
                 s.last_seq = seq;
                 s.last_hash = hash;
                 s.good_end = offset;
                 s.claimed_seq = seq;
                 s.claimed_hash = Some(hash);
+                if parsed.kind == crate::segment::SEAL_KIND
+                    || parsed.kind == crate::segment::RETENTION_KIND
+                {
+                    s.specials.push(Special {
+                        seq,
+                        kind: parsed.kind.clone(),
+                        details: parsed.details,
+                    });
+                }
+                s.last_kind = Some(parsed.kind);
             }
-            Ok((seq, hash)) => {
+            Ok(parsed) => {
+                let (seq, hash) = (parsed.seq, parsed.hash);
                 // A valid-looking record after a break.
                 s.claimed_seq = s.claimed_seq.max(seq);
                 s.claimed_hash = Some(hash);
@@ -358,7 +579,7 @@ fn check(
     raw: &RawLine,
     expected_seq: u64,
     prev: &RecordHash,
-) -> Result<(u64, RecordHash), Box<LineError>> {
+) -> Result<crate::record::Parsed, Box<LineError>> {
     let fail = |seq, hash, kind| Err(Box::new(LineError { seq, hash, kind }));
     let Some(bytes) = raw.bytes.as_deref() else {
         return fail(None, None, ProblemKind::LineTooLong);
@@ -401,5 +622,5 @@ fn check(
             },
         );
     }
-    Ok((parsed.seq, parsed.hash))
+    Ok(parsed)
 }

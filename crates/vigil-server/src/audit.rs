@@ -8,6 +8,11 @@
 //! it from what the file holds. While the fault lasts (a full disk, a file
 //! system remounted read-only), records keep failing and the REST API keeps
 //! answering 503; once it clears, service resumes without a restart.
+//!
+//! Essential records (an authorized emergency shutdown) always try a
+//! reopen first, and may use the log's reserve: a full disk does not stop
+//! them. The wrapper also remembers how the last write went, for
+//! `/health` and `/metrics`.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -23,6 +28,55 @@ const REOPEN_EVERY: Duration = Duration::from_secs(1);
 struct State {
     log: AuditLog,
     last_attempt: Option<Instant>,
+    /// Why the last write failed, and since when; `None` once one works.
+    problem: Option<AuditProblem>,
+}
+
+/// Why the audit log cannot record now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AuditProblem {
+    /// A stable reason: `disk_full`, `file_size_limit`, `read_only`,
+    /// `io_error`.
+    pub(crate) reason: &'static str,
+    /// The error, for a person.
+    pub(crate) detail: String,
+    /// When it started.
+    pub(crate) since: std::time::SystemTime,
+}
+
+/// How the audit log stands, for `/health` and `/metrics`.
+#[derive(Debug, Clone)]
+pub(crate) struct AuditHealth {
+    pub(crate) problem: Option<AuditProblem>,
+    /// Bytes held in reserve for essential records.
+    pub(crate) reserve_bytes: u64,
+    /// The reserve asked for.
+    pub(crate) reserve_wanted: u64,
+    /// Free bytes on the audit log's file system, if known.
+    pub(crate) free_bytes: Option<u64>,
+    /// Sealed segments kept, at the last open.
+    pub(crate) sealed_segments: u64,
+}
+
+/// The stable reason of a failed append.
+fn reason_of(e: &AuditError) -> &'static str {
+    let Some(failure) = e.failure() else {
+        return "io_error";
+    };
+    if failure.is_disk_full() {
+        return "disk_full";
+    }
+    match failure.source.raw_os_error() {
+        Some(code) if code == rustix::io::Errno::FBIG.raw_os_error() => "file_size_limit",
+        Some(code)
+            if code == rustix::io::Errno::ROFS.raw_os_error()
+                || code == rustix::io::Errno::PERM.raw_os_error()
+                || code == rustix::io::Errno::ACCESS.raw_os_error() =>
+        {
+            "read_only"
+        }
+        _ => "io_error",
+    }
 }
 
 /// An audit log that reopens itself after a failure.
@@ -39,6 +93,7 @@ impl Audit {
             state: Mutex::new(State {
                 log,
                 last_attempt: None,
+                problem: None,
             }),
         }
     }
@@ -50,14 +105,15 @@ impl Audit {
     }
 
     /// The log to append to now, and whether it stopped after a failure
-    /// and a reopen is due.
-    fn current(&self) -> (AuditLog, bool) {
+    /// and a reopen is due (always, for an essential record).
+    fn current(&self, essential: bool) -> (AuditLog, bool) {
         let mut state = self.lock();
         let stopped = state.log.failure().is_some();
         let due = stopped
-            && state
-                .last_attempt
-                .is_none_or(|t| t.elapsed() >= REOPEN_EVERY);
+            && (essential
+                || state
+                    .last_attempt
+                    .is_none_or(|t| t.elapsed() >= REOPEN_EVERY));
         if due {
             state.last_attempt = Some(Instant::now());
         }
@@ -67,13 +123,77 @@ impl Audit {
     /// Appends a record and waits until it is durable; after a failure,
     /// reopens the log first (see the module docs).
     pub(crate) async fn append(&self, kind: &str, details: Value) -> Result<Receipt, AuditError> {
-        let (log, reopen) = self.current();
+        self.append_as(kind, details, false).await
+    }
+
+    /// As [`Audit::append`], for a record that may use the log's reserve
+    /// when the disk is full, and that tries a reopen at once.
+    pub(crate) async fn append_essential(
+        &self,
+        kind: &str,
+        details: Value,
+    ) -> Result<Receipt, AuditError> {
+        self.append_as(kind, details, true).await
+    }
+
+    async fn append_as(
+        &self,
+        kind: &str,
+        details: Value,
+        essential: bool,
+    ) -> Result<Receipt, AuditError> {
+        let (log, reopen) = self.current(essential);
         let log = if reopen {
             self.reopen().await.unwrap_or(log)
         } else {
             log
         };
-        log.append(kind, details).await
+        let result = if essential {
+            log.append_essential(kind, details).await
+        } else {
+            log.append(kind, details).await
+        };
+        let mut state = self.lock();
+        match &result {
+            Ok(_) => state.problem = None,
+            Err(e) if e.failure().is_some() => {
+                let reason = reason_of(e);
+                if state.problem.as_ref().is_none_or(|p| p.reason != reason) {
+                    state.problem = Some(AuditProblem {
+                        reason,
+                        detail: e.to_string(),
+                        since: std::time::SystemTime::now(),
+                    });
+                }
+            }
+            // The record itself was refused (too large, bad kind): the log
+            // is as it was.
+            Err(_) => {}
+        }
+        result
+    }
+
+    /// How the log stands.
+    pub(crate) fn health(&self) -> AuditHealth {
+        let state = self.lock();
+        let dir = match self.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        let free_bytes = rustix::fs::statvfs(&dir)
+            .ok()
+            .map(|st| st.f_bavail.saturating_mul(st.f_frsize));
+        AuditHealth {
+            problem: state.problem.clone(),
+            reserve_bytes: state.log.stats().reserve_bytes,
+            reserve_wanted: state.log.options().reserve_bytes,
+            free_bytes,
+            sealed_segments: state.log.open_report().sealed_segments
+                + state.log.stats().segments_sealed
+                - state.log.stats().segments_deleted.min(
+                    state.log.open_report().sealed_segments + state.log.stats().segments_sealed,
+                ),
+        }
     }
 
     /// Opens the log again; on success it replaces the stopped one.

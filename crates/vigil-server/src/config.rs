@@ -16,6 +16,8 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Default cap on connections, counting those still in the handshake.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
+/// Default cap on TLS handshakes in progress from one source address.
+pub const DEFAULT_MAX_HANDSHAKES_PER_SOURCE: usize = 256;
 /// Default bytes queued for one client (heartbeats, broadcasts, commands)
 /// before it counts as a slow consumer and is disconnected: about 370
 /// commands or 650 heartbeats.
@@ -35,6 +37,9 @@ pub const DEFAULT_COMMAND_WINDOW: usize = 64;
 /// Default time a client has to answer a command it was sent; past it the
 /// command's outcome is `unanswered`.
 pub const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+
+/// Default time between two `refusals.summary` audit records.
+pub const DEFAULT_REFUSAL_SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Default `wa_id` of the server's authority key.
 pub const DEFAULT_AUTHORITY_ID: &str = "vigil-server";
@@ -59,8 +64,14 @@ pub struct ServerConfig {
     pub handshake_timeout: Duration,
     /// Time a session may stay silent before it is closed.
     pub idle_timeout: Duration,
-    /// Most connections at once, counting those in the handshake.
+    /// Most connections at once, counting those in the handshake. When
+    /// they run out, the oldest handshake in progress gives way to a new
+    /// connection; only when every connection is a session is a new one
+    /// refused.
     pub max_connections: usize,
+    /// Most TLS handshakes in progress from one source address; past it,
+    /// that source's oldest handshake gives way.
+    pub max_handshakes_per_source: usize,
     /// Bytes queued for one client before it is disconnected as too slow.
     /// A module sent in answer to `mod:verify` does not count (it is
     /// shared by every reply); at most two such answers wait per client.
@@ -99,6 +110,11 @@ pub struct ServerConfig {
     /// Time a client has to answer a command; past it the command's
     /// outcome is `unanswered`.
     pub ack_timeout: Duration,
+    /// How often the counts of refused unauthenticated traffic (TLS
+    /// handshakes, emergency attempts) are written as one
+    /// `refusals.summary` audit record; in each such window only the first
+    /// refusal of each source, a few dozen at most, is recorded on its own.
+    pub refusal_summary_interval: Duration,
 }
 
 /// The server's signing key and the id it signs as (`wa_id`).
@@ -135,6 +151,7 @@ impl ServerConfig {
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_handshakes_per_source: DEFAULT_MAX_HANDSHAKES_PER_SOURCE,
             max_outbound_bytes: DEFAULT_MAX_OUTBOUND_BYTES,
             write_stall_timeout: DEFAULT_WRITE_STALL_TIMEOUT,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
@@ -147,6 +164,7 @@ impl ServerConfig {
             tree_path: Vec::new(),
             command_window: DEFAULT_COMMAND_WINDOW,
             ack_timeout: DEFAULT_ACK_TIMEOUT,
+            refusal_summary_interval: DEFAULT_REFUSAL_SUMMARY_INTERVAL,
         }
     }
 }

@@ -18,6 +18,7 @@
 //! appends its id to `relay_chain` when it relays (that field is not
 //! signed).
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use hyper::StatusCode;
@@ -62,59 +63,87 @@ pub(crate) fn refusal_response(refusal: &Refusal) -> Resp {
     detail(status, text)
 }
 
-/// Records an attempt durably; `Err` (a 503) if it cannot be recorded.
-async fn audit(
+/// An attempt's audit details, with every field the caller chose cut to a
+/// bounded length (and its real length noted): before verification they
+/// are the attacker's.
+fn attempt_details(outcome: &str, cmd: Option<&SignedCommand>, extra: Option<&str>) -> Value {
+    use crate::refusals::clip;
+    let mut map = serde_json::Map::new();
+    map.insert("outcome".into(), Value::String(outcome.to_owned()));
+    if let Some(c) = cmd {
+        clip(&mut map, "command_id", &c.command_id, 128);
+        clip(&mut map, "wa_id", &c.wa_id, 128);
+        clip(&mut map, "wa_public_key", &c.wa_public_key, 64);
+        if let Some(target) = &c.target_agent_id {
+            clip(&mut map, "target_agent_id", target, 128);
+        }
+        if let Some(path) = &c.target_tree_path {
+            let text = serde_json::to_string(path).unwrap_or_default();
+            clip(&mut map, "target_tree_path", &text, 256);
+        }
+        clip(&mut map, "reason", &c.reason, 256);
+    }
+    if let Some(extra) = extra {
+        clip(&mut map, "detail", extra, 256);
+    }
+    Value::Object(map)
+}
+
+/// Records an authorized attempt durably, using the audit log's reserve
+/// if the disk is full; `Err` (a 503) if it cannot be recorded.
+async fn audit_verified(
     server: &ServerHandle,
     outcome: &str,
-    cmd: Option<&SignedCommand>,
-    extra: Value,
+    cmd: &SignedCommand,
 ) -> Result<(), Resp> {
-    let details = json!({
-        "outcome": outcome,
-        "command_id": cmd.map(|c| c.command_id.clone()),
-        "wa_id": cmd.map(|c| c.wa_id.clone()),
-        "wa_public_key": cmd.map(|c| c.wa_public_key.clone()),
-        "target_agent_id": cmd.and_then(|c| c.target_agent_id.clone()),
-        // Not yet authenticated: keep what the caller controls short.
-        "reason": cmd.map(|c| crate::session::truncate(&c.reason, 256)),
-        "detail": extra,
-    });
     server
-        .audit("emergency.attempt", details)
+        .audit_essential(
+            "emergency.attempt",
+            attempt_details(outcome, Some(cmd), None),
+        )
         .await
         .map_err(|e| detail(StatusCode::SERVICE_UNAVAILABLE, e))
 }
 
-/// Logs, audits and answers a refusal.
-async fn refuse(server: &ServerHandle, command: &SignedCommand, refusal: &Refusal) -> Resp {
-    tracing::error!(command_id = %command.command_id, code = refusal.code(), detail = ?refusal.message(), "EMERGENCY SHUTDOWN refused");
-    if let Err(resp) = audit(
-        server,
-        "refused",
-        Some(command),
-        json!({"code": refusal.code(), "detail": refusal.message()}),
-    )
-    .await
-    {
-        return resp;
+/// Counts a refused attempt from `peer`; the first from each source per
+/// window is also recorded (cut) and logged, the rest summed up (see
+/// `refusals.rs`). Refusals do not wait for the disk.
+fn note_refused(
+    server: &ServerHandle,
+    peer: IpAddr,
+    outcome: &str,
+    cmd: Option<&SignedCommand>,
+    extra: &str,
+) {
+    let details = attempt_details(outcome, cmd, Some(extra));
+    let recorded = details.clone();
+    let logged = server.refused(peer, "emergency", "emergency.attempt", move || recorded);
+    if logged {
+        tracing::error!(%peer, outcome, attempt = %details, "EMERGENCY SHUTDOWN refused (more refusals from this source are counted, not logged, until the next summary)");
+    } else {
+        tracing::debug!(%peer, outcome, "EMERGENCY SHUTDOWN refused");
     }
+}
+
+/// Counts, perhaps records, and answers a refusal.
+fn refuse(server: &ServerHandle, peer: IpAddr, command: &SignedCommand, refusal: &Refusal) -> Resp {
+    let extra = format!("{}: {}", refusal.code(), refusal.message());
+    note_refused(server, peer, "refused", Some(command), &extra);
     refusal_response(refusal)
 }
 
-/// Handles one emergency shutdown request.
+/// Handles one emergency shutdown request from `peer`.
 pub(crate) async fn shutdown(
     server: &ServerHandle,
     relay: Option<&crate::http::Relay>,
     body: &[u8],
+    peer: IpAddr,
 ) -> Resp {
     let received = now_iso();
     let command = match SignedCommand::from_json(body) {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!(error = %e, "EMERGENCY SHUTDOWN attempt: malformed command");
-            if let Err(resp) = audit(server, "malformed", None, json!(e.to_string())).await {
-                return resp;
-            }
+            note_refused(server, peer, "malformed", None, &e.to_string());
             let status = if e.code() == "timestamp_without_offset" {
                 StatusCode::BAD_REQUEST
             } else {
@@ -123,16 +152,8 @@ pub(crate) async fn shutdown(
             return detail(status, e);
         }
     };
-    tracing::error!(
-        command_id = %command.command_id, wa_id = %command.wa_id,
-        target = ?command.target_agent_id, reason = ?command.reason,
-        "EMERGENCY SHUTDOWN attempt"
-    );
     if command.command_type != "SHUTDOWN_NOW" {
-        if let Err(resp) = audit(server, "refused", Some(&command), json!("not SHUTDOWN_NOW")).await
-        {
-            return resp;
-        }
+        note_refused(server, peer, "refused", Some(&command), "not SHUTDOWN_NOW");
         return detail(
             StatusCode::BAD_REQUEST,
             format!(
@@ -142,13 +163,13 @@ pub(crate) async fn shutdown(
         );
     }
     let Some(relay) = relay else {
-        let _ = audit(
+        note_refused(
             server,
+            peer,
             "refused",
             Some(&command),
-            json!("no authorities configured"),
-        )
-        .await;
+            "no authorities configured",
+        );
         return detail(
             StatusCode::SERVICE_UNAVAILABLE,
             "this server has no emergency authorities (start it with --authorities)",
@@ -156,8 +177,13 @@ pub(crate) async fn shutdown(
     };
     let verified = match relay.verify(&command) {
         Ok(v) => v,
-        Err(refusal) => return refuse(server, &command, &refusal).await,
+        Err(refusal) => return refuse(server, peer, &command, &refusal),
     };
+    tracing::error!(
+        %peer, command_id = ?command.command_id, wa_id = ?command.wa_id,
+        target = ?command.target_agent_id, tree = ?command.target_tree_path, reason = ?command.reason,
+        "EMERGENCY SHUTDOWN: a verified SHUTDOWN_NOW"
+    );
     // Where does it go? (`target_agent_id`, `target_tree_path`)
     let own = server.agent_id().to_owned();
     let resolved = match crate::route::resolve(
@@ -167,7 +193,13 @@ pub(crate) async fn shutdown(
     ) {
         Ok(r) => r,
         Err(why) => {
-            let _ = audit(server, "refused", Some(&command), json!("unknown target")).await;
+            // Verified, so recorded on its own, but it changes nothing.
+            let _ = server
+                .audit_essential(
+                    "emergency.attempt",
+                    attempt_details("unknown_target", Some(&command), Some(&why)),
+                )
+                .await;
             return detail(StatusCode::NOT_FOUND, why);
         }
     };
@@ -181,11 +213,12 @@ pub(crate) async fn shutdown(
         let refusal = Refusal::Malformed {
             detail: format!("cannot relay it: once this server's id is added, {e}"),
         };
-        return refuse(server, &command, &refusal).await;
+        return refuse(server, peer, &command, &refusal);
     }
     // Recorded before its id is spent: a command that cannot be recorded
-    // (503) can be sent again once the audit log is writable.
-    if let Err(resp) = audit(server, "verified", Some(&command), Value::Null).await {
+    // (503) can be sent again once the audit log is writable. The audit
+    // log keeps a reserve for it: a full disk does not stop it.
+    if let Err(resp) = audit_verified(server, "verified", &command).await {
         return resp;
     }
     let initiated = now_iso();
@@ -215,7 +248,7 @@ pub(crate) async fn shutdown(
                 services_stopped.push(format!("agents:{acked}/{}", report.outcomes.len()));
             }
             Err(crate::server::Relayed::Refused(refusal)) => {
-                return refuse(server, &command, &refusal).await;
+                return refuse(server, peer, &command, &refusal);
             }
             Err(crate::server::Relayed::Server(e)) => {
                 return crate::http::server_error(e);
@@ -224,7 +257,7 @@ pub(crate) async fn shutdown(
     } else {
         // Nobody to relay to: the id is spent now.
         if let Err(refusal) = relay.record(&verified).await {
-            return refuse(server, &command, &refusal).await;
+            return refuse(server, peer, &command, &refusal);
         }
         // Nobody to tell: the message reached every agent it was for.
         final_message_sent = true;
@@ -249,7 +282,7 @@ pub(crate) async fn shutdown(
             );
         }
         let _ = server
-            .audit(
+            .audit_essential(
                 "emergency.completed",
                 json!({"command_id": command.command_id, "stopped": stopped}),
             )

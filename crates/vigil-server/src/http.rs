@@ -33,6 +33,8 @@ pub const DEFAULT_MAX_BODY: usize = 64 * 1024;
 pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default cap on REST connections at once.
 pub const DEFAULT_MAX_HTTP_CONNECTIONS: usize = 1024;
+/// Default cap on REST connections from one source waiting for a request.
+pub const DEFAULT_HTTP_WAITING_PER_SOURCE: usize = 64;
 /// Longest `?wait=` accepted.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
 
@@ -48,8 +50,14 @@ pub struct HttpConfig {
     pub max_body: usize,
     /// Time allowed to send the request head, and then the body.
     pub read_timeout: Duration,
-    /// REST connections at once; more are closed at once.
+    /// REST connections at once. When they run out, the connection that
+    /// has waited longest for (the rest of) a request, or idled longest, is
+    /// closed to make room; with every one busy answering, 64 more are
+    /// taken for the emergency routes only, then new ones are closed.
     pub max_connections: usize,
+    /// Connections from one source address that may wait for a request at
+    /// once; past it, that source's oldest gives way.
+    pub max_waiting_per_source: usize,
     /// Checks commands posted to `/v1/commands` and `/emergency/shutdown`.
     /// Without it both routes answer 503.
     pub relay: Option<Relay>,
@@ -137,6 +145,7 @@ impl HttpConfig {
             max_body: DEFAULT_MAX_BODY,
             read_timeout: DEFAULT_READ_TIMEOUT,
             max_connections: DEFAULT_MAX_HTTP_CONNECTIONS,
+            max_waiting_per_source: DEFAULT_HTTP_WAITING_PER_SOURCE,
             relay: None,
         }
     }
@@ -147,6 +156,8 @@ struct State {
     server: ServerHandle,
     started: SystemTime,
     requests: std::sync::atomic::AtomicU64,
+    /// REST connections shed to make room.
+    shed: std::sync::atomic::AtomicU64,
 }
 
 /// The REST API, bound; [`HttpServer::run`] serves until the vigil server
@@ -228,6 +239,7 @@ impl HttpServer {
                 server,
                 started: SystemTime::now(),
                 requests: std::sync::atomic::AtomicU64::new(0),
+                shed: std::sync::atomic::AtomicU64::new(0),
             }),
         })
     }
@@ -244,9 +256,13 @@ impl HttpServer {
         let stopped = state.server.stopping();
         tokio::pin!(stopped);
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        let slots = Arc::new(tokio::sync::Semaphore::new(
-            state.config.max_connections.max(1),
-        ));
+        // Connections waiting for (the rest of) a request give way, the
+        // oldest first, when the slots run out: slow clients cannot hold
+        // them (see `admission.rs`).
+        let slots = crate::admission::Admission::new(
+            state.config.max_connections,
+            state.config.max_waiting_per_source,
+        );
         let reserve = Arc::new(tokio::sync::Semaphore::new(EMERGENCY_RESERVE));
         let mut last_limit_log: Option<std::time::Instant> = None;
         loop {
@@ -261,14 +277,21 @@ impl HttpServer {
                     }
                 },
             };
-            // Past the limit, a few more connections are taken on a short
-            // leash (a 2 s head deadline) for the emergency routes only:
-            // slow clients holding every slot cannot lock out an emergency
-            // shutdown.
-            let (permit, mode) = match slots.clone().try_acquire_owned() {
-                Ok(p) => (p, Mode::Full),
+            // With every slot working (requests being answered), a few more
+            // connections are taken on a short leash (a 2 s head deadline)
+            // for the emergency routes only.
+            let (slot, mode) = match slots.admit(peer.ip()) {
+                Ok(admitted) => {
+                    if admitted.evicted > 0 {
+                        state.shed.fetch_add(
+                            admitted.evicted as u64,
+                            std::sync::atomic::Ordering::Relaxed,
+                        );
+                    }
+                    (Slot::Admitted(Arc::new(admitted.ticket)), Mode::Full)
+                }
                 Err(_) => match reserve.clone().try_acquire_owned() {
-                    Ok(p) => (p, Mode::EmergencyOnly),
+                    Ok(p) => (Slot::Reserve { _permit: p }, Mode::EmergencyOnly),
                     Err(_) => {
                         if last_limit_log.is_none_or(|t: std::time::Instant| {
                             t.elapsed() >= Duration::from_secs(1)
@@ -281,11 +304,24 @@ impl HttpServer {
                     }
                 },
             };
-            let conn = graceful.watch(connection(state.clone(), tcp, peer, mode));
+            let ticket = match &slot {
+                Slot::Admitted(t) => Some(t.clone()),
+                Slot::Reserve { .. } => None,
+            };
+            let conn = graceful.watch(connection(state.clone(), tcp, peer, mode, ticket.clone()));
             tokio::spawn(async move {
-                let _permit = permit;
-                if let Err(e) = conn.await {
-                    tracing::debug!(%peer, error = %e, "REST connection ended");
+                let _slot = slot;
+                let shed = async {
+                    match &ticket {
+                        Some(t) => t.evicted().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    ended = conn => if let Err(e) = ended {
+                        tracing::debug!(%peer, error = %e, "REST connection ended");
+                    },
+                    () = shed => tracing::debug!(%peer, "REST connection shed to make room"),
                 }
             });
         }
@@ -312,7 +348,7 @@ impl HttpServer {
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        if let Err(e) = connection(self.state.clone(), io, peer, Mode::Full).await {
+        if let Err(e) = connection(self.state.clone(), io, peer, Mode::Full, None).await {
             tracing::debug!(%peer, error = %e, "REST connection ended");
         }
     }
@@ -323,6 +359,15 @@ const EMERGENCY_RESERVE: usize = 64;
 /// Time a connection taken past the limit has to send its request head.
 const EMERGENCY_HEAD_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// A REST connection's slot.
+enum Slot {
+    Admitted(Arc<crate::admission::Ticket>),
+    /// Past the limit, for the emergency routes only.
+    Reserve {
+        _permit: tokio::sync::OwnedSemaphorePermit,
+    },
+}
+
 /// What a connection may ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -331,12 +376,14 @@ enum Mode {
     EmergencyOnly,
 }
 
-/// One HTTP/1.1 connection on `io`.
+/// One HTTP/1.1 connection on `io`; `ticket`, its slot, is marked working
+/// while a request is answered.
 fn connection<I>(
     state: Arc<State>,
     io: I,
     peer: SocketAddr,
     mode: Mode,
+    ticket: Option<Arc<crate::admission::Ticket>>,
 ) -> hyper::server::conn::http1::Connection<
     TokioIo<I>,
     impl hyper::service::Service<
@@ -356,7 +403,12 @@ where
     let service_state = state.clone();
     let service = hyper::service::service_fn(move |req| {
         let state = service_state.clone();
-        async move { Ok::<_, std::convert::Infallible>(handle(&state, req, peer, mode).await) }
+        let ticket = ticket.clone();
+        async move {
+            Ok::<_, std::convert::Infallible>(
+                handle(&state, req, peer, mode, ticket.as_deref()).await,
+            )
+        }
     });
     hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -425,7 +477,13 @@ fn authorized(state: &State, req: &Request<Incoming>) -> bool {
     token.len() == expected.len() && bool::from(token.as_bytes().ct_eq(expected))
 }
 
-async fn handle(state: &State, req: Request<Incoming>, peer: SocketAddr, mode: Mode) -> Resp {
+async fn handle(
+    state: &State,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    mode: Mode,
+    ticket: Option<&crate::admission::Ticket>,
+) -> Resp {
     state
         .requests
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -443,7 +501,12 @@ async fn handle(state: &State, req: Request<Incoming>, peer: SocketAddr, mode: M
         );
         return resp;
     }
-    let resp = route(state, req, &method, &path, &query).await;
+    let resp = route(state, req, &method, &path, &query, peer, ticket).await;
+    // Answered: an idle keep-alive connection waits again, and is the first
+    // to give way when the slots run out.
+    if let Some(ticket) = ticket {
+        ticket.waiting();
+    }
     tracing::debug!(%peer, %method, %path, status = resp.status().as_u16(), "REST request");
     resp
 }
@@ -503,6 +566,8 @@ async fn route(
     method: &Method,
     path: &str,
     query: &str,
+    peer: SocketAddr,
+    ticket: Option<&crate::admission::Ticket>,
 ) -> Resp {
     let (route, needs_token) = match Route::resolve(method, path) {
         Ok(r) => r,
@@ -520,13 +585,25 @@ async fn route(
         );
         return resp;
     }
+    let takes_body = matches!(route, Route::EmergencyShutdown | Route::Send | Route::Relay);
+    let body = if takes_body {
+        match read_body(state, req).await {
+            Ok(body) => body,
+            Err(resp) => return resp,
+        }
+    } else {
+        Bytes::new()
+    };
+    // The whole request is here: from now on the connection works, and is
+    // not shed to make room for another.
+    if let Some(ticket) = ticket {
+        ticket.working();
+    }
     match route {
-        Route::EmergencyShutdown => match read_body(state, req).await {
-            Ok(body) => {
-                crate::emergency::shutdown(&state.server, state.config.relay.as_ref(), &body).await
-            }
-            Err(resp) => resp,
-        },
+        Route::EmergencyShutdown => {
+            crate::emergency::shutdown(&state.server, state.config.relay.as_ref(), &body, peer.ip())
+                .await
+        }
         Route::EmergencyTest => json_response(
             StatusCode::OK,
             &json!({
@@ -537,14 +614,8 @@ async fn route(
             }),
         ),
         Route::Health => health(state),
-        Route::Send => match read_body(state, req).await {
-            Ok(body) => send(state, &body, query).await,
-            Err(resp) => resp,
-        },
-        Route::Relay => match read_body(state, req).await {
-            Ok(body) => relay(state, &body, query).await,
-            Err(resp) => resp,
-        },
+        Route::Send => send(state, &body, query).await,
+        Route::Relay => relay(state, &body, query).await,
         Route::Clients => clients(state),
         Route::Modules => modules(state),
         Route::Metrics => metrics(state),
@@ -825,16 +896,52 @@ fn modules(state: &State) -> Resp {
     json_response(StatusCode::OK, &json!({ "modules": list }))
 }
 
+/// Why the server is degraded, if it is: the audit log cannot record (so
+/// no command is sent), or it has less than its reserve left for an
+/// emergency shutdown.
+fn audit_status(health: &crate::audit::AuditHealth) -> Option<&'static str> {
+    if let Some(p) = &health.problem {
+        return Some(p.reason);
+    }
+    if health.reserve_bytes < health.reserve_wanted {
+        return Some("reserve_spent");
+    }
+    if health
+        .free_bytes
+        .is_some_and(|free| free < health.reserve_wanted.max(1 << 20))
+    {
+        return Some("low_space");
+    }
+    None
+}
+
 fn health(state: &State) -> Resp {
     let uptime = state.started.elapsed().map(|d| d.as_secs()).unwrap_or(0);
+    let audit = state.server.audit_health();
+    let degraded = audit.as_ref().and_then(audit_status);
+    let audit_json = audit.as_ref().map(|a| {
+        json!({
+            "writable": a.problem.is_none(),
+            "problem": degraded,
+            "detail": a.problem.as_ref().map(|p| p.detail.clone()),
+            "since": a.problem.as_ref().and_then(|p| vigil_command::Timestamp::from_system_time(p.since).ok()).map(|t| t.isoformat()),
+            "reserve_bytes": a.reserve_bytes,
+            "free_bytes": a.free_bytes,
+            "sealed_segments": a.sealed_segments,
+        })
+    });
+    // 200 either way: a degraded server still holds its clients, sends
+    // heartbeats and obeys a signed shutdown; restarting it would not
+    // free the disk.
     json_response(
         StatusCode::OK,
         &json!({
-            "status": "ok",
+            "status": if degraded.is_some() { "degraded" } else { "ok" },
             "clients": state.server.sessions().len(),
             "uptime_seconds": uptime,
             "server_fingerprint": state.server.fingerprint().to_hex(),
             "agent_id": state.server.agent_id(),
+            "audit": audit_json,
         }),
     )
 }
@@ -915,6 +1022,66 @@ fn metrics(state: &State) -> Resp {
         &[("", s.audit_dropped.get())],
     );
     metric(
+        "vigil_refusals_total",
+        "counter",
+        "Unauthenticated traffic refused: TLS handshakes and emergency shutdown attempts (the first from each source per window is audited one by one, the rest in refusals.summary records).",
+        &[
+            ("kind=\"handshake\"", s.refused_handshakes.get()),
+            ("kind=\"emergency\"", s.refused_emergency.get()),
+        ],
+    );
+    metric(
+        "vigil_refusals_recorded_total",
+        "counter",
+        "Refusals written to the audit log one by one.",
+        &[("", s.refusals_recorded.get())],
+    );
+    if let Some(a) = state.server.audit_health() {
+        metric(
+            "vigil_audit_writable",
+            "gauge",
+            "1 when the audit log records (so commands are sent), 0 when its last write failed.",
+            &[("", u64::from(a.problem.is_none()))],
+        );
+        let reasons = ["disk_full", "file_size_limit", "read_only", "io_error"];
+        let failing: Vec<(String, u64)> = reasons
+            .iter()
+            .map(|r| {
+                (
+                    format!("reason=\"{r}\""),
+                    u64::from(a.problem.as_ref().is_some_and(|p| p.reason == *r)),
+                )
+            })
+            .collect();
+        let failing: Vec<(&str, u64)> = failing.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+        metric(
+            "vigil_audit_failing",
+            "gauge",
+            "1 for the reason the audit log cannot record now.",
+            &failing,
+        );
+        metric(
+            "vigil_audit_reserve_bytes",
+            "gauge",
+            "Bytes the audit log holds in reserve for an emergency shutdown.",
+            &[("", a.reserve_bytes)],
+        );
+        if let Some(free) = a.free_bytes {
+            metric(
+                "vigil_audit_disk_free_bytes",
+                "gauge",
+                "Free bytes on the audit log's file system.",
+                &[("", free)],
+            );
+        }
+        metric(
+            "vigil_audit_sealed_segments",
+            "gauge",
+            "Sealed audit log segments kept.",
+            &[("", a.sealed_segments)],
+        );
+    }
+    metric(
         "vigil_heartbeats_total",
         "counter",
         "Signed heartbeats sent.",
@@ -931,6 +1098,18 @@ fn metrics(state: &State) -> Resp {
         "counter",
         "Sessions closed because the client did not read.",
         &[("", s.slow_consumers.get())],
+    );
+    metric(
+        "vigil_connections_shed_total",
+        "counter",
+        "Connections closed to make room for new ones: TLS handshakes in progress, REST connections waiting for a request.",
+        &[
+            ("listener=\"tls\"", s.shed.get()),
+            (
+                "listener=\"rest\"",
+                state.shed.load(std::sync::atomic::Ordering::Relaxed),
+            ),
+        ],
     );
     metric(
         "vigil_http_requests_total",

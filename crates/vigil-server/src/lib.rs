@@ -31,6 +31,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod admission;
 mod audit;
 mod config;
 mod delivery;
@@ -38,6 +39,7 @@ mod emergency;
 mod http;
 mod outbound;
 mod record;
+mod refusals;
 mod route;
 mod server;
 mod session;
@@ -46,12 +48,13 @@ pub use config::{
     Authority, DEFAULT_ACK_TIMEOUT, DEFAULT_AUTHORITY_ID, DEFAULT_COMMAND_WINDOW,
     DEFAULT_DRAIN_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_HEARTBEAT_INTERVAL,
     DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_EXECS_PER_SESSION,
-    DEFAULT_MAX_OUTBOUND_BYTES, DEFAULT_PORT, DEFAULT_WRITE_STALL_TIMEOUT, ServerConfig,
+    DEFAULT_MAX_HANDSHAKES_PER_SOURCE, DEFAULT_MAX_OUTBOUND_BYTES, DEFAULT_PORT,
+    DEFAULT_REFUSAL_SUMMARY_INTERVAL, DEFAULT_WRITE_STALL_TIMEOUT, ServerConfig,
 };
 pub use delivery::{ClientOutcome, Delivery, DeliveryReport, Outcome, Target};
 pub use http::{
-    DEFAULT_HTTP_PORT, DEFAULT_MAX_BODY, DEFAULT_MAX_HTTP_CONNECTIONS, DEFAULT_READ_TIMEOUT,
-    HttpConfig, HttpServer, MAX_WAIT, Relay,
+    DEFAULT_HTTP_PORT, DEFAULT_HTTP_WAITING_PER_SOURCE, DEFAULT_MAX_BODY,
+    DEFAULT_MAX_HTTP_CONNECTIONS, DEFAULT_READ_TIMEOUT, HttpConfig, HttpServer, MAX_WAIT, Relay,
 };
 pub use record::{CommandRecord, TargetState};
 pub use server::{Counter, Server, ServerHandle, ServerStats};

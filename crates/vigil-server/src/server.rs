@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use bytes::Bytes;
 use serde_json::{Map, Value};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -46,8 +46,13 @@ impl Counter {
 pub struct ServerStats {
     /// TCP connections accepted.
     pub accepted: Counter,
-    /// Connections dropped at once because the limit was reached.
+    /// Connections dropped at once because the limit was reached and every
+    /// connection was a session (none was waiting to be shed).
     pub refused_at_limit: Counter,
+    /// Connections still in their TLS handshake that were closed to make
+    /// room for a newer one (the limit was reached, or their source had
+    /// too many handshakes in progress).
+    pub shed: Counter,
     /// Handshakes completed.
     pub handshakes_ok: Counter,
     /// Handshakes that failed (untrusted key, bad TLS, timeout).
@@ -84,6 +89,15 @@ pub struct ServerStats {
     /// refusals, acknowledgements; never commands, which are refused
     /// instead).
     pub audit_dropped: Counter,
+    /// Refused TLS handshakes (a stranger's key, no key, not TLS, too
+    /// slow, a revoked key).
+    pub refused_handshakes: Counter,
+    /// Refused emergency shutdown attempts (malformed, forged, stale,
+    /// replayed...).
+    pub refused_emergency: Counter,
+    /// Refusals recorded one by one (the rest are only counted, in
+    /// `refusals.summary` records).
+    pub refusals_recorded: Counter,
 }
 
 pub(crate) struct Shared {
@@ -101,7 +115,9 @@ pub(crate) struct Shared {
     stopped: tokio::sync::watch::Sender<bool>,
     audit_slots: Arc<Semaphore>,
     /// The audit log of `config.audit`, reopened after a failure.
-    audit: Option<Arc<crate::audit::Audit>>,
+    pub(crate) audit: Option<Arc<crate::audit::Audit>>,
+    /// Refusals of unauthenticated traffic in the current window.
+    refusals: crate::refusals::Refusals,
 }
 
 impl Shared {
@@ -133,6 +149,48 @@ impl Shared {
                 tracing::error!(kind, error = %e, "audit log write failed");
             }
         });
+    }
+
+    /// Counts a refusal of unauthenticated traffic from `source`; the
+    /// first from each source per window (a few dozen at most) is also
+    /// recorded, as `record` with `details`, and `true` is returned (the
+    /// caller logs it); the rest are summed up in the window's
+    /// `refusals.summary` record.
+    pub(crate) fn refused(
+        &self,
+        source: std::net::IpAddr,
+        tally: &'static str,
+        record: &'static str,
+        details: impl FnOnce() -> Value + Send + 'static,
+    ) -> bool {
+        match tally {
+            "handshake" => self.stats.refused_handshakes.inc(),
+            _ => self.stats.refused_emergency.inc(),
+        }
+        let individual = self.refusals.count(source, tally);
+        if individual {
+            self.stats.refusals_recorded.inc();
+            self.audit_later_with(record, details);
+        }
+        individual
+    }
+
+    /// Writes the window's `refusals.summary`, if anything was refused.
+    async fn flush_refusals(&self) {
+        let Some(summary) = self.refusals.take_summary() else {
+            return;
+        };
+        tracing::warn!(
+            refused = summary["total"].as_u64().unwrap_or(0),
+            recorded = summary["recorded_one_by_one"].as_u64().unwrap_or(0),
+            summary = %summary,
+            "unauthenticated traffic refused since the last summary"
+        );
+        if let Some(log) = &self.audit
+            && let Err(e) = log.append("refusals.summary", summary).await
+        {
+            tracing::error!(error = %e, "audit log write failed: refusal counts not recorded");
+        }
     }
 
     /// Records a group of acknowledgements, without waiting.
@@ -547,19 +605,21 @@ impl ServerHandle {
                 "clients would refuse it: {e}"
             ))));
         }
-        self.audit(
-            "command.issued",
-            serde_json::json!({
-                "command_id": command.command_id,
-                "command_type": command.command_type,
-                "command": command.command,
-                "wa_id": command.wa_id,
-                "via": via,
-                "target": targets,
-            }),
-        )
-        .await
-        .map_err(Relayed::Server)?;
+        let issued = serde_json::json!({
+            "command_id": command.command_id,
+            "command_type": command.command_type,
+            "command": command.command,
+            "wa_id": command.wa_id,
+            "via": via,
+            "target": targets,
+        });
+        // An emergency shutdown may use the audit log's reserve.
+        let recorded = if command.command_type == vigil_command::EMERGENCY_TYPE {
+            self.audit_essential("command.issued", issued).await
+        } else {
+            self.audit("command.issued", issued).await
+        };
+        recorded.map_err(Relayed::Server)?;
         if let Err(refusal) = check.await {
             // Recorded, then not sent: the log may say more than
             // happened, never less.
@@ -599,6 +659,39 @@ impl ServerHandle {
     /// The loaded modules, if the server serves modules.
     pub fn modules(&self) -> Option<Vec<vigil_modules::ModuleSummary>> {
         self.shared.config.modules.as_ref().map(|r| r.list())
+    }
+
+    /// As [`ServerHandle::audit`], for a record that must be written even
+    /// when the disk is otherwise full (an authorized emergency shutdown):
+    /// the audit log releases its reserve for it.
+    pub async fn audit_essential(&self, kind: &str, details: Value) -> Result<(), ServerError> {
+        match &self.shared.audit {
+            Some(log) => log
+                .append_essential(kind, details)
+                .await
+                .map(|_| ())
+                .map_err(|e| {
+                    tracing::error!(kind, error = %e, "audit log write failed (essential record)");
+                    ServerError::Audit(e.to_string())
+                }),
+            None => Ok(()),
+        }
+    }
+
+    /// See [`Shared::refused`].
+    pub(crate) fn refused(
+        &self,
+        source: std::net::IpAddr,
+        tally: &'static str,
+        record: &'static str,
+        details: impl FnOnce() -> Value + Send + 'static,
+    ) -> bool {
+        self.shared.refused(source, tally, record, details)
+    }
+
+    /// How the audit log stands (`None` without one).
+    pub(crate) fn audit_health(&self) -> Option<crate::audit::AuditHealth> {
+        self.shared.audit.as_ref().map(|a| a.health())
     }
 
     /// Appends an audit record and waits until it is durable. Without an
@@ -759,6 +852,7 @@ impl Server {
                 stopped: tokio::sync::watch::channel(false).0,
                 audit_slots: Arc::new(Semaphore::new(AUDIT_BACKLOG)),
                 audit: config_audit,
+                refusals: crate::refusals::Refusals::default(),
             }),
         })
     }
@@ -789,8 +883,14 @@ impl Server {
             shared,
         } = self;
         let tracker = TaskTracker::new();
-        let permits = Arc::new(Semaphore::new(shared.config.max_connections));
+        // Sessions keep their slot; handshakes in progress give way, the
+        // oldest first, when the slots run out (see `admission.rs`).
+        let slots = crate::admission::Admission::new(
+            shared.config.max_connections,
+            shared.config.max_handshakes_per_source,
+        );
         tracker.spawn(revocation_sweeper(shared.clone()));
+        tracker.spawn(refusal_summaries(shared.clone()));
         if let Some(registry) = shared.config.modules.clone() {
             tracker.spawn(module_broadcaster(shared.clone(), registry));
         }
@@ -808,6 +908,7 @@ impl Server {
             "vigil server listening"
         );
         let mut last_limit_log: Option<Instant> = None;
+        let mut last_shed_log: Option<Instant> = None;
         loop {
             let (tcp, peer) = tokio::select! {
                 biased;
@@ -823,27 +924,40 @@ impl Server {
                 },
             };
             shared.stats.accepted.inc();
-            let Ok(permit) = permits.clone().try_acquire_owned() else {
+            let Ok(admitted) = slots.admit(peer.ip()) else {
                 shared.stats.refused_at_limit.inc();
                 if last_limit_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
                     tracing::warn!(
                         %peer,
                         limit = shared.config.max_connections,
                         refused = shared.stats.refused_at_limit.get(),
-                        "connection limit reached: refusing new connections"
+                        "connection limit reached, every connection a session: refusing new connections"
                     );
                     last_limit_log = Some(Instant::now());
                 }
                 drop(tcp);
                 continue;
             };
+            if admitted.evicted > 0 {
+                for _ in 0..admitted.evicted {
+                    shared.stats.shed.inc();
+                }
+                if last_shed_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                    tracing::warn!(
+                        %peer,
+                        shed = shared.stats.shed.get(),
+                        "connection slots short: the oldest handshakes in progress give way to new ones"
+                    );
+                    last_shed_log = Some(Instant::now());
+                }
+            }
             let _ = tcp.set_nodelay(true);
             tracker.spawn(connection(
                 shared.clone(),
                 acceptor.clone(),
                 tcp,
                 peer,
-                permit,
+                admitted.ticket,
             ));
         }
         drop(listener);
@@ -859,6 +973,8 @@ impl Server {
         {
             tracing::warn!("some sessions did not finish within the drain timeout");
         }
+        // The last window's counts are not lost.
+        shared.flush_refusals().await;
         shared.stopped.send_replace(true);
         tracing::info!("server stopped");
         Ok(())
@@ -870,30 +986,62 @@ async fn connection(
     acceptor: TlsAcceptor,
     tcp: TcpStream,
     peer: SocketAddr,
-    _permit: OwnedSemaphorePermit,
+    ticket: crate::admission::Ticket,
 ) {
     // Boxed: the handshake's state (a whole TLS connection) is freed when
-    // it ends instead of sizing the task for the session's lifetime.
+    // it ends instead of sizing the task for the session's lifetime. The
+    // ClientHello is read first: a peer that sent one has shown it means
+    // business, and is shed after those that have not (`admission.rs`).
+    let config = acceptor.config().clone();
     let handshake = tokio::time::timeout(
         shared.config.handshake_timeout,
-        Box::pin(acceptor.accept(tcp)),
+        Box::pin(async {
+            let start = tokio_rustls::LazyConfigAcceptor::new(
+                tokio_rustls::rustls::server::Acceptor::default(),
+                tcp,
+            )
+            .await?;
+            ticket.progressed();
+            start.into_stream(config).await
+        }),
     );
     let tls = tokio::select! {
         () = shared.shutdown.cancelled() => return,
+        () = ticket.evicted() => {
+            shared.stats.handshakes_failed.inc();
+            tracing::debug!(%peer, "handshake shed to make room");
+            return;
+        }
         result = handshake => match result {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
                 shared.stats.handshakes_failed.inc();
-                tracing::warn!(%peer, error = %e, "handshake refused");
-                shared.audit_later(
-                    "handshake.refused",
-                    serde_json::json!({"peer": peer.to_string(), "error": e.to_string()}),
-                );
+                let error = e.to_string();
+                let details = {
+                    let (peer, error) = (peer.to_string(), error.clone());
+                    move || {
+                        let mut map = serde_json::Map::new();
+                        map.insert("peer".into(), Value::String(peer));
+                        crate::refusals::clip(&mut map, "error", &error, 256);
+                        Value::Object(map)
+                    }
+                };
+                if shared.refused(peer.ip(), "handshake", "handshake.refused", details) {
+                    tracing::warn!(%peer, error = %error, "handshake refused (more from this source are counted, not logged, until the next summary)");
+                } else {
+                    tracing::debug!(%peer, error = %error, "handshake refused");
+                }
                 return;
             }
             Err(_) => {
                 shared.stats.handshakes_failed.inc();
-                tracing::warn!(%peer, timeout = ?shared.config.handshake_timeout, "handshake timed out");
+                let timeout = shared.config.handshake_timeout;
+                let details = move || serde_json::json!({"peer": peer.to_string(), "error": "handshake timed out"});
+                if shared.refused(peer.ip(), "handshake", "handshake.refused", details) {
+                    tracing::warn!(%peer, ?timeout, "handshake timed out");
+                } else {
+                    tracing::debug!(%peer, ?timeout, "handshake timed out");
+                }
                 return;
             }
         },
@@ -909,13 +1057,14 @@ async fn connection(
     // is not trusted now (one revoked a moment ago, say).
     if !shared.config.trust.is_trusted(&fingerprint) {
         shared.stats.handshakes_failed.inc();
-        tracing::warn!(%peer, client = %fingerprint, "handshake refused: the key is not trusted");
-        shared.audit_later(
-            "handshake.refused",
-            serde_json::json!({"peer": peer.to_string(), "fingerprint": fingerprint.to_hex(), "error": "key not trusted"}),
-        );
+        let details = move || serde_json::json!({"peer": peer.to_string(), "fingerprint": fingerprint.to_hex(), "error": "key not trusted"});
+        if shared.refused(peer.ip(), "handshake", "handshake.refused", details) {
+            tracing::warn!(%peer, client = %fingerprint, "handshake refused: the key is not trusted");
+        }
         return;
     }
+    // A session is never shed.
+    ticket.working();
     shared.stats.handshakes_ok.inc();
     shared.audit_later(
         "handshake.accepted",
@@ -929,6 +1078,7 @@ async fn connection(
         place: None,
     };
     session::run(shared, tls, info).await;
+    drop(ticket);
 }
 
 async fn revocation_sweeper(shared: Arc<Shared>) {
@@ -1038,6 +1188,19 @@ fn lane_of(command_type: Option<&str>) -> Lane {
         Lane::Control
     } else {
         Lane::Command
+    }
+}
+
+/// Writes a `refusals.summary` record every window (see `refusals.rs`).
+async fn refusal_summaries(shared: Arc<Shared>) {
+    let every = shared.config.refusal_summary_interval;
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            _ = ticker.tick() => shared.flush_refusals().await,
+        }
     }
 }
 

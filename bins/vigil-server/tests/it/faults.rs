@@ -362,3 +362,272 @@ async fn f08_a_module_directory_that_disappears_and_returns() {
         "Hello, back!"
     );
 }
+
+/// Unmounts a tmpfs when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    /// Mounts an `mib` MiB tmpfs at `dir`; `None` where that cannot be done
+    /// (it needs root).
+    fn mount(dir: &std::path::Path, mib: u64) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).ok()?;
+        let ok = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={mib}m,mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(dir.to_owned()))
+    }
+
+    fn free(&self) -> u64 {
+        let st = rustix::fs::statvfs(&self.0).expect("statvfs");
+        st.f_bavail * st.f_frsize
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// F11: the data directory on an 8 MiB file system. A stranger's flood of
+/// 3,000 junk emergency posts and 1,000 junk TLS connections leaves it
+/// nearly as empty as it was. Then the disk fills up for another reason
+/// (a file takes every byte left): `/send` is refused (503, nothing sent),
+/// `/health` says degraded and why, and a metric too. A genuinely signed
+/// `SHUTDOWN_NOW` is still carried out and recorded, with the space the
+/// audit log keeps in reserve for it: the client obeys, the server stops,
+/// and the chain verifies.
+#[tokio::test]
+async fn f11_a_full_disk_still_records_and_obeys_a_signed_shutdown() {
+    let mut mounted = None;
+    let mut dep = Deployment::start_after(&[], |dir| {
+        mounted = Tmpfs::mount(&dir.join("server-data"), 8);
+    })
+    .await;
+    let Some(tmpfs) = mounted else {
+        // Mounting needs root; F06 covers the fail-closed path everywhere.
+        eprintln!("F11 not run: cannot mount a tmpfs here");
+        return;
+    };
+    let mut client = dep.client(&failsafe_config(&dep), &[]);
+    eventually("connected", || dep.metric("vigil_connections") == 1).await;
+    let free_before = tmpfs.free();
+    let t0 = std::time::Instant::now();
+    let junk = crate::support::emergency_junk(3_000);
+    eprintln!("f11: junk made in {:?}", t0.elapsed());
+    for chunk in junk.chunks(750) {
+        let statuses = crate::support::post_keepalive(dep.http_port, "/emergency/shutdown", chunk);
+        let other: Vec<&u16> = statuses
+            .iter()
+            .filter(|s| !matches!(s, 403 | 422))
+            .collect();
+        assert!(
+            other.is_empty(),
+            "{} junk attempts answered {:?}",
+            other.len(),
+            other.first()
+        );
+    }
+    for _ in 0..1_000 {
+        let mut tcp = tokio::net::TcpStream::connect(dep.addr())
+            .await
+            .expect("connect");
+        let _ = tokio::io::AsyncWriteExt::write_all(&mut tcp, b"GET / HTTP/1.1\r\n\r\n").await;
+        let mut sink = Vec::new();
+        let _ = tokio::time::timeout(
+            WAIT,
+            tokio::io::AsyncReadExt::read_to_end(&mut tcp, &mut sink),
+        )
+        .await;
+    }
+    eprintln!("f11: junk sent in {:?}", t0.elapsed());
+    let used = free_before.saturating_sub(tmpfs.free());
+    assert!(used < 256 * 1024, "the junk took {used} bytes of the disk");
+
+    // The disk fills up otherwise.
+    {
+        use std::io::Write as _;
+        let mut filler = std::fs::File::create(dep.path("server-data/filler")).expect("filler");
+        let chunk = vec![0u8; 64 * 1024];
+        while filler.write_all(&chunk).is_ok() {}
+        let small = [0u8; 512];
+        while filler.write_all(&small).is_ok() {}
+        let _ = filler.sync_all();
+    }
+    // What room is left in the log's last page goes first; then nothing.
+    let body = json!({"command": "mark"}).to_string();
+    let mut refused = false;
+    for _ in 0..200 {
+        let (status, answer) = dep.http("POST", "/send", Some(&dep.token), Some(body.as_bytes()));
+        if status == 503 {
+            refused = true;
+            break;
+        }
+        assert_eq!(status, 202, "{answer}");
+    }
+    assert!(refused, "the full disk never refused a command");
+    // What was accepted before has run by now; from here nothing may.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = std::fs::remove_file(dep.path("ran"));
+    let (status, health) = dep.http("GET", "/health", None, None);
+    assert_eq!(status, 200, "{health}");
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert_eq!(health["audit"]["writable"], false, "{health}");
+    assert_eq!(health["audit"]["problem"], "disk_full", "{health}");
+    assert_eq!(dep.metric("vigil_audit_writable"), 0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!dep.path("ran").exists(), "nothing unrecorded was sent");
+
+    // The operator's signed shutdown, for every agent.
+    let operator = crate::commands::operator_key(&dep);
+    let stop = crate::commands::signed(
+        &operator,
+        "wa_operator",
+        "f11-stop",
+        "SHUTDOWN_NOW",
+        crate::commands::now(),
+        |c| c.command = None,
+    );
+    let (status, body) = dep.emergency(&stop);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["services_stopped"][0], "agents:1/1", "{body}");
+    assert!(client.exited().await.success(), "the client obeyed");
+    assert!(dep.server.exited().await.success(), "the server stopped");
+    let records = crate::support::audit_log(&dep);
+    let kinds: Vec<&str> = records.iter().filter_map(|r| r["kind"].as_str()).collect();
+    for kind in ["emergency.attempt", "command.issued", "emergency.completed"] {
+        assert!(kinds.contains(&kind), "no {kind} record: {kinds:?}");
+    }
+    audit_verifies(&dep);
+    drop(tmpfs);
+}
+
+/// F12: an audit log that grows. With 64 KiB segments and 3 kept, 1,000
+/// commands seal segment after segment, each ending with its chain head;
+/// the oldest are deleted and the range deleted is recorded in the chain;
+/// `vigilctl audit verify` checks every segment kept and the links between
+/// them; a restart reads only the open segment and the sealed heads. A
+/// record changed inside a kept segment is found by `vigilctl audit
+/// verify`, a changed seal by the server at start.
+#[tokio::test]
+async fn f12_the_audit_log_rotates_keeps_its_chain_and_starts_fast() {
+    let args = ["--audit-segment-kib", "64", "--audit-keep-segments", "3"];
+    let mut dep = Deployment::start(&args).await;
+    let _client = dep.client("", &[]);
+    eventually("connected", || dep.metric("vigil_connections") == 1).await;
+    let body = json!({"command": "nothing"}).to_string();
+    for _ in 0..1_000 {
+        let (status, answer) = dep.http("POST", "/send", Some(&dep.token), Some(body.as_bytes()));
+        assert_eq!(status, 202, "{answer}");
+    }
+    let files = crate::support::audit_files(&dep);
+    assert!(
+        files.len() == 4,
+        "3 sealed segments and the open one: {files:?}"
+    );
+    let records = crate::support::audit_log(&dep);
+    let first_seq = records[0]["seq"].as_u64().expect("seq");
+    assert!(first_seq > 1, "the oldest segments were deleted");
+    let retention: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| r["kind"] == "audit.retention")
+        .collect();
+    assert!(
+        !retention.is_empty(),
+        "the deletions are recorded in the chain"
+    );
+    let sealed = records
+        .iter()
+        .filter(|r| r["kind"] == "audit.sealed")
+        .count();
+    assert!(sealed >= 3, "every sealed segment ends with its seal");
+    audit_verifies(&dep);
+
+    // A restart reads the open segment and the sealed heads, not the rest.
+    dep.server.signal(Signal::TERM);
+    let _ = dep.server.exited().await;
+    let total = crate::support::audit_log(&dep).len();
+    let restarted = dep.restart(&args).await;
+    let line = restarted
+        .lines()
+        .into_iter()
+        .find(|l| l.contains("audit log open"))
+        .expect("the open line");
+    let read: usize = line
+        .split("records=")
+        .nth(1)
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("records=");
+    assert!(
+        read < total / 2,
+        "the restart read {read} of {total} records"
+    );
+    dep.server = restarted;
+    dep.assert_serving().await;
+    dep.server.signal(Signal::TERM);
+    let _ = dep.server.exited().await;
+
+    // A record changed inside a sealed segment: verify finds it.
+    let victim = files[1].clone();
+    let victim_name = victim
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .to_string();
+    let text = std::fs::read_to_string(&victim).expect("segment");
+    let changed = text.replacen("\"nothing\"", "\"changed\"", 1);
+    assert_ne!(text, changed);
+    std::fs::write(&victim, changed).expect("tamper");
+    let out = std::process::Command::new(bin("vigilctl"))
+        .args(["audit", "verify"])
+        .arg(dep.path("server-data/audit.jsonl"))
+        .output()
+        .expect("vigilctl audit verify");
+    assert!(!out.status.success(), "the change went unnoticed");
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains(&victim_name),
+        "the report names the segment: {said}"
+    );
+    std::fs::write(&victim, &text).expect("restore");
+    audit_verifies(&dep);
+
+    // A changed seal (a segment's last line): the server will not start.
+    let seal_changed = {
+        let mut lines: Vec<&str> = text.lines().collect();
+        let last = lines.pop().expect("a seal");
+        let forged = last.replacen("\"audit.sealed\"", "\"audit.sealeD\"", 1);
+        assert_ne!(forged, last);
+        format!("{}\n{forged}\n", lines.join("\n"))
+    };
+    std::fs::write(&victim, seal_changed).expect("tamper");
+    let out = std::process::Command::new(bin("vigil-server"))
+        .arg("--config")
+        .arg(dep.path("server.toml"))
+        .args(args)
+        .output()
+        .expect("vigil-server");
+    assert!(
+        !out.status.success(),
+        "the server started on a changed seal"
+    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains(&victim_name),
+        "the error names the segment: {said}"
+    );
+    std::fs::write(&victim, &text).expect("restore");
+}

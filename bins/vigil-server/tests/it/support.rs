@@ -196,6 +196,12 @@ impl Deployment {
         }
     }
 
+    /// Starts the server again with `args` (the one before must be gone).
+    pub(crate) async fn restart(&self, args: &[&str]) -> Proc {
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        start_server(self.dir.path(), &args).await
+    }
+
     pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
@@ -333,6 +339,12 @@ impl Deployment {
         self.raw_http(&bytes)
     }
 
+    /// `POST /emergency/shutdown` with `command` as its body.
+    pub(crate) fn emergency(&self, command: &impl serde::Serialize) -> (u16, serde_json::Value) {
+        let body = serde_json::to_vec(command).expect("json");
+        self.http("POST", "/emergency/shutdown", None, Some(&body))
+    }
+
     /// Writes `bytes` to the REST port and reads the answer to the end.
     pub(crate) fn raw_http(&self, bytes: &[u8]) -> (u16, serde_json::Value) {
         let mut tcp = TcpStream::connect(("127.0.0.1", self.http_port)).expect("connect");
@@ -340,6 +352,34 @@ impl Deployment {
         tcp.write_all(bytes).expect("write");
         let mut raw = Vec::new();
         let _ = tcp.read_to_end(&mut raw);
+        parse_http(&raw)
+    }
+
+    /// As [`Deployment::http`], from the loopback address `source`.
+    pub(crate) async fn http_from(
+        &self,
+        source: std::net::Ipv4Addr,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> (u16, serde_json::Value) {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(SocketAddr::from((source, 0)))
+            .expect("bind the source address");
+        let mut tcp = socket
+            .connect(SocketAddr::from(([127, 0, 0, 1], self.http_port)))
+            .await
+            .expect("connect");
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(body);
+        tcp.write_all(&req).await.expect("write");
+        let mut raw = Vec::new();
+        let _ = tokio::time::timeout(WAIT, tcp.read_to_end(&mut raw)).await;
         parse_http(&raw)
     }
 
@@ -456,4 +496,139 @@ pub(crate) async fn eventually(what: &str, cond: impl Fn() -> bool) {
         assert!(Instant::now() < deadline, "not in time: {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The files of the deployment's audit log, oldest first: its sealed
+/// segments (`audit.jsonl.<first>-<last>`), then the open one.
+pub(crate) fn audit_files(dep: &Deployment) -> Vec<PathBuf> {
+    let dir = dep.path("server-data");
+    let mut sealed: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .and_then(|n| n.strip_prefix("audit.jsonl."))
+                        .is_some_and(|rest| {
+                            rest.len() == 41
+                                && rest.bytes().all(|b| b.is_ascii_digit() || b == b'-')
+                        })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    sealed.sort();
+    sealed.push(dir.join("audit.jsonl"));
+    sealed
+}
+
+/// Every record of the deployment's audit log, oldest first.
+pub(crate) fn audit_log(dep: &Deployment) -> Vec<serde_json::Value> {
+    audit_files(dep)
+        .iter()
+        .flat_map(|p| {
+            std::fs::read_to_string(p)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Bytes the audit log's records take on disk, in every segment.
+pub(crate) fn audit_bytes(dep: &Deployment) -> u64 {
+    audit_files(dep)
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// Posts each body to `path` on one keep-alive connection, one request
+/// after another; the status of each answer (0 when the connection ended).
+pub(crate) fn post_keepalive(port: u16, path: &str, bodies: &[Vec<u8>]) -> Vec<u16> {
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    tcp.set_read_timeout(Some(WAIT)).expect("timeout");
+    tcp.set_nodelay(true).expect("nodelay");
+    let mut reader = BufReader::new(tcp.try_clone().expect("clone"));
+    let mut statuses = Vec::with_capacity(bodies.len());
+    for body in bodies {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        // One write: a head and a body written apart wait on Nagle's
+        // algorithm and the peer's delayed ACK.
+        let mut request = head.into_bytes();
+        request.extend_from_slice(body);
+        if tcp.write_all(&request).is_err() {
+            statuses.push(0);
+            continue;
+        }
+        let mut status = 0;
+        let mut length = 0usize;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                break;
+            }
+            let trimmed = line.trim_end();
+            if trimmed.is_empty() {
+                break;
+            }
+            if let Some(rest) = trimmed.strip_prefix("HTTP/1.1 ") {
+                status = rest.get(..3).and_then(|s| s.parse().ok()).unwrap_or(0);
+            } else if let Some((name, value)) = trimmed.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut rest = vec![0u8; length];
+        if reader.read_exact(&mut rest).is_err() {
+            status = 0;
+        }
+        statuses.push(status);
+    }
+    statuses
+}
+
+/// `n` junk bodies for the emergency route, of four kinds an attacker
+/// with no key can send: a body with a 10 KB unknown field name, a 60 KB
+/// `wa_public_key`, a `SHUTDOWN_NOW` signed by an unknown key with a 16 KB
+/// reason, and 30 KB that is not JSON.
+pub(crate) fn emergency_junk(n: usize) -> Vec<Vec<u8>> {
+    let stranger = vigil_command::generate_signing_key().expect("key");
+    let now =
+        vigil_command::Timestamp::from_system_time(std::time::SystemTime::now()).expect("now");
+    let signed = |i: usize, reason: String| {
+        let mut c = vigil_command::UnsignedCommand::new(
+            format!("junk-{i}"),
+            "SHUTDOWN_NOW",
+            "wa_junk",
+            now,
+            reason,
+        );
+        c.target_agent_id = None;
+        serde_json::to_value(c.sign(&stranger).expect("sign")).expect("json")
+    };
+    (0..n)
+        .map(|i| match i % 4 {
+            0 => {
+                let mut v = signed(i, "x".into());
+                v[format!("{}{i}", "f".repeat(10_000))] = serde_json::json!(1);
+                v.to_string().into_bytes()
+            }
+            1 => {
+                let mut v = signed(i, "x".into());
+                v["wa_public_key"] = serde_json::json!("A".repeat(60_000));
+                v.to_string().into_bytes()
+            }
+            2 => signed(i, "r".repeat(16_000)).to_string().into_bytes(),
+            _ => vec![b'#'; 30_000],
+        })
+        .collect()
 }

@@ -259,31 +259,50 @@ async fn half_open_handshakes_and_silent_sessions_are_dropped() {
 }
 
 #[tokio::test]
-async fn connections_past_the_limit_are_refused_and_service_resumes() {
+async fn connections_past_the_limit_shed_the_oldest_waiting_and_refuse_only_when_all_work() {
     let client = GeneratedIdentity::generate("c").expect("identity");
     let server = TestServer::start_with(&[client.fingerprint], |c| {
         c.max_connections = 2;
     })
     .await;
-    let a = tokio::net::TcpStream::connect(server.addr)
+    let mut a = tokio::net::TcpStream::connect(server.addr)
         .await
         .expect("tcp");
-    let b = tokio::net::TcpStream::connect(server.addr)
+    let _b = tokio::net::TcpStream::connect(server.addr)
         .await
         .expect("tcp");
     support::eventually(|| server.handle.stats().accepted.get() == 2).await;
-    let mut c = tokio::net::TcpStream::connect(server.addr)
+    // A third: the oldest stalled handshake gives way.
+    let _c = tokio::net::TcpStream::connect(server.addr)
         .await
         .expect("tcp");
     let mut buf = [0u8; 16];
-    let n = tokio::time::timeout(WAIT, c.read(&mut buf))
+    let n = tokio::time::timeout(WAIT, a.read(&mut buf))
+        .await
+        .expect("the oldest closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert_eq!(server.handle.stats().shed.get(), 1);
+    // A real client is served while the others are held.
+    let first = Connection::connect(&client_config(&server, &client))
+        .await
+        .expect("served: a stalled handshake gave way");
+    let second = Connection::connect(&client_config(&server, &client))
+        .await
+        .expect("served: the other stalled handshake gave way");
+    assert!(first.sync().await.is_ok() && second.sync().await.is_ok());
+    // Two sessions: every slot works, and a new connection is refused.
+    let mut d = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("tcp");
+    let n = tokio::time::timeout(WAIT, d.read(&mut buf))
         .await
         .expect("closed at once")
         .unwrap_or(0);
     assert_eq!(n, 0);
     assert_eq!(server.handle.stats().refused_at_limit.get(), 1);
-    drop((a, b));
-    // Once the stalled connections are gone, a real client is served.
+    drop(first);
+    // A slot frees when a session ends.
     let conn = tokio::time::timeout(WAIT, async {
         loop {
             match Connection::connect(&client_config(&server, &client)).await {
@@ -293,7 +312,7 @@ async fn connections_past_the_limit_are_refused_and_service_resumes() {
         }
     })
     .await
-    .expect("served after the limit clears");
+    .expect("served after a session ends");
     assert!(conn.sync().await.is_ok());
 }
 
