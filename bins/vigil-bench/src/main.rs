@@ -70,9 +70,14 @@
 //!   1,000 and 120 ms at 10,000, linear in between for other sizes.
 //! - `slow-consumer`: one more client with a 4 KiB receive buffer stops
 //!   reading; commands are sent to it alone (`client_id`, four requests in
-//!   flight) until the server refuses to queue more (it disconnects a
-//!   client whose queue is full); meanwhile the others get a fan-out after
-//!   another. Memory is "flat" if the sampled peak RSS grew by at most
+//!   flight). Past its window and its queue the server refuses them at
+//!   once (`queue_full`): that is the bound, and its time is reported.
+//!   They go on (one every 50 ms per request) for 5 s more (10 s full),
+//!   or until the server closes the session (the client read nothing for
+//!   the write-stall timeout, or its control lane passed its bound);
+//!   meanwhile the others get a fan-out after another. Whether the
+//!   session was closed is reported, not required: a client that reads
+//!   nothing costs the server only its bounded window and queue. Memory is "flat" if the sampled peak RSS grew by at most
 //!   8 MiB or 5 %; the others' p99 is "unchanged" if at most twice, or
 //!   5 ms above, the p99 before. The filling requests load the server
 //!   too, so part of any change is theirs.

@@ -547,6 +547,9 @@ pub(crate) async fn slow_consumer(
 ) -> anyhow::Result<Outcome> {
     const FILL_TASKS: usize = 4;
     let cap = ctx.secs(30, 60);
+    // How long the fill goes on once the server refuses more, to see that
+    // memory stays flat there.
+    let hold = ctx.secs(5, 10);
     let clients: usize = fleets.iter().map(|f| f.len()).sum();
     eprintln!("slow-consumer: {clients} other clients; p99 before");
     let mut before = Vec::new();
@@ -577,9 +580,19 @@ pub(crate) async fn slow_consumer(
     let t0 = Instant::now();
     let gone = Arc::new(AtomicBool::new(false));
     let queued = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    // Milliseconds after t0 of the first `queue_full`, plus one (0: none).
+    let bounded_at = Arc::new(AtomicU64::new(0));
     let mut fill = tokio::task::JoinSet::new();
     for _ in 0..FILL_TASKS {
-        let (api, gone, queued, fp) = (ctx.api.clone(), gone.clone(), queued.clone(), fp.clone());
+        let (api, gone, queued, refused, bounded_at, fp) = (
+            ctx.api.clone(),
+            gone.clone(),
+            queued.clone(),
+            refused.clone(),
+            bounded_at.clone(),
+            fp.clone(),
+        );
         fill.spawn(async move {
             let body = format!(
                 r#"{{"command":"bench-fill","args":{{"pad":"{}"}},"client_id":"{fp}"}}"#,
@@ -591,6 +604,17 @@ pub(crate) async fn slow_consumer(
                         let v: Value = serde_json::from_slice(&b).unwrap_or(Value::Null);
                         if v["sent_to"].as_array().is_some_and(|a| !a.is_empty()) {
                             queued.fetch_add(1, Ordering::Relaxed);
+                        } else if v["not_sent"][0]["status"] == "queue_full" {
+                            // The server holds no more for it: the bound.
+                            refused.fetch_add(1, Ordering::Relaxed);
+                            let ms = t0.elapsed().as_millis() as u64 + 1;
+                            let _ = bounded_at.compare_exchange(
+                                0,
+                                ms,
+                                Ordering::Relaxed,
+                                Ordering::Relaxed,
+                            );
+                            tokio::time::sleep(Duration::from_millis(50)).await;
                         } else {
                             gone.store(true, Ordering::Relaxed);
                         }
@@ -604,7 +628,11 @@ pub(crate) async fn slow_consumer(
     let mut during = Vec::new();
     let mut rss_samples = vec![rss_before];
     let mut last_print = Instant::now();
-    while !gone.load(Ordering::Relaxed) && t0.elapsed() < cap {
+    let held = |at: u64| at > 0 && t0.elapsed() >= Duration::from_millis(at - 1) + hold;
+    while !gone.load(Ordering::Relaxed)
+        && t0.elapsed() < cap
+        && !held(bounded_at.load(Ordering::Relaxed))
+    {
         let trial = fanout_trial(&ctx.api, fleets, 0.5).await?;
         during.extend(trial.latencies);
         // Paced, so that with many clients the fan-outs do not starve the
@@ -621,7 +649,7 @@ pub(crate) async fn slow_consumer(
             last_print = Instant::now();
         }
     }
-    let disconnected_after = t0.elapsed();
+    let ended_after = t0.elapsed();
     let disconnected = gone.load(Ordering::Relaxed);
     gone.store(true, Ordering::Relaxed);
     while fill.join_next().await.is_some() {}
@@ -646,14 +674,29 @@ pub(crate) async fn slow_consumer(
         .find_map(|l| l.strip_prefix("vigil_slow_consumers_total "))
         .and_then(|v| v.trim().parse::<u64>().ok());
     let queued = queued.load(Ordering::Relaxed);
+    let refused = refused.load(Ordering::Relaxed);
+    let bounded_after = match bounded_at.load(Ordering::Relaxed) {
+        0 => None,
+        ms => Some(Duration::from_millis(ms - 1)),
+    };
     eprintln!(
-        "  {}: after {:.1} s and {queued} commands; RSS {} → peak {} → {} MiB",
+        "  queue bounded: {}; {refused} commands refused queue_full",
+        match bounded_after {
+            Some(d) => format!(
+                "after {:.1} s and {queued} commands queued",
+                d.as_secs_f64()
+            ),
+            None => "NOT reached".to_owned(),
+        }
+    );
+    eprintln!(
+        "  {} after {:.1} s and {queued} commands; RSS {} → peak {} → {} MiB",
         if disconnected {
-            "disconnected"
+            "the server closed its session"
         } else {
-            "NOT disconnected"
+            "still connected (it ends at the write-stall timeout or when its control lane passes its bound)"
         },
-        disconnected_after.as_secs_f64(),
+        ended_after.as_secs_f64(),
         rss_before / 1024,
         peak_rss / 1024,
         rss_after / 1024
@@ -665,20 +708,23 @@ pub(crate) async fn slow_consumer(
     let unchanged = p99_during <= (p99_before * 2).max(p99_before + Duration::from_millis(5));
     Ok(Outcome {
         name: "slow-consumer",
-        goal: "a client that stops reading is disconnected once its queue passes a bound; server memory stays flat; others' fan-out p99 unchanged".into(),
-        met: disconnected && flat && unchanged,
+        goal: "a client that stops reading: its commands refused queue_full past a bound; server memory stays flat; others' fan-out p99 unchanged".into(),
+        met: bounded_after.is_some() && flat && unchanged,
         summary: format!(
-            "{} after {:.1} s / {queued} commands; RSS +{} MiB; others' p99 {:.1} → {:.1} ms",
-            if disconnected { "disconnected" } else { "not disconnected" },
-            disconnected_after.as_secs_f64(),
+            "bounded after {} / {queued} commands, {} at {:.1} s; RSS +{} MiB; others' p99 {:.1} → {:.1} ms",
+            bounded_after.map_or("—".to_owned(), |d| format!("{:.1} s", d.as_secs_f64())),
+            if disconnected { "disconnected" } else { "connected" },
+            ended_after.as_secs_f64(),
             growth_kib / 1024,
             ms(p99_before),
             ms(p99_during)
         ),
         figures: json!({
             "disconnected": disconnected,
-            "seconds_until_disconnected": round(disconnected_after.as_secs_f64(), 3),
+            "seconds_until_end": round(ended_after.as_secs_f64(), 3),
             "commands_queued_to_slow_client": queued,
+            "commands_refused_queue_full": refused,
+            "seconds_until_bounded": bounded_after.map(|d| round(d.as_secs_f64(), 3)),
             "slow_client_recv_buffer_bytes": 4096,
             "fill_requests_in_flight": FILL_TASKS,
             "server_slow_consumers_total": slow_consumers,
