@@ -35,7 +35,6 @@ mod admission;
 mod audit;
 mod config;
 mod delivery;
-mod emergency;
 mod http;
 mod outbound;
 mod record;

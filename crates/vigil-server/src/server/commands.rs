@@ -1,0 +1,342 @@
+//! Commands out of the server: deliver (relayed unchanged), sign and
+//! send, relay after a check; each recorded before it is sent.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use serde_json::{Map, Value};
+use vigil_auth::Fingerprint;
+use vigil_proto::ServerMessage;
+
+use super::ServerHandle;
+use crate::ServerError;
+use crate::delivery::{Awaited, ClientOutcome, Delivery, Outcome, Target, Tracker, command_id_of};
+use crate::outbound::{Item, Lane, Refused};
+use crate::record::CommandRecord;
+use crate::session;
+
+/// Why [`ServerHandle::relay_checked`] did not send.
+#[derive(Debug)]
+pub(crate) enum Relayed {
+    /// The server could not (the audit log, most likely).
+    Server(ServerError),
+    /// The check refused the command (its id was spent already).
+    Refused(vigil_command::Refusal),
+}
+
+fn target_json(target: &Target) -> Value {
+    match target {
+        Target::All => Value::String("all".into()),
+        Target::Clients(list) => list.iter().map(|f| Value::String(f.to_hex())).collect(),
+        Target::Subtree(path) => serde_json::json!({ "tree_path": path }),
+    }
+}
+
+/// The lane a command goes in: an emergency shutdown never waits behind
+/// other commands, nor for the session's window.
+fn lane_of(command_type: Option<&str>) -> Lane {
+    if command_type == Some(vigil_command::EMERGENCY_TYPE) {
+        Lane::Control
+    } else {
+        Lane::Command
+    }
+}
+
+/// A fresh command id: 128 random bits, hex.
+pub(crate) fn new_command_id() -> String {
+    let mut bytes = [0u8; 16];
+    if getrandom::fill(&mut bytes).is_err() {
+        // No OS randomness: fall back on time and a counter, still unique.
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        bytes[..8].copy_from_slice(&(nanos as u64).to_le_bytes());
+        bytes[8..].copy_from_slice(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    }
+    format!("cmd_{}", hex::encode(bytes))
+}
+
+impl ServerHandle {
+    /// Sends a signed command (its JSON object, relayed as it is) to the
+    /// targeted clients, encoded once, and returns a [`Delivery`] that
+    /// collects their acknowledgements. The server does not sign or alter
+    /// the command: clients verify it with their own keys.
+    ///
+    /// The command is recorded in the audit log first (as `command.issued`
+    /// via `deliver`); if it cannot be, nothing is sent. The server does not
+    /// check the command: use it for commands checked elsewhere.
+    pub async fn deliver(
+        &self,
+        command: &Map<String, Value>,
+        target: &Target,
+    ) -> Result<Delivery, ServerError> {
+        let command_id = command_id_of(command);
+        self.audit(
+            "command.issued",
+            serde_json::json!({"command_id": command_id, "via": "deliver", "target": target_json(target)}),
+        )
+        .await?;
+        let lane = lane_of(command.get("command_type").and_then(Value::as_str));
+        Ok(self.deliver_payload(command_id, target, lane, |reference| {
+            session::encode(&ServerMessage::Command(command.clone()), reference)
+        }))
+    }
+
+    /// Sends `raw` (one line of JSON, a signed command as it was received)
+    /// byte for byte. The caller has audited it; `raw` must hold no line
+    /// break (it would end the frame early).
+    pub(crate) fn deliver_raw(
+        &self,
+        command_id: &str,
+        raw: &[u8],
+        target: &Target,
+        lane: Lane,
+    ) -> Delivery {
+        debug_assert!(!raw.contains(&b'\n'));
+        self.deliver_payload(command_id.to_owned(), target, lane, |reference| {
+            let mut out = Vec::with_capacity(raw.len() + reference.len() + 10);
+            out.extend_from_slice(b"cmd:exec:");
+            out.extend_from_slice(reference.as_bytes());
+            out.push(b' ');
+            out.extend_from_slice(raw);
+            out.push(b'\n');
+            Bytes::from(out)
+        })
+    }
+
+    fn deliver_payload(
+        &self,
+        command_id: String,
+        target: &Target,
+        lane: Lane,
+        encode: impl FnOnce(&str) -> Bytes,
+    ) -> Delivery {
+        let n = self.shared.next_delivery.fetch_add(1, Ordering::Relaxed);
+        let reference = format!("d{n}");
+        let bytes = encode(&reference);
+        let wanted: Option<HashSet<Fingerprint>> = match target {
+            Target::Clients(list) => Some(list.iter().copied().collect()),
+            _ => None,
+        };
+        // Which sessions get it, decided under the lock; queued after, so
+        // that every session's tracker slot exists before its ack can.
+        let targets: Vec<(Fingerprint, u64, crate::outbound::SharedOutbound)> = self
+            .shared
+            .sessions()
+            .values()
+            .filter(|h| match target {
+                Target::Subtree(path) => h.within(path),
+                _ => wanted
+                    .as_ref()
+                    .is_none_or(|w| w.contains(&h.info.fingerprint)),
+            })
+            .map(|h| (h.info.fingerprint, h.info.id, h.out.clone()))
+            .collect();
+        let reached: HashSet<Fingerprint> = targets.iter().map(|(fp, _, _)| *fp).collect();
+        let mut slots: Vec<(Fingerprint, u64, Option<Outcome>)> =
+            targets.iter().map(|(fp, id, _)| (*fp, *id, None)).collect();
+        let mut immediate = Vec::new();
+        for fp in wanted.into_iter().flatten() {
+            if !reached.contains(&fp) {
+                slots.push((fp, 0, Some(Outcome::NotConnected)));
+                immediate.push(ClientOutcome {
+                    client: fp,
+                    session: 0,
+                    outcome: Outcome::NotConnected,
+                });
+            }
+        }
+        let tracker = Arc::new(Tracker::new(command_id, reference, slots));
+        let mut queued = Vec::with_capacity(targets.len());
+        for (slot, (fp, id, out)) in (0u32..).zip(targets) {
+            let awaited = Awaited {
+                tracker: tracker.clone(),
+                slot,
+            };
+            let item = Item {
+                bytes: bytes.clone(),
+                delivery: Some(awaited.clone()),
+                lane,
+            };
+            let outcome = match self.shared.push(id, &fp, &out, item) {
+                Ok(()) => {
+                    self.shared.stats.commands_sent.inc();
+                    queued.push((fp, id));
+                    continue;
+                }
+                Err(Refused::Full | Refused::Busy) => Outcome::QueueFull,
+                Err(Refused::Closed) => Outcome::Disconnected,
+            };
+            // Nothing to audit: no ack was recorded on this slot.
+            let _ = awaited.settle(id, outcome.clone());
+            immediate.push(ClientOutcome {
+                client: fp,
+                session: id,
+                outcome,
+            });
+        }
+        tracing::info!(
+            command_id = %tracker.command_id,
+            reference = %tracker.reference,
+            sessions = queued.len(),
+            "command delivered"
+        );
+        Delivery {
+            tracker,
+            immediate,
+            queued,
+        }
+    }
+
+    /// Signs a `RUN` command with the server's authority key, records it
+    /// durably in the audit log, and delivers it; if the record cannot be
+    /// written, nothing is sent ([`ServerError::Audit`]). With one target
+    /// client, the command names it in `target_agent_id` (its fingerprint),
+    /// so that no other client would run it.
+    pub async fn send_command(
+        &self,
+        command: &str,
+        args: Value,
+        reason: &str,
+        target: &Target,
+    ) -> Result<Delivery, ServerError> {
+        let authority = self
+            .shared
+            .config
+            .authority
+            .as_ref()
+            .ok_or(ServerError::NoAuthority)?;
+        let now = vigil_command::Timestamp::from_system_time(SystemTime::now())
+            .map_err(|e| ServerError::Sign(e.to_string()))?;
+        let mut unsigned = vigil_command::UnsignedCommand::new(
+            new_command_id(),
+            "RUN",
+            authority.id.clone(),
+            now,
+            reason,
+        );
+        unsigned.command = Some(command.to_owned());
+        unsigned.args = Some(args);
+        if let Target::Clients(list) = target
+            && let [only] = list.as_slice()
+        {
+            // The agent id the client checks: the one it said in
+            // `sys:hello`, else its fingerprint (its default).
+            let said = self
+                .shared
+                .sessions()
+                .values()
+                .find(|h| h.info.fingerprint == *only)
+                .and_then(|h| h.agent_id().map(str::to_owned));
+            unsigned.target_agent_id = Some(said.unwrap_or_else(|| only.to_hex()));
+        }
+        if let Target::Subtree(path) = target {
+            unsigned.target_tree_path = Some(path.clone());
+        }
+        // Arguments with no canonical JSON form (a non-finite number, or
+        // nesting past the limit) are the caller's fault, not the server's.
+        let signed = unsigned
+            .sign(&authority.key)
+            .map_err(|e| ServerError::BadCommand(e.to_string()))?;
+        // `relay` parses it as clients will: one they would refuse as
+        // malformed (a field past its length limit) is refused there.
+        let raw = signed.to_json();
+        self.relay(&signed, raw.as_bytes(), target, "send").await
+    }
+
+    /// Records a verified, signed command in the audit log (failing
+    /// closed), then delivers `raw` (its JSON, one line) unchanged, and
+    /// tracks it for [`ServerHandle::command`].
+    pub async fn relay(
+        &self,
+        command: &vigil_command::SignedCommand,
+        raw: &[u8],
+        target: &Target,
+        via: &'static str,
+    ) -> Result<Delivery, ServerError> {
+        self.relay_checked(command, raw, target, via, async { Ok(()) })
+            .await
+            .map_err(|e| match e {
+                Relayed::Server(e) => e,
+                // The check above never refuses.
+                Relayed::Refused(r) => ServerError::Sign(r.message()),
+            })
+    }
+
+    /// As [`ServerHandle::relay`], with `check` (spending the command's
+    /// replay id) run after the command is durably recorded and before it
+    /// is sent: a command the audit log cannot record keeps its id, and
+    /// can be sent again.
+    pub(crate) async fn relay_checked(
+        &self,
+        command: &vigil_command::SignedCommand,
+        raw: &[u8],
+        target: &Target,
+        via: &'static str,
+        check: impl std::future::Future<Output = Result<(), vigil_command::Refusal>>,
+    ) -> Result<Delivery, Relayed> {
+        let targets = target_json(target);
+        if raw.contains(&b'\n') || raw.contains(&b'\r') {
+            return Err(Relayed::Server(ServerError::Sign(
+                "a relayed command must be one line of JSON".into(),
+            )));
+        }
+        // What the clients will parse: bytes they would refuse as
+        // malformed (a field or a list past its limit) are refused here,
+        // before anything is recorded or any id is spent.
+        if let Err(e) = vigil_command::SignedCommand::from_json(raw) {
+            return Err(Relayed::Server(ServerError::BadCommand(format!(
+                "clients would refuse it: {e}"
+            ))));
+        }
+        let issued = serde_json::json!({
+            "command_id": command.command_id,
+            "command_type": command.command_type,
+            "command": command.command,
+            "wa_id": command.wa_id,
+            "via": via,
+            "target": targets,
+        });
+        // An emergency shutdown may use the audit log's reserve.
+        let recorded = if command.command_type == vigil_command::EMERGENCY_TYPE {
+            self.audit_essential("command.issued", issued).await
+        } else {
+            self.audit("command.issued", issued).await
+        };
+        recorded.map_err(Relayed::Server)?;
+        if let Err(refusal) = check.await {
+            // Recorded, then not sent: the log may say more than
+            // happened, never less.
+            self.audit_later(
+                "command.withdrawn",
+                serde_json::json!({"command_id": command.command_id, "code": refusal.code(), "detail": refusal.message()}),
+            );
+            return Err(Relayed::Refused(refusal));
+        }
+        let lane = lane_of(Some(command.command_type.as_str()));
+        let delivery = self.deliver_raw(&command.command_id, raw, target, lane);
+        self.shared.commands.insert(
+            CommandRecord {
+                command_id: command.command_id.clone(),
+                command_type: command.command_type.clone(),
+                command: command.command.clone(),
+                wa_id: command.wa_id.clone(),
+                via,
+                targets: Default::default(),
+            },
+            Some(delivery.tracker.clone()),
+        );
+        let queued: Vec<Fingerprint> = delivery.queued.iter().map(|(fp, _)| *fp).collect();
+        let command_id = command.command_id.clone();
+        self.shared.audit_later_with("command.delivered", move || {
+            let clients: Vec<String> = queued.iter().map(Fingerprint::to_hex).collect();
+            serde_json::json!({"command_id": command_id, "clients": clients})
+        });
+        Ok(delivery)
+    }
+}

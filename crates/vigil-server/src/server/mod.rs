@@ -1,0 +1,732 @@
+//! Accept loop, session registry, revocation and shutdown.
+//!
+//! `commands` holds what sends a command (deliver, sign and send, relay
+//! after a check), `tasks` the background tasks (revocation, module
+//! broadcasts, refusal summaries, heartbeats), `stats` the counters.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use serde_json::Value;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use vigil_auth::Fingerprint;
+use vigil_auth::peer_fingerprint;
+use vigil_proto::ServerMessage;
+
+use crate::outbound::{Item, Lane, Refused};
+use crate::record::{CommandLog, CommandRecord};
+use crate::session::{self, SessionHandle, SessionInfo};
+use crate::{ServerConfig, ServerError};
+
+mod commands;
+mod stats;
+mod tasks;
+
+pub(crate) use commands::{Relayed, new_command_id};
+pub use stats::{Counter, ServerStats};
+use tasks::{heartbeats, module_broadcaster, refusal_summaries, revocation_sweeper};
+
+pub(crate) struct Shared {
+    pub(crate) config: ServerConfig,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) stats: ServerStats,
+    sessions: Mutex<HashMap<u64, SessionHandle>>,
+    next_id: AtomicU64,
+    next_delivery: AtomicU64,
+    /// Encoded `mod:verify_resp` payloads by module name, with the sum
+    /// they are for: one base64 copy per module version, shared by every
+    /// reply.
+    verify_bodies: Mutex<HashMap<String, (String, Bytes)>>,
+    pub(crate) commands: CommandLog,
+    stopped: tokio::sync::watch::Sender<bool>,
+    audit_slots: Arc<Semaphore>,
+    /// The audit log of `config.audit`, reopened after a failure.
+    pub(crate) audit: Option<Arc<crate::audit::Audit>>,
+    /// Refusals of unauthenticated traffic in the current window.
+    refusals: crate::refusals::Refusals,
+}
+
+impl Shared {
+    pub(crate) fn audit_later(&self, kind: &'static str, details: Value) {
+        self.audit_later_with(kind, move || details);
+    }
+
+    /// As [`Shared::audit_later`], with the details made by the task that
+    /// writes them (off the caller's path).
+    pub(crate) fn audit_later_with(
+        &self,
+        kind: &'static str,
+        details: impl FnOnce() -> Value + Send + 'static,
+    ) {
+        let Some(log) = self.audit.clone() else {
+            return;
+        };
+        // Records the server does not wait for are bounded: past this many
+        // in flight (a handshake flood, a slow disk) they are counted and
+        // dropped rather than piling up as tasks.
+        let Ok(permit) = self.audit_slots.clone().try_acquire_owned() else {
+            self.stats.audit_dropped.inc();
+            tracing::debug!(kind, "audit backlog full: record dropped");
+            return;
+        };
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(e) = log.append(kind, details()).await {
+                tracing::error!(kind, error = %e, "audit log write failed");
+            }
+        });
+    }
+
+    /// Counts a refusal of unauthenticated traffic from `source`; the
+    /// first from each source per window (a few dozen at most) is also
+    /// recorded, as `record` with `details`, and `true` is returned (the
+    /// caller logs it); the rest are summed up in the window's
+    /// `refusals.summary` record.
+    pub(crate) fn refused(
+        &self,
+        source: std::net::IpAddr,
+        tally: &'static str,
+        record: &'static str,
+        details: impl FnOnce() -> Value + Send + 'static,
+    ) -> bool {
+        match tally {
+            "handshake" => self.stats.refused_handshakes.inc(),
+            _ => self.stats.refused_emergency.inc(),
+        }
+        let individual = self.refusals.count(source, tally);
+        if individual {
+            self.stats.refusals_recorded.inc();
+            self.audit_later_with(record, details);
+        }
+        individual
+    }
+
+    /// Writes the window's `refusals.summary`, if anything was refused.
+    async fn flush_refusals(&self) {
+        let Some(summary) = self.refusals.take_summary() else {
+            return;
+        };
+        tracing::warn!(
+            refused = summary["total"].as_u64().unwrap_or(0),
+            recorded = summary["recorded_one_by_one"].as_u64().unwrap_or(0),
+            summary = %summary,
+            "unauthenticated traffic refused since the last summary"
+        );
+        if let Some(log) = &self.audit
+            && let Err(e) = log.append("refusals.summary", summary).await
+        {
+            tracing::error!(error = %e, "audit log write failed: refusal counts not recorded");
+        }
+    }
+
+    /// Records a group of acknowledgements, without waiting.
+    pub(crate) fn audit_acks(&self, group: Option<crate::delivery::AckGroup>) {
+        if let Some(group) = group {
+            self.audit_later_with("command.acknowledged", move || group.details());
+        }
+    }
+
+    fn sessions(&self) -> MutexGuard<'_, HashMap<u64, SessionHandle>> {
+        // A panic while holding this lock cannot leave the map inconsistent
+        // (every operation on it is a single insert, remove or read).
+        self.sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn register(&self, handle: SessionHandle) {
+        let out = handle.out.clone();
+        self.sessions().insert(handle.info.id, handle);
+        // Shutdown cancels the sessions it finds; one registered after
+        // that sweep cancels itself.
+        if self.shutdown.is_cancelled() {
+            out.cancel();
+        }
+    }
+
+    /// Ends every session (shutdown).
+    fn cancel_all(&self) {
+        for handle in self.sessions().values() {
+            handle.out.cancel();
+        }
+    }
+
+    pub(crate) fn deregister(&self, id: u64) {
+        self.sessions().remove(&id);
+    }
+
+    /// The payload of a `mod:verify_resp` for this module version (its
+    /// bytes in base64), encoded once per version.
+    pub(crate) fn verify_body(&self, module: &vigil_modules::Module) -> Bytes {
+        let summary = module.summary();
+        let mut cache = self
+            .verify_bodies
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((sum, body)) = cache.get(&summary.name)
+            && *sum == summary.sum
+        {
+            return body.clone();
+        }
+        let frame = ServerMessage::VerifyResp {
+            module: summary.name.clone(),
+            content: module.bytes().to_vec(),
+            sum: summary.sum.clone(),
+            desc: summary.description.clone(),
+        }
+        .to_frame("-")
+        .to_bytes();
+        // `mod:verify_resp:- {...}\n`: keep the JSON between the first
+        // space and the newline.
+        let start = frame.iter().position(|&b| b == b' ').map_or(0, |i| i + 1);
+        let end = frame.len().saturating_sub(1).max(start);
+        let body = Bytes::from(frame).slice(start..end);
+        cache.insert(summary.name.clone(), (summary.sum.clone(), body.clone()));
+        body
+    }
+
+    /// Forgets the encoded payload of a module that is gone.
+    fn forget_verify_body(&self, name: &str) {
+        self.verify_bodies
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(name);
+    }
+
+    /// Queues `item` for one session; a full queue marks the client a
+    /// slow consumer (its session ends).
+    fn push(
+        &self,
+        session: u64,
+        client: &Fingerprint,
+        out: &crate::outbound::Outbound,
+        item: Item,
+    ) -> Result<(), Refused> {
+        let refused = match out.push(item) {
+            Ok(()) => return Ok(()),
+            Err((refused, _)) => refused,
+        };
+        if refused == Refused::Busy {
+            self.stats.commands_queue_full.inc();
+            tracing::debug!(session, client = %client.short(), "the client's command queue is full: command not queued");
+        }
+        if refused == Refused::Full {
+            tracing::warn!(
+                session,
+                client = %client.short(),
+                limit = self.config.max_outbound_bytes,
+                "client is not reading: outbound queue past its limit, disconnecting"
+            );
+            self.stats.slow_consumers.inc();
+        }
+        Err(refused)
+    }
+
+    /// Closes every session whose key is no longer trusted.
+    fn sweep_revoked(&self) {
+        let trust = self.config.trust.snapshot();
+        for handle in self.sessions().values() {
+            if !trust.contains(&handle.info.fingerprint) {
+                tracing::warn!(
+                    session = handle.info.id,
+                    client = %handle.info.fingerprint,
+                    peer = %handle.info.peer,
+                    "client key removed from the trust file: closing its session"
+                );
+                handle.out.cancel();
+            }
+        }
+    }
+}
+
+/// A cheap, cloneable handle on a running server.
+#[derive(Clone)]
+pub struct ServerHandle {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerHandle")
+            .field("listen", &self.shared.config.listen)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerHandle {
+    /// Asks the server to stop: no new connections, sessions closed, then
+    /// [`Server::run`] returns.
+    pub fn shutdown(&self) {
+        self.shared.shutdown.cancel();
+    }
+
+    /// Whether shutdown was asked for.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shared.shutdown.is_cancelled()
+    }
+
+    /// The connected clients.
+    pub fn sessions(&self) -> Vec<SessionInfo> {
+        let mut list: Vec<SessionInfo> = self
+            .shared
+            .sessions()
+            .values()
+            .map(SessionHandle::snapshot)
+            .collect();
+        list.sort_by_key(|s| s.id);
+        list
+    }
+
+    /// The server's counters.
+    pub fn stats(&self) -> &ServerStats {
+        &self.shared.stats
+    }
+
+    /// Sends a message to every connected client. The frame is encoded once.
+    /// A client whose queue is full is disconnected as a slow consumer.
+    /// Returns how many clients it was queued for.
+    pub fn broadcast(&self, msg: &ServerMessage, reference: &str) -> usize {
+        let bytes = session::encode(msg, reference);
+        self.send_to_all(&bytes)
+    }
+
+    /// What became of a recent command.
+    pub fn command(&self, command_id: &str) -> Option<CommandRecord> {
+        self.shared.commands.get(command_id)
+    }
+
+    /// The loaded modules, if the server serves modules.
+    pub fn modules(&self) -> Option<Vec<vigil_modules::ModuleSummary>> {
+        self.shared.config.modules.as_ref().map(|r| r.list())
+    }
+
+    /// As [`ServerHandle::audit`], for a record that must be written even
+    /// when the disk is otherwise full (an authorized emergency shutdown):
+    /// the audit log releases its reserve for it.
+    pub async fn audit_essential(&self, kind: &str, details: Value) -> Result<(), ServerError> {
+        match &self.shared.audit {
+            Some(log) => log
+                .append_essential(kind, details)
+                .await
+                .map(|_| ())
+                .map_err(|e| {
+                    tracing::error!(kind, error = %e, "audit log write failed (essential record)");
+                    ServerError::Audit(e.to_string())
+                }),
+            None => Ok(()),
+        }
+    }
+
+    /// See [`Shared::refused`].
+    pub(crate) fn refused(
+        &self,
+        source: std::net::IpAddr,
+        tally: &'static str,
+        record: &'static str,
+        details: impl FnOnce() -> Value + Send + 'static,
+    ) -> bool {
+        self.shared.refused(source, tally, record, details)
+    }
+
+    /// How the audit log stands (`None` without one).
+    pub(crate) fn audit_health(&self) -> Option<crate::audit::AuditHealth> {
+        self.shared.audit.as_ref().map(|a| a.health())
+    }
+
+    /// Appends an audit record and waits until it is durable. Without an
+    /// audit log, does nothing.
+    pub async fn audit(&self, kind: &str, details: Value) -> Result<(), ServerError> {
+        match &self.shared.audit {
+            Some(log) => log.append(kind, details).await.map(|_| ()).map_err(|e| {
+                tracing::error!(kind, error = %e, "audit log write failed");
+                ServerError::Audit(e.to_string())
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Appends an audit record without waiting (for events the server
+    /// records but does not hold back on).
+    pub fn audit_later(&self, kind: &'static str, details: Value) {
+        self.shared.audit_later(kind, details);
+    }
+
+    /// The server's own agent id (CIRIS `target_agent_id` of the server).
+    pub fn agent_id(&self) -> &str {
+        &self.shared.config.agent_id
+    }
+
+    /// The server's TLS key fingerprint.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.shared.config.identity.fingerprint()
+    }
+
+    /// Whether actions are recorded in an audit log.
+    pub fn has_audit(&self) -> bool {
+        self.shared.audit.is_some()
+    }
+
+    /// Closes the audit log (the one in use: it may have been reopened
+    /// after a failure). Every acknowledged record is on disk already.
+    pub async fn close_audit(&self) -> Result<(), ServerError> {
+        match &self.shared.audit {
+            Some(audit) => audit
+                .close()
+                .await
+                .map_err(|e| ServerError::Audit(e.to_string())),
+            None => Ok(()),
+        }
+    }
+
+    /// Resolves when shutdown is asked for.
+    pub fn stopping(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let token = self.shared.shutdown.clone();
+        async move { token.cancelled().await }
+    }
+
+    /// Resolves once [`Server::run`] has closed every session and returned.
+    pub async fn stopped(&self) {
+        let mut rx = self.shared.stopped.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
+    /// The server's own place in the agent tree.
+    pub fn tree_path(&self) -> &[String] {
+        &self.shared.config.tree_path
+    }
+
+    /// The fingerprints of the connected clients `wanted` picks, once each.
+    pub(crate) fn matching_clients(
+        &self,
+        wanted: impl Fn(&SessionHandle) -> bool,
+    ) -> Vec<Fingerprint> {
+        let mut found: Vec<Fingerprint> = self
+            .shared
+            .sessions()
+            .values()
+            .filter(|h| wanted(h))
+            .map(|h| h.info.fingerprint)
+            .collect();
+        found.sort_unstable();
+        found.dedup();
+        found
+    }
+
+    /// Whether a client with this fingerprint has a live session.
+    pub fn is_connected(&self, client: &Fingerprint) -> bool {
+        self.shared
+            .sessions()
+            .values()
+            .any(|h| h.info.fingerprint == *client)
+    }
+
+    fn send_to_all(&self, bytes: &Bytes) -> usize {
+        let handles: Vec<(u64, Fingerprint, crate::outbound::SharedOutbound)> = self
+            .shared
+            .sessions()
+            .values()
+            .map(|h| (h.info.id, h.info.fingerprint, h.out.clone()))
+            .collect();
+        let mut queued = 0;
+        for (id, fp, out) in handles {
+            let item = Item {
+                bytes: bytes.clone(),
+                delivery: None,
+                lane: Lane::Control,
+            };
+            if self.shared.push(id, &fp, &out, item).is_ok() {
+                queued += 1;
+            }
+        }
+        queued
+    }
+}
+
+/// A bound vigil server; [`Server::run`] serves until shutdown.
+pub struct Server {
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("listen", &self.listener.local_addr().ok())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Builds the TLS configuration and binds the listening socket.
+    pub async fn bind(mut config: ServerConfig) -> Result<Server, ServerError> {
+        let tls = vigil_auth::server_config(&config.identity, config.trust.clone())?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        // Port 0 asks the OS for a port: record the one we got.
+        if let Ok(addr) = listener.local_addr() {
+            config.listen = addr;
+        }
+        let config_audit = config
+            .audit
+            .clone()
+            .map(|log| Arc::new(crate::audit::Audit::new(log)));
+        Ok(Server {
+            listener,
+            acceptor: TlsAcceptor::from(tls),
+            shared: Arc::new(Shared {
+                config,
+                shutdown: CancellationToken::new(),
+                stats: ServerStats::default(),
+                sessions: Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(1),
+                next_delivery: AtomicU64::new(1),
+                verify_bodies: Mutex::new(HashMap::new()),
+                commands: CommandLog::default(),
+                stopped: tokio::sync::watch::channel(false).0,
+                audit_slots: Arc::new(Semaphore::new(AUDIT_BACKLOG)),
+                audit: config_audit,
+                refusals: crate::refusals::Refusals::default(),
+            }),
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.config.listen
+    }
+
+    /// The server's fingerprint, for clients to pin.
+    pub fn fingerprint(&self) -> vigil_auth::Fingerprint {
+        self.shared.config.identity.fingerprint()
+    }
+
+    /// A handle to stop the server and look at it while it runs.
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Serves until [`ServerHandle::shutdown`], then closes every session
+    /// and waits for them (at most the drain timeout).
+    pub async fn run(self) -> Result<(), ServerError> {
+        let Server {
+            listener,
+            acceptor,
+            shared,
+        } = self;
+        let tracker = TaskTracker::new();
+        // Sessions keep their slot; handshakes in progress give way, the
+        // oldest first, when the slots run out (see `admission.rs`).
+        let slots = crate::admission::Admission::new(
+            shared.config.max_connections,
+            shared.config.max_handshakes_per_source,
+        );
+        tracker.spawn(revocation_sweeper(shared.clone()));
+        tracker.spawn(refusal_summaries(shared.clone()));
+        if let Some(registry) = shared.config.modules.clone() {
+            tracker.spawn(module_broadcaster(shared.clone(), registry));
+        }
+        if let Some(authority) = shared.config.authority.clone() {
+            tracker.spawn(heartbeats(shared.clone(), authority));
+        } else {
+            tracing::warn!(
+                "no authority key: no heartbeats are sent, so clients' failsafes will fire"
+            );
+        }
+        tracing::info!(
+            listen = %shared.config.listen,
+            fingerprint = %shared.config.identity.fingerprint(),
+            trusted = shared.config.trust.snapshot().len(),
+            "vigil server listening"
+        );
+        let mut last_limit_log: Option<Instant> = None;
+        let mut last_shed_log: Option<Instant> = None;
+        loop {
+            let (tcp, peer) = tokio::select! {
+                biased;
+                () = shared.shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // Out of file descriptors, say: back off instead of spinning.
+                        tracing::error!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            shared.stats.accepted.inc();
+            let Ok(admitted) = slots.admit(peer.ip()) else {
+                shared.stats.refused_at_limit.inc();
+                if last_limit_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                    tracing::warn!(
+                        %peer,
+                        limit = shared.config.max_connections,
+                        refused = shared.stats.refused_at_limit.get(),
+                        "connection limit reached, every connection a session: refusing new connections"
+                    );
+                    last_limit_log = Some(Instant::now());
+                }
+                drop(tcp);
+                continue;
+            };
+            if admitted.evicted > 0 {
+                for _ in 0..admitted.evicted {
+                    shared.stats.shed.inc();
+                }
+                if last_shed_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                    tracing::warn!(
+                        %peer,
+                        shed = shared.stats.shed.get(),
+                        "connection slots short: the oldest handshakes in progress give way to new ones"
+                    );
+                    last_shed_log = Some(Instant::now());
+                }
+            }
+            let _ = tcp.set_nodelay(true);
+            tracker.spawn(connection(
+                shared.clone(),
+                acceptor.clone(),
+                tcp,
+                peer,
+                admitted.ticket,
+            ));
+        }
+        drop(listener);
+        tracing::info!(
+            sessions = shared.sessions().len(),
+            "shutting down: closing sessions"
+        );
+        shared.cancel_all();
+        tracker.close();
+        if tokio::time::timeout(shared.config.drain_timeout, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some sessions did not finish within the drain timeout");
+        }
+        // The last window's counts are not lost.
+        shared.flush_refusals().await;
+        shared.stopped.send_replace(true);
+        tracing::info!("server stopped");
+        Ok(())
+    }
+}
+
+async fn connection(
+    shared: Arc<Shared>,
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    ticket: crate::admission::Ticket,
+) {
+    // Boxed: the handshake's state (a whole TLS connection) is freed when
+    // it ends instead of sizing the task for the session's lifetime. The
+    // ClientHello is read first: a peer that sent one has shown it means
+    // business, and is shed after those that have not (`admission.rs`).
+    let config = acceptor.config().clone();
+    let handshake = tokio::time::timeout(
+        shared.config.handshake_timeout,
+        Box::pin(async {
+            let start = tokio_rustls::LazyConfigAcceptor::new(
+                tokio_rustls::rustls::server::Acceptor::default(),
+                tcp,
+            )
+            .await?;
+            ticket.progressed();
+            start.into_stream(config).await
+        }),
+    );
+    let tls = tokio::select! {
+        () = shared.shutdown.cancelled() => return,
+        () = ticket.evicted() => {
+            shared.stats.handshakes_failed.inc();
+            tracing::debug!(%peer, "handshake shed to make room");
+            return;
+        }
+        result = handshake => match result {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                shared.stats.handshakes_failed.inc();
+                let error = e.to_string();
+                let details = {
+                    let (peer, error) = (peer.to_string(), error.clone());
+                    move || {
+                        let mut map = serde_json::Map::new();
+                        map.insert("peer".into(), Value::String(peer));
+                        crate::refusals::clip(&mut map, "error", &error, 256);
+                        Value::Object(map)
+                    }
+                };
+                if shared.refused(peer.ip(), "handshake", "handshake.refused", details) {
+                    tracing::warn!(%peer, error = %error, "handshake refused (more from this source are counted, not logged, until the next summary)");
+                } else {
+                    tracing::debug!(%peer, error = %error, "handshake refused");
+                }
+                return;
+            }
+            Err(_) => {
+                shared.stats.handshakes_failed.inc();
+                let timeout = shared.config.handshake_timeout;
+                let details = move || serde_json::json!({"peer": peer.to_string(), "error": "handshake timed out"});
+                if shared.refused(peer.ip(), "handshake", "handshake.refused", details) {
+                    tracing::warn!(%peer, ?timeout, "handshake timed out");
+                } else {
+                    tracing::debug!(%peer, ?timeout, "handshake timed out");
+                }
+                return;
+            }
+        },
+    };
+    let Some(fingerprint) = peer_fingerprint(tls.get_ref().1.peer_certificates()) else {
+        // Client authentication is mandatory, so this does not happen.
+        shared.stats.handshakes_failed.inc();
+        tracing::error!(%peer, "handshake completed without a client certificate");
+        return;
+    };
+    // The verifier asked the trust store during the handshake; ask again,
+    // so that nothing is counted or recorded as accepted for a key that
+    // is not trusted now (one revoked a moment ago, say).
+    if !shared.config.trust.is_trusted(&fingerprint) {
+        shared.stats.handshakes_failed.inc();
+        let details = move || serde_json::json!({"peer": peer.to_string(), "fingerprint": fingerprint.to_hex(), "error": "key not trusted"});
+        if shared.refused(peer.ip(), "handshake", "handshake.refused", details) {
+            tracing::warn!(%peer, client = %fingerprint, "handshake refused: the key is not trusted");
+        }
+        return;
+    }
+    // A session is never shed.
+    ticket.working();
+    shared.stats.handshakes_ok.inc();
+    shared.audit_later(
+        "handshake.accepted",
+        serde_json::json!({"peer": peer.to_string(), "fingerprint": fingerprint.to_hex()}),
+    );
+    let info = SessionInfo {
+        id: shared.next_id.fetch_add(1, Ordering::Relaxed),
+        fingerprint,
+        peer,
+        connected_at: SystemTime::now(),
+        place: None,
+    };
+    session::run(shared, tls, info).await;
+    drop(ticket);
+}
+
+/// Audit records the server does not wait for, in flight at most.
+const AUDIT_BACKLOG: usize = 4096;

@@ -1,0 +1,162 @@
+//! The server's background tasks: revocation, module broadcasts,
+//! refusal summaries and heartbeats.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde_json::Value;
+use vigil_proto::ServerMessage;
+
+use super::{ServerHandle, Shared};
+use crate::session;
+
+pub(super) async fn revocation_sweeper(shared: Arc<Shared>) {
+    let mut rx = shared.config.trust.subscribe();
+    loop {
+        tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            changed = rx.changed() => if changed.is_err() { return },
+        }
+        rx.borrow_and_update();
+        shared.sweep_revoked();
+    }
+}
+
+/// Tells every client about each module load, reload and unload.
+pub(super) async fn module_broadcaster(
+    shared: Arc<Shared>,
+    registry: vigil_modules::ModuleRegistry,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    use vigil_modules::RegistryEvent;
+    let mut events = registry.subscribe();
+    let handle = ServerHandle {
+        shared: shared.clone(),
+    };
+    let mut seq: u64 = 0;
+    loop {
+        let event = tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            event = events.recv() => event,
+        };
+        if let Ok(e) = &event {
+            let counter = match e {
+                RegistryEvent::Loaded(_) => &shared.stats.module_loaded,
+                RegistryEvent::Reloaded { .. } => &shared.stats.module_reloaded,
+                RegistryEvent::Unloaded { .. } => &shared.stats.module_unloaded,
+                _ => &shared.stats.module_rejected,
+            };
+            counter.inc();
+            let (kind, details) = match e {
+                RegistryEvent::Loaded(m) => (
+                    "module.loaded",
+                    serde_json::json!({"module": m.name, "sum": m.sum, "size": m.size}),
+                ),
+                RegistryEvent::Reloaded {
+                    module,
+                    previous_sum,
+                } => (
+                    "module.reloaded",
+                    serde_json::json!({"module": module.name, "sum": module.sum, "previous_sum": previous_sum, "size": module.size}),
+                ),
+                RegistryEvent::Unloaded { name, sum } => (
+                    "module.unloaded",
+                    serde_json::json!({"module": name, "sum": sum}),
+                ),
+                RegistryEvent::Rejected { name, reason, kept } => (
+                    "module.rejected",
+                    serde_json::json!({"module": name, "reason": reason, "kept": kept}),
+                ),
+                _ => ("module.event", serde_json::json!({})),
+            };
+            shared.audit_later(kind, details);
+        }
+        let msg = match event {
+            Ok(RegistryEvent::Loaded(m)) => ServerMessage::ModLoad(session::module_info(&m)),
+            Ok(RegistryEvent::Reloaded { module, .. }) => {
+                ServerMessage::ModReload(session::module_info(&module))
+            }
+            Ok(RegistryEvent::Unloaded { name, .. }) => {
+                shared.forget_verify_body(&name);
+                ServerMessage::ModUnload { module: name }
+            }
+            Ok(_) => continue,
+            Err(RecvError::Lagged(n)) => {
+                // Some changes were missed: tell clients about every module
+                // as reloaded, so each re-verifies what is there now.
+                tracing::warn!(
+                    missed = n,
+                    "module events missed; re-announcing every module"
+                );
+                seq += 1;
+                for m in registry.list() {
+                    handle.broadcast(
+                        &ServerMessage::ModReload(session::module_info(&m)),
+                        &format!("m{seq}"),
+                    );
+                }
+                continue;
+            }
+            Err(RecvError::Closed) => return,
+        };
+        seq += 1;
+        let sent = handle.broadcast(&msg, &format!("m{seq}"));
+        tracing::debug!(clients = sent, frame = %msg.to_frame("-"), "module change broadcast");
+    }
+}
+
+/// Writes a `refusals.summary` record every window (see `refusals.rs`).
+pub(super) async fn refusal_summaries(shared: Arc<Shared>) {
+    let every = shared.config.refusal_summary_interval;
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            _ = ticker.tick() => shared.flush_refusals().await,
+        }
+    }
+}
+
+/// Signs one heartbeat per interval and sends the same frame to every
+/// client: one signature per beat, whatever the number of clients.
+pub(super) async fn heartbeats(shared: Arc<Shared>, authority: crate::Authority) {
+    // The epoch changes at every start: the time in microseconds, so that
+    // a later start has a larger epoch.
+    let epoch = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    let handle = ServerHandle {
+        shared: shared.clone(),
+    };
+    let mut ticker = tokio::time::interval(shared.config.heartbeat_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seq: u64 = 0;
+    tracing::info!(epoch, interval = ?shared.config.heartbeat_interval, "sending signed heartbeats");
+    loop {
+        tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        seq += 1;
+        let Ok(sent_at) = vigil_command::Timestamp::from_system_time(SystemTime::now()) else {
+            tracing::error!("the clock is out of range: heartbeat skipped");
+            continue;
+        };
+        let beat = vigil_command::Heartbeat {
+            epoch,
+            seq,
+            sent_at,
+        }
+        .sign(&authority.key);
+        let body = match serde_json::to_value(&beat) {
+            Ok(Value::Object(map)) => map,
+            _ => continue,
+        };
+        let bytes = session::encode(&ServerMessage::Heartbeat(body), &format!("hb{seq}"));
+        let sent = handle.send_to_all(&bytes);
+        shared.stats.heartbeats.inc();
+        tracing::trace!(seq, clients = sent, "heartbeat");
+    }
+}
