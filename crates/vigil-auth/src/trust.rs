@@ -277,6 +277,7 @@ impl TrustStore {
 
 /// Keeps a trust file watched; dropping it stops the watch.
 #[derive(Debug)]
+#[must_use = "the trust file is watched only while this guard is kept: dropping it stops revocation"]
 pub struct TrustWatcher {
     // Dropping the watcher closes the event channel, which ends the thread.
     _watcher: notify::RecommendedWatcher,

@@ -24,6 +24,7 @@ const DIR_CHECK: Duration = Duration::from_secs(1);
 
 /// Keeps the directory watched; dropping it stops the watch.
 #[derive(Debug)]
+#[must_use = "the module directory is watched only while this guard is kept: dropping it stops hot reload"]
 pub struct ModuleWatcher {
     _watcher: Arc<Mutex<notify::RecommendedWatcher>>,
     _thread: std::thread::JoinHandle<()>,
