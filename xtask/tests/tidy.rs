@@ -356,65 +356,103 @@ fn case_ids(text: &str) -> std::collections::BTreeSet<String> {
     ids
 }
 
-/// Expands `C01–C12` ranges into every id between.
-fn with_ranges(text: &str) -> std::collections::BTreeSet<String> {
-    let mut ids = case_ids(text);
-    for part in text.split(['–', '-']).collect::<Vec<_>>().windows(2) {
-        let (a, b) = (part[0].trim_end(), part[1].trim_start());
-        if a.len() >= 3 && b.len() >= 3 {
-            let (x, y) = (&a[a.len() - 3..], &b[..3]);
-            if case_ids(x).len() == 1 && case_ids(y).len() == 1 && x[..1] == y[..1] {
-                let (from, to): (u32, u32) =
-                    (x[1..].parse().unwrap_or(0), y[1..].parse().unwrap_or(0));
-                for n in from..=to {
-                    ids.insert(format!("{}{n:02}", &x[..1]));
+/// The names of the functions defined in the workspace's Rust files.
+fn function_names() -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for dir in ["crates", "bins", "xtask", "mods"] {
+        for path in rust_files(&root().join(dir)) {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            for (at, _) in text.match_indices("fn ") {
+                let name: String = text[at + 3..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if !name.is_empty() {
+                    names.insert(name);
                 }
             }
         }
     }
-    ids
+    names
 }
 
+/// The test names in a catalogue cell: backticked snake_case words.
+fn test_names(cell: &str) -> Vec<String> {
+    cell.split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|t| {
+            t.contains('_')
+                && t.starts_with(|c: char| c.is_ascii_lowercase())
+                && t.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Every catalogue row names the test that checks it (or says "(same)",
+/// the test of the row above), and every name is a function that exists:
+/// an id written only in a comment does not count. Every catalogue test
+/// named after a case (`w09_...`) has its row.
 #[test]
 fn reliability_cases_in_the_docs_are_the_tested_ones() {
     let doc = std::fs::read_to_string(root().join("docs/reliability.md")).expect("reliability.md");
-    // The tables' rows: `| W01 | ...`.
-    let documented: std::collections::BTreeSet<String> = doc
-        .lines()
-        .filter_map(|l| l.strip_prefix("| "))
-        .filter_map(|l| l.get(..3))
-        .filter(|id| case_ids(id).len() == 1)
-        .map(str::to_owned)
-        .collect();
-    assert!(documented.len() >= 30, "{documented:?}");
-    let mut tested = std::collections::BTreeSet::new();
-    for dir in ["bins/vigil-server/tests/it", "bins/vigilctl/tests"] {
-        for entry in std::fs::read_dir(root().join(dir))
-            .expect("tests dir")
-            .flatten()
-        {
-            if entry.path().extension().is_some_and(|e| e == "rs") {
-                let text = std::fs::read_to_string(entry.path()).expect("read");
-                tested.extend(with_ranges(&text));
+    let functions = function_names();
+    let mut documented = std::collections::BTreeSet::new();
+    let mut problems = Vec::new();
+    let mut section = "";
+    let mut previous: Vec<String> = Vec::new();
+    for line in doc.lines() {
+        if let Some(heading) = line.strip_prefix("## ") {
+            section = heading;
+            continue;
+        }
+        let Some(row) = line.strip_prefix("| ") else {
+            continue;
+        };
+        let Some(id) = row.get(..3).filter(|id| case_ids(id).len() == 1) else {
+            continue;
+        };
+        let cells: Vec<&str> = line.split('|').collect();
+        let last = cells
+            .get(cells.len().saturating_sub(2))
+            .copied()
+            .unwrap_or("");
+        let findings = section.starts_with("Findings");
+        let mut names = test_names(last);
+        if last.trim() == "(same)" {
+            names = previous.clone();
+        }
+        if !findings {
+            documented.insert(id.to_owned());
+            if names.is_empty() {
+                problems.push(format!("{id}: the row names no test"));
+            }
+            previous = names.clone();
+        }
+        for name in &names {
+            if !functions.contains(name) {
+                problems.push(format!("{id}: no function `{name}` in the workspace"));
             }
         }
     }
-    let untested: Vec<_> = documented.difference(&tested).collect();
-    assert!(
-        untested.is_empty(),
-        "documented but not tested: {untested:?}"
-    );
-    let catalogue = std::fs::read_dir(root().join("bins/vigil-server/tests/it"))
-        .expect("catalogue")
-        .flatten()
-        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
-        .collect::<String>();
-    let undocumented: Vec<_> = with_ranges(&catalogue)
-        .into_iter()
-        .filter(|id| !documented.contains(id))
-        .collect();
-    assert!(
-        undocumented.is_empty(),
-        "tested but not in docs/reliability.md: {undocumented:?}"
-    );
+    assert!(documented.len() >= 30, "{documented:?}");
+    for path in rust_files(&root().join("bins/vigil-server/tests/it")) {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        for (at, _) in text.match_indices("fn ") {
+            let name = &text[at + 3..];
+            let prefix = name.get(..4).unwrap_or("");
+            if prefix.ends_with('_') && case_ids(&prefix[..3].to_uppercase()).len() == 1 {
+                let id = prefix[..3].to_uppercase();
+                if !documented.contains(&id) {
+                    problems.push(format!(
+                        "{}: test for {id}, which docs/reliability.md does not list",
+                        path.display()
+                    ));
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
 }
