@@ -188,11 +188,11 @@ impl Audit {
             reserve_bytes: state.log.stats().reserve_bytes,
             reserve_wanted: state.log.options().reserve_bytes,
             free_bytes,
-            sealed_segments: state.log.open_report().sealed_segments
-                + state.log.stats().segments_sealed
-                - state.log.stats().segments_deleted.min(
-                    state.log.open_report().sealed_segments + state.log.stats().segments_sealed,
-                ),
+            sealed_segments: {
+                let stats = state.log.stats();
+                (state.log.open_report().sealed_segments + stats.segments_sealed)
+                    .saturating_sub(stats.segments_deleted)
+            },
         }
     }
 
