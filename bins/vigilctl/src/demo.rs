@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail, ensure};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use vigil_auth::{GeneratedIdentity, Identity, TrustFile, TrustStore};
+use vigil_auth::{GeneratedIdentity, Identity, TrustFile};
 use vigil_client::{Client, ClientConfig, ClientError, ClientEvent, Connection};
-use vigil_modules::{ModuleRegistry, RegistryConfig, dev};
+use vigil_modules::dev;
 use vigil_proto::AckStatus;
-use vigil_server::{Authority, Server, ServerConfig, Target};
+use vigil_server::{Deployment, Settings, Target};
 
 use crate::init;
 
@@ -68,22 +68,14 @@ pub(crate) async fn run() -> anyhow::Result<()> {
 
     steps.step("Start the server");
     let trust_path = d.join(init::TRUST);
-    let trust = TrustStore::load(&trust_path)?;
-    let _watch = trust.watch()?;
-    let identity = Identity::load(&d.join(init::SERVER_CRT), &d.join(init::SERVER_KEY))?;
-    let listen = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let registry = ModuleRegistry::open(RegistryConfig::new(d.join(init::MODS)))?;
-    let _mods_watch = registry.watch()?;
-    let mut server_config = ServerConfig::new(listen, identity, trust.clone());
-    server_config.modules = Some(registry);
-    server_config.authority = Some(Authority {
-        key: written.authority.clone(),
-        id: vigil_server::DEFAULT_AUTHORITY_ID.to_owned(),
-    });
-    server_config.heartbeat_interval = HEARTBEAT;
-    let server = Server::bind(server_config.clone()).await?;
-    let mut handle = server.handle();
-    let mut server_task = tokio::spawn(server.run());
+    // The server.toml `vigilctl init` wrote, with quicker heartbeats.
+    let mut settings = Settings::default();
+    settings.heartbeat_interval = Some(HEARTBEAT.as_secs_f64());
+    let settings = settings.or(Settings::from_file(&d.join(init::SERVER_TOML))?);
+    let running = Deployment::build(settings.clone())?.start().await?;
+    let listen = running.local_addr();
+    let mut handle = running.handle();
+    let mut server_task = tokio::spawn(running.run());
     say(format_args!(
         "listening on {listen} (TLS 1.3 only, client certificates required)"
     ));
@@ -241,9 +233,11 @@ pub(crate) async fn run() -> anyhow::Result<()> {
     }
 
     steps.step("Start the server again: the failsafe re-arms");
-    let server = Server::bind(server_config).await?;
-    handle = server.handle();
-    server_task = tokio::spawn(server.run());
+    let deployment = Deployment::build(settings)?;
+    let trust = deployment.server_config().trust.clone();
+    let running = deployment.start().await?;
+    handle = running.handle();
+    server_task = tokio::spawn(running.run());
     let rearmed = wait_event(&mut events, "the failsafe to re-arm", |e| {
         matches!(e, ClientEvent::FailsafeRearmed { .. })
     })

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use vigil_auth::{GeneratedIdentity, TrustStore};
 use vigil_client::{Client, ClientConfig, ClientEvent, Connection};
 use vigil_modules::{ModuleRegistry, RegistryConfig, dev};
-use vigil_server::{Server, ServerConfig};
+use vigil_server::{Deployment, ServerConfig};
 
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
@@ -81,14 +81,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect::<Result<_, _>>()?;
     let trust = TrustStore::from_fingerprints(ids.iter().map(|g| g.fingerprint));
     let registry = ModuleRegistry::open(RegistryConfig::new(&mods))?;
-    let _watch = registry.watch()?;
     let server_id = GeneratedIdentity::generate("server")?;
     let mut config = ServerConfig::new("127.0.0.1:0".parse()?, server_id.identity()?, trust);
     config.modules = Some(registry.clone());
-    let server = Server::bind(config).await?;
-    let addr = server.local_addr();
-    let handle = server.handle();
-    tokio::spawn(server.run());
+    let running = Deployment::new(config).start().await?;
+    let addr = running.local_addr();
+    let handle = running.handle();
+    tokio::spawn(running.run());
 
     // Start with v1 deployed.
     let scratch = dir.path().join("scratch");

@@ -8,24 +8,26 @@
 //! number of connections is capped, and a client whose fingerprint is
 //! removed from the trust file loses its session at once.
 //!
-//! The binary `vigil-server` only parses flags and calls this crate; other
-//! programs can embed it the same way:
+//! A [`Deployment`] is the one composition root: it owns the server, the
+//! REST API ([`HttpServer`]), the trust and module watchers and the audit
+//! log, built from one validated [`Settings`] (a TOML file, flags, or
+//! fields set in code) or from a [`ServerConfig`] assembled by hand. The
+//! binary `vigil-server` only reads flags into [`Settings`] and runs a
+//! deployment; other programs embed one the same way:
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use vigil_auth::{Identity, TrustStore};
-//! use vigil_server::{Server, ServerConfig};
+//! # async fn demo() -> Result<(), vigil_server::DeploymentError> {
+//! use vigil_server::{Deployment, Settings};
 //!
-//! let identity = Identity::load("server.crt".as_ref(), "server.key".as_ref())?;
-//! let trust = TrustStore::load("trusted-keys.json")?;
-//! let _watch = trust.watch()?;
-//! let server = Server::bind(ServerConfig::new("127.0.0.1:8443".parse()?, identity, trust)).await?;
-//! let handle = server.handle();
+//! let settings = Settings::from_file("server.toml".as_ref())?;
+//! let running = Deployment::build(settings)?.start().await?;
+//! println!("clients pin {}", running.fingerprint());
+//! let handle = running.handle();
 //! tokio::spawn(async move {
 //!     let _ = tokio::signal::ctrl_c().await;
 //!     handle.shutdown();
 //! });
-//! server.run().await?;
+//! running.run().await?;
 //! # Ok(())
 //! # }
 //! ```
@@ -35,6 +37,7 @@ mod admission;
 mod audit;
 mod config;
 mod delivery;
+mod deployment;
 mod http;
 mod outbound;
 mod record;
@@ -51,6 +54,7 @@ pub use config::{
     DEFAULT_REFUSAL_SUMMARY_INTERVAL, DEFAULT_WRITE_STALL_TIMEOUT, ServerConfig,
 };
 pub use delivery::{ClientOutcome, Delivery, DeliveryReport, Outcome, Target};
+pub use deployment::{Deployment, DeploymentError, Running, Settings, TreePath};
 pub use http::{
     DEFAULT_HTTP_PORT, DEFAULT_HTTP_WAITING_PER_SOURCE, DEFAULT_MAX_BODY,
     DEFAULT_MAX_HTTP_CONNECTIONS, DEFAULT_READ_TIMEOUT, HttpConfig, HttpServer, MAX_WAIT, Relay,

@@ -9,10 +9,10 @@ use tokio::io::{AsyncRead, AsyncReadExt as _};
 use tokio::task::JoinHandle;
 use tokio_rustls::client::TlsStream;
 use tokio_util::codec::Decoder as _;
-use vigil_auth::{Fingerprint, GeneratedIdentity, TrustFile, TrustStore, TrustWatcher};
+use vigil_auth::{Fingerprint, GeneratedIdentity, TrustFile, TrustStore};
 use vigil_client::{ClientConfig, ClientEvent};
 use vigil_proto::{Frame, FrameCodec, Limits};
-use vigil_server::{Server, ServerConfig, ServerError, ServerHandle};
+use vigil_server::{Deployment, ServerConfig, ServerError, ServerHandle};
 
 pub(crate) struct TestServer {
     pub(crate) addr: SocketAddr,
@@ -22,7 +22,6 @@ pub(crate) struct TestServer {
     pub(crate) trust_path: PathBuf,
     pub(crate) task: Option<JoinHandle<Result<(), ServerError>>>,
     config: ServerConfig,
-    _watch: TrustWatcher,
     _dir: tempfile::TempDir,
 }
 
@@ -39,7 +38,6 @@ impl TestServer {
         let trust_path = dir.path().join("trusted-keys.json");
         write_trust_file(&trust_path, trusted);
         let trust = TrustStore::load(&trust_path).expect("trust");
-        let watch = trust.watch().expect("watch");
         let identity = GeneratedIdentity::generate("vigil-server")
             .expect("generate")
             .identity()
@@ -51,12 +49,15 @@ impl TestServer {
         );
         config.drain_timeout = Duration::from_secs(2);
         tweak(&mut config);
-        let server = Server::bind(config.clone()).await.expect("bind");
-        let addr = server.local_addr();
+        let running = Deployment::new(config.clone())
+            .start()
+            .await
+            .expect("start");
+        let addr = running.local_addr();
         config.listen = addr;
-        let handle = server.handle();
-        let fingerprint = server.fingerprint();
-        let task = tokio::spawn(server.run());
+        let handle = running.handle();
+        let fingerprint = running.fingerprint();
+        let task = tokio::spawn(running.run());
         TestServer {
             addr,
             fingerprint,
@@ -65,7 +66,6 @@ impl TestServer {
             trust_path,
             task: Some(task),
             config,
-            _watch: watch,
             _dir: dir,
         }
     }
@@ -82,14 +82,14 @@ impl TestServer {
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
-        let server = loop {
-            match Server::bind(self.config.clone()).await {
-                Ok(server) => break server,
+        let running = loop {
+            match Deployment::new(self.config.clone()).start().await {
+                Ok(running) => break running,
                 Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
         };
-        self.handle = server.handle();
-        self.task = Some(tokio::spawn(server.run()));
+        self.handle = running.handle();
+        self.task = Some(tokio::spawn(running.run()));
     }
 }
 
