@@ -231,5 +231,6 @@ pub use log::{
 };
 pub use record::{RecordHash, RecordHashParseError};
 pub use segment::{RETENTION_KIND, SEAL_KIND};
+#[cfg(feature = "test-util")]
 pub use sink::FaultInjection;
 pub use verify::{MAX_LINE_BYTES, Problem, ProblemKind, VerifyReport, verify, verify_reader};

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Makes the log's own file fail the way a full or broken disk does, to
-/// test the fail-closed path. **For tests only**: never set it in
-/// production.
+/// test the fail-closed path. Only with the `test-util` feature, for
+/// tests: a production build cannot set it.
 ///
 /// Running as root, most ways of making a file unwritable (permissions,
 /// read-only directories) do not stop writes, and a full file system is
@@ -38,6 +38,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 /// // every later write fails with ENOSPC.
 /// ```
 #[derive(Debug, Clone, Default)]
+#[cfg_attr(not(feature = "test-util"), allow(dead_code, unreachable_pub))]
 pub struct FaultInjection {
     state: Arc<FaultState>,
 }
@@ -58,6 +59,7 @@ impl Default for FaultState {
     }
 }
 
+#[cfg_attr(not(feature = "test-util"), allow(dead_code, unreachable_pub))]
 impl FaultInjection {
     /// No faults until some are set.
     pub fn new() -> Self {
