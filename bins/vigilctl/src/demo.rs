@@ -389,7 +389,7 @@ fn agent_config(
         verifier,
         written.authority.verifying_key(),
         Arc::new(handler),
-    );
+    )?;
     settings.failsafe_timeout = FAILSAFE;
     settings.break_commands = ["lockdown", "notify"]
         .iter()

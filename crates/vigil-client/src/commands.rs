@@ -9,6 +9,7 @@ use vigil_command::{
 };
 use vigil_proto::{Ack, AckStatus};
 
+use crate::ClientError;
 use crate::handler::{BreakCommand, CommandHandler};
 
 /// `command_type` of a general command, run by the [`CommandHandler`].
@@ -42,26 +43,53 @@ pub struct CommandSettings {
 
 impl CommandSettings {
     /// Settings with the FailsafeAPI default timeout (15 s) and no break
-    /// commands. The verifier should be set up with the supported types,
-    /// this agent's id and a replay guard.
+    /// commands. The verifier should be set up with the supported types
+    /// and this agent's id.
+    ///
+    /// Refused, so that a client cannot run open by mistake: a weak
+    /// heartbeat key (anyone could forge the heartbeats that keep the
+    /// failsafe quiet) and a verifier without a replay guard (a recorded
+    /// command would run again). [`Client::run`](crate::Client::run) also
+    /// refuses to start when the failsafe cannot be armed.
     pub fn new(
         verifier: Verifier,
         heartbeat_key: VerifyingKey,
         handler: Arc<dyn CommandHandler>,
-    ) -> Self {
-        CommandSettings {
+    ) -> Result<Self, ClientError> {
+        HeartbeatVerifier::new(heartbeat_key).map_err(|_| ClientError::WeakHeartbeatKey)?;
+        if !verifier.has_replay_guard() {
+            return Err(ClientError::NoReplayGuard);
+        }
+        Ok(CommandSettings {
             verifier,
             heartbeat_key,
             failsafe_timeout: vigil_failsafe::DEFAULT_TIMEOUT,
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
             handler,
             break_commands: Vec::new(),
-        }
+        })
     }
 
-    /// A heartbeat verifier for the server key; `None` if the key is weak.
-    pub(crate) fn heartbeat_verifier(&self) -> Option<HeartbeatVerifier> {
-        HeartbeatVerifier::new(self.heartbeat_key).ok()
+    /// A heartbeat verifier for the server key, or why there is none
+    /// (the key was replaced by a weak one after [`CommandSettings::new`]).
+    pub(crate) fn heartbeat_verifier(&self) -> Result<HeartbeatVerifier, ClientError> {
+        HeartbeatVerifier::new(self.heartbeat_key).map_err(|_| ClientError::WeakHeartbeatKey)
+    }
+
+    /// What stops [`Client::run`](crate::Client::run) from starting with
+    /// these settings, if anything: fields are public and may have been
+    /// changed after [`CommandSettings::new`].
+    pub(crate) fn check(&self) -> Result<(), ClientError> {
+        self.heartbeat_verifier()?;
+        if !self.verifier.has_replay_guard() {
+            return Err(ClientError::NoReplayGuard);
+        }
+        if self.failsafe_timeout.is_zero() {
+            return Err(ClientError::Failsafe(
+                vigil_failsafe::FailsafeError::ZeroTimeout,
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -135,7 +163,7 @@ pub(crate) fn check_commands(
         }
     }
     let commands: Vec<SignedCommand> = parsed.iter().map(|(_, c)| c.clone()).collect();
-    for ((i, _), verdict) in parsed.iter().zip(verifier.verify_batch(&commands, now)) {
+    for ((i, _), verdict) in parsed.iter().zip(verifier.accept_batch(&commands, now)) {
         answers[*i] = Some(match verdict {
             Ok(verified) => Ok(Accepted {
                 authority: verified.authority_id().to_owned(),

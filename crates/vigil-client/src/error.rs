@@ -58,6 +58,20 @@ pub enum ClientError {
     /// The server sent something this client does not expect.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The server key given for heartbeats is a weak (small-order) key:
+    /// anyone could sign heartbeats that verify under it.
+    #[error("the heartbeat key is weak: anyone could forge heartbeats that verify under it")]
+    WeakHeartbeatKey,
+    /// The command verifier has no replay guard, so a recorded command
+    /// could be sent again and run again.
+    #[error(
+        "the command verifier has no replay guard: give it one (ReplayGuard::open, or ReplayGuard::in_memory for ids kept in memory only)"
+    )]
+    NoReplayGuard,
+    /// The failsafe could not be armed (a zero or too large timeout, no
+    /// tokio runtime).
+    #[error("the failsafe cannot be armed: {0}")]
+    Failsafe(#[source] vigil_failsafe::FailsafeError),
     /// The identity or pin could not be turned into a TLS configuration.
     #[error(transparent)]
     Auth(Arc<vigil_auth::AuthError>),

@@ -45,6 +45,50 @@ pub trait CommandHandler: Send + Sync + std::fmt::Debug {
     ) -> BoxFuture<'a, Result<Value, String>>;
 }
 
+/// A [`CommandHandler`] made from a closure, by [`handler_fn`].
+pub struct FnHandler<F> {
+    f: F,
+}
+
+impl<F> std::fmt::Debug for FnHandler<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FnHandler").finish_non_exhaustive()
+    }
+}
+
+/// A handler from an async closure that takes the command's name and
+/// arguments:
+///
+/// ```
+/// use vigil_client::{Value, handler_fn};
+///
+/// let handler = handler_fn(|command: String, _args: Value| async move {
+///     Ok(Value::String(format!("ran {command}")))
+/// });
+/// # let _: std::sync::Arc<dyn vigil_client::CommandHandler> = std::sync::Arc::new(handler);
+/// ```
+pub fn handler_fn<F, Fut>(f: F) -> FnHandler<F>
+where
+    F: Fn(String, Value) -> Fut + Send + Sync,
+    Fut: std::future::Future<Output = Result<Value, String>> + Send + 'static,
+{
+    FnHandler { f }
+}
+
+impl<F, Fut> CommandHandler for FnHandler<F>
+where
+    F: Fn(String, Value) -> Fut + Send + Sync,
+    Fut: std::future::Future<Output = Result<Value, String>> + Send + 'static,
+{
+    fn execute<'a>(
+        &'a self,
+        command: &'a str,
+        args: &'a Value,
+    ) -> BoxFuture<'a, Result<Value, String>> {
+        Box::pin((self.f)(command.to_owned(), args.clone()))
+    }
+}
+
 /// How to run one command name as a program.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]

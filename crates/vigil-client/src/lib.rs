@@ -22,6 +22,33 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! A client that takes signed commands runs them through a
+//! [`CommandHandler`]; [`handler_fn`] makes one from a closure, and what it
+//! needs is re-exported here. The failsafe fires when verified heartbeats
+//! or commands stop for its timeout. `cargo run -p vigil-server --example
+//! embedded` runs this against an embedded server.
+//!
+//! ```no_run
+//! # async fn demo(identity: vigil_client::Identity, pin: vigil_client::Fingerprint,
+//! #     authorities: vigil_client::Authorities, server_key: vigil_client::VerifyingKey)
+//! #     -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use vigil_client::*;
+//!
+//! let verifier = Verifier::new(authorities)
+//!     .with_own_agent_id(pin.to_hex())
+//!     .with_replay_guard(Arc::new(ReplayGuard::open("replay.log", std::time::SystemTime::now())?));
+//! let handler = handler_fn(|command: String, _args: Value| async move {
+//!     Ok(Value::String(format!("ran {command}")))
+//! });
+//! let mut config = ClientConfig::new("127.0.0.1:8443", identity, pin);
+//! config.commands = Some(CommandSettings::new(verifier, server_key, Arc::new(handler))?);
+//! let outcome = Client::new(config).run(CancellationToken::new()).await;
+//! println!("{outcome:?}");
+//! # Ok(())
+//! # }
+//! ```
 #![deny(missing_docs)]
 
 mod commands;
@@ -35,9 +62,18 @@ use std::time::Duration;
 pub use commands::{CommandSettings, DEFAULT_COMMAND_TIMEOUT, RUN, SHUTDOWN_NOW};
 pub use connection::{COMMAND_QUEUE, Connection, Pushed, PushedBody};
 pub use error::ClientError;
-pub use handler::{BreakCommand, CommandHandler, ProgramHandler, ProgramSpec};
+pub use handler::{
+    BreakCommand, CommandHandler, FnHandler, ProgramHandler, ProgramSpec, handler_fn,
+};
+// What a client with its own handler needs, without naming six crates.
+pub use futures_util::future::BoxFuture;
+pub use serde_json::Value;
 pub use supervisor::{Backoff, Client, ClientEvent, RunOutcome};
-use vigil_auth::{Fingerprint, Identity};
+pub use tokio_util::sync::CancellationToken;
+pub use vigil_auth::{Fingerprint, Identity};
+pub use vigil_command::{
+    Authorities, AuthorityKey, ReplayGuard, Verifier, VerifyingKey, decode_public_key,
+};
 use vigil_proto::Limits;
 
 /// Default time to connect and to complete the handshake.

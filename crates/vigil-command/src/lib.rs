@@ -89,7 +89,7 @@ pub use keys::{
 };
 pub use pyjson::CanonicalJsonError;
 pub use refusal::{Refusal, WindowSide};
-pub use replay::{DEFAULT_CAPACITY, ReplayEntry, ReplayError, ReplayGuard};
+pub use replay::{DEFAULT_CAPACITY, ReplayEntry, ReplayError, ReplayGuard, ReplayPlan, ReplaySet};
 pub use timestamp::{MAX_TIMESTAMP_LEN, Timestamp, TimestampError};
 pub use verify::{EMERGENCY_TYPE, Freshness, VerifiedCommand, Verifier};
 

@@ -103,14 +103,16 @@ impl VerifiedCommand {
 ///    command is not for another agent (`wrong_target`) and, when it is
 ///    scoped to a subtree, this agent is in it (`outside_tree`; an agent
 ///    with no tree path is in no subtree);
-/// 6. if it has a replay guard, the id is new, and is recorded durably
-///    before the command is accepted (`replayed`,
-///    `replay_store_unavailable`), in the share of the key that signed it
-///    (an emergency shutdown is never refused for capacity). This comes
-///    last so that only commands that passed everything else take space
-///    in the guard.
+/// 6. if it has a replay guard, the id is new (`replayed`); when the
+///    command is accepted ([`accept`](Self::accept), or
+///    [`record`](Self::record) after checks of the caller's own), it is
+///    recorded durably first (`replay_store_unavailable`), in the share of
+///    the key that signed it (an emergency shutdown is never refused for
+///    capacity). This comes last so that only commands that passed
+///    everything else take space in the guard.
 ///
-/// No check reads the clock: `now` is passed in.
+/// No check reads the clock: `now` is passed in. Only
+/// [`record`](Self::record) (and so [`accept`](Self::accept)) does I/O.
 #[derive(Clone)]
 pub struct Verifier {
     authorities: Authorities,
@@ -188,6 +190,12 @@ impl Verifier {
         self
     }
 
+    /// Whether command ids are checked against a replay guard (and
+    /// recorded in it).
+    pub fn has_replay_guard(&self) -> bool {
+        self.replay.is_some()
+    }
+
     /// The enrolled authorities.
     pub fn authorities(&self) -> &Authorities {
         &self.authorities
@@ -206,44 +214,86 @@ impl Verifier {
         }
     }
 
-    /// Runs every check (see the type's documentation) and, when a replay
-    /// guard is set, records the command id. A refused command leaves no
-    /// trace.
-    ///
-    /// With a replay guard this may block on `fsync`; from async code, call
-    /// it on a blocking thread.
+    /// Runs every check (see the type's documentation) without recording
+    /// anything: with a replay guard, an id it already holds is refused
+    /// (`replayed`), but a new one is not recorded. Does no I/O; call
+    /// [`record`](Self::record) (or use [`accept`](Self::accept)) to take
+    /// the id.
     pub fn verify(&self, cmd: &SignedCommand, now: SystemTime) -> Result<VerifiedCommand, Refusal> {
-        self.verify_batch(std::slice::from_ref(cmd), now)
+        let verified = self.check(cmd, now)?;
+        if let Some(guard) = &self.replay
+            && guard.contains(&cmd.command_id, now)
+        {
+            return Err(Refusal::Replayed {
+                command_id: cmd.command_id.clone(),
+            });
+        }
+        Ok(verified)
+    }
+
+    /// As [`verify`](Self::verify) for several commands, one answer each in
+    /// order. Does no I/O.
+    pub fn verify_batch(
+        &self,
+        cmds: &[SignedCommand],
+        now: SystemTime,
+    ) -> Vec<Result<VerifiedCommand, Refusal>> {
+        cmds.iter().map(|c| self.verify(c, now)).collect()
+    }
+
+    /// Records verified commands' ids in the replay guard (step 6), with
+    /// one write and one `fsync` for all of them; one answer each, in
+    /// order: `replayed` for an id recorded meanwhile (or twice in
+    /// `verified`), `replay_store_unavailable` when the guard cannot
+    /// record. Without a replay guard every answer is `Ok`.
+    ///
+    /// This is the only step that does I/O: it may block on `fsync`; from
+    /// async code, call it on a blocking thread.
+    pub fn record(
+        &self,
+        verified: &[&VerifiedCommand],
+        now: SystemTime,
+    ) -> Vec<Result<(), Refusal>> {
+        let Some(guard) = &self.replay else {
+            return verified.iter().map(|_| Ok(())).collect();
+        };
+        let entries: Vec<ReplayEntry<'_>> = verified.iter().map(|v| v.replay_entry()).collect();
+        guard
+            .check_and_record_many(&entries, now)
+            .into_iter()
+            .map(|r| r.map_err(Refusal::from))
+            .collect()
+    }
+
+    /// [`verify`](Self::verify), then [`record`](Self::record): the accept
+    /// step of an agent, which runs a command only once it is recorded. A
+    /// refused command leaves no trace.
+    pub fn accept(&self, cmd: &SignedCommand, now: SystemTime) -> Result<VerifiedCommand, Refusal> {
+        self.accept_batch(std::slice::from_ref(cmd), now)
             .pop()
             .unwrap_or(Err(Refusal::ReplayStoreUnavailable {
                 detail: "no answer".into(),
             }))
     }
 
-    /// As [`verify`](Self::verify) for several commands, one answer each in
-    /// order; the ids of those that pass are recorded in the replay guard
-    /// together, with one write and one `fsync`.
-    pub fn verify_batch(
+    /// As [`accept`](Self::accept) for several commands, one answer each in
+    /// order; the ids of those that pass are recorded together, with one
+    /// write and one `fsync`.
+    pub fn accept_batch(
         &self,
         cmds: &[SignedCommand],
         now: SystemTime,
     ) -> Vec<Result<VerifiedCommand, Refusal>> {
-        let mut answers: Vec<Result<VerifiedCommand, Refusal>> =
-            cmds.iter().map(|c| self.check(c, now)).collect();
+        let mut answers = self.verify_batch(cmds, now);
         // 6. Replay, last: only fully verified commands are recorded.
-        if let Some(guard) = &self.replay {
-            let passed: Vec<usize> = (0..answers.len()).filter(|&i| answers[i].is_ok()).collect();
-            let entries: Vec<ReplayEntry<'_>> = passed
-                .iter()
-                .filter_map(|&i| answers[i].as_ref().ok().map(VerifiedCommand::replay_entry))
-                .collect();
-            let recorded = guard.check_and_record_many(&entries, now);
-            let refusals: Vec<(usize, Refusal)> = passed
-                .into_iter()
-                .zip(recorded)
-                .filter_map(|(i, r)| r.err().map(|e| (i, Refusal::from(e))))
-                .collect();
-            for (i, refusal) in refusals {
+        let passed: Vec<usize> = (0..answers.len()).filter(|&i| answers[i].is_ok()).collect();
+        let recorded = {
+            let verified: Vec<&VerifiedCommand> =
+                answers.iter().filter_map(|a| a.as_ref().ok()).collect();
+            self.record(&verified, now)
+        };
+        for (i, r) in passed.into_iter().zip(recorded) {
+            if let Err(refusal) = r {
                 answers[i] = Err(refusal);
             }
         }

@@ -84,6 +84,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let server_id = GeneratedIdentity::generate("server")?;
     let mut config = ServerConfig::new("127.0.0.1:0".parse()?, server_id.identity()?, trust);
     config.modules = Some(registry.clone());
+    // Measures module fan-out alone: nothing here is a command.
+    config.dangerous().run_without_audit_log();
     let running = Deployment::new(config).start().await?;
     let addr = running.local_addr();
     let handle = running.handle();

@@ -93,7 +93,9 @@ pub struct ServerConfig {
     /// Time between heartbeats; at most half the clients' failsafe timeout.
     pub heartbeat_interval: Duration,
     /// The audit log. Commands are recorded before they are sent, and not
-    /// sent if they cannot be recorded.
+    /// sent if they cannot be recorded. [`Server::bind`](crate::Server::bind)
+    /// refuses a configuration without one unless
+    /// [`ServerConfig::dangerous`] allowed it.
     pub audit: Option<vigil_audit::AuditLog>,
     /// The server's own agent id, for CIRIS `target_agent_id` (default: its
     /// key fingerprint in hex).
@@ -115,6 +117,8 @@ pub struct ServerConfig {
     /// `refusals.summary` audit record; in each such window only the first
     /// refusal of each source, a few dozen at most, is recorded on its own.
     pub refusal_summary_interval: Duration,
+    /// Set only through [`ServerConfig::dangerous`].
+    pub(crate) unaudited: bool,
 }
 
 /// The server's signing key and the id it signs as (`wa_id`).
@@ -165,6 +169,29 @@ impl ServerConfig {
             command_window: DEFAULT_COMMAND_WINDOW,
             ack_timeout: DEFAULT_ACK_TIMEOUT,
             refusal_summary_interval: DEFAULT_REFUSAL_SUMMARY_INTERVAL,
+            unaudited: false,
         }
+    }
+
+    /// Settings that take a risk the server otherwise refuses, each named
+    /// for what it gives up (as `rustls`' `dangerous()`).
+    pub fn dangerous(&mut self) -> DangerousServerConfig<'_> {
+        DangerousServerConfig { config: self }
+    }
+}
+
+/// What [`ServerConfig::dangerous`] allows.
+#[derive(Debug)]
+pub struct DangerousServerConfig<'a> {
+    config: &'a mut ServerConfig,
+}
+
+impl DangerousServerConfig<'_> {
+    /// Runs without an audit log: nothing the server does or is asked to
+    /// do is recorded, and the REST API's routes that send commands answer
+    /// 503. For tests and benchmarks of the transport alone.
+    pub fn run_without_audit_log(&mut self) -> &mut Self {
+        self.config.unaudited = true;
+        self
     }
 }

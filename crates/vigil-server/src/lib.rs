@@ -44,24 +44,25 @@ mod record;
 mod refusals;
 mod route;
 mod server;
-mod session;
+mod text;
 
 pub use config::{
     Authority, DEFAULT_ACK_TIMEOUT, DEFAULT_AUTHORITY_ID, DEFAULT_COMMAND_WINDOW,
     DEFAULT_DRAIN_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_HEARTBEAT_INTERVAL,
     DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_EXECS_PER_SESSION,
     DEFAULT_MAX_HANDSHAKES_PER_SOURCE, DEFAULT_MAX_OUTBOUND_BYTES, DEFAULT_PORT,
-    DEFAULT_REFUSAL_SUMMARY_INTERVAL, DEFAULT_WRITE_STALL_TIMEOUT, ServerConfig,
+    DEFAULT_REFUSAL_SUMMARY_INTERVAL, DEFAULT_WRITE_STALL_TIMEOUT, DangerousServerConfig,
+    ServerConfig,
 };
 pub use delivery::{ClientOutcome, Delivery, DeliveryReport, Outcome, Target};
 pub use deployment::{Deployment, DeploymentError, Running, Settings, TreePath};
 pub use http::{
     DEFAULT_HTTP_PORT, DEFAULT_HTTP_WAITING_PER_SOURCE, DEFAULT_MAX_BODY,
-    DEFAULT_MAX_HTTP_CONNECTIONS, DEFAULT_READ_TIMEOUT, HttpConfig, HttpServer, MAX_WAIT, Relay,
+    DEFAULT_MAX_HTTP_CONNECTIONS, DEFAULT_READ_TIMEOUT, HttpConfig, HttpServer, MAX_WAIT,
 };
 pub use record::{CommandRecord, TargetState};
-pub use server::{Counter, Server, ServerHandle, ServerStats};
-pub use session::SessionInfo;
+pub use server::SessionInfo;
+pub use server::{Counter, Relay, Server, ServerHandle, ServerStats};
 
 /// Why the server could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +89,12 @@ pub enum ServerError {
     /// too long, arguments that cannot be signed).
     #[error("bad command: {0}")]
     BadCommand(String),
+    /// The configuration has no audit log and did not say it may run
+    /// without one ([`ServerConfig::dangerous`]).
+    #[error(
+        "the server has no audit log: give it one, or allow running without one with ServerConfig::dangerous()"
+    )]
+    NoAuditLog,
     /// The audit log could not record the action, so it was not taken.
     #[error("the audit log cannot record this, so it was not done: {0}")]
     Audit(String),

@@ -6,24 +6,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
 use serde_json::Value;
-use vigil_proto::{Ack, AckStatus};
+use vigil_proto::Ack;
 
-use crate::delivery::{Outcome, Tracker};
+use crate::delivery::{Outcome, Tracker, ack_status};
 
 /// How many commands are remembered.
 const KEEP: usize = 10_000;
 /// How many target slots the remembered commands may hold in all (about
 /// 56 bytes each); past it the oldest commands are forgotten.
 const KEEP_TARGETS: usize = 200_000;
-
-/// The REST API's name for an ack's status.
-pub(crate) fn ack_status(status: AckStatus) -> &'static str {
-    match status {
-        AckStatus::Done => "done",
-        AckStatus::Failed => "failed",
-        AckStatus::Refused => "refused",
-    }
-}
 
 /// One client's view of a command.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -50,7 +50,23 @@ fn the_verifier_refuses_a_replay_after_a_restart() {
 
     let v = Verifier::new(authorities.clone())
         .with_replay_guard(Arc::new(ReplayGuard::open(&path, at(0)).expect("open")));
-    v.verify(&cmd, at(1)).expect("first time");
+    // `verify` records nothing and touches no file: the same command
+    // verifies again, and the guard's file is as it was.
+    let before = std::fs::read(&path).expect("read");
+    v.verify(&cmd, at(1)).expect("checked");
+    v.verify(&cmd, at(1))
+        .expect("checked again: nothing was recorded");
+    assert_eq!(
+        std::fs::read(&path).expect("read"),
+        before,
+        "verify wrote nothing"
+    );
+    // `accept` records it, once.
+    v.accept(&cmd, at(1)).expect("first time");
+    assert_eq!(
+        v.accept(&cmd, at(1)).map(|_| ()).map_err(|e| e.code()),
+        Err("replayed")
+    );
     drop(v);
 
     let v = Verifier::new(authorities)

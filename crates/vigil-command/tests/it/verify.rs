@@ -240,6 +240,11 @@ fn replay_is_last_and_only_records_good_commands() {
 
     let c = sign(unsigned("SHUTDOWN_NOW", 0), &ops());
     assert_eq!(code(&v, &c, 0), Ok(()));
+    assert!(guard.is_empty(), "verify records nothing (no I/O)");
+    assert_eq!(
+        v.accept(&c, at(0)).map(|_| ()).map_err(|e| e.code()),
+        Ok(())
+    );
     assert_eq!(code(&v, &c, 1), Err("replayed"));
     // After the window the command is stale, not replayed.
     assert_eq!(code(&v, &c, 301), Err("timestamp_outside_window"));

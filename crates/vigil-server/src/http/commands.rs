@@ -133,7 +133,7 @@ pub(super) async fn send(state: &State, body: &[u8], query: &str) -> Resp {
             StatusCode::UNPROCESSABLE_ENTITY,
             format!(
                 "command must be 1 to {MAX_COMMAND_NAME} letters, digits, '_', '.' or '-' (a name in the clients' [commands] table), got {:?}",
-                crate::session::truncate(&req.command, 80)
+                crate::text::truncate(&req.command, 80)
             ),
         );
     }

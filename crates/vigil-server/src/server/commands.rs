@@ -1,7 +1,8 @@
 //! Commands out of the server: deliver (relayed unchanged), sign and
-//! send, relay after a check; each recorded before it is sent.
+//! send, relay after a check ([`Relay`]: the policy for commands signed
+//! elsewhere); each recorded before it is sent. Targets are resolved in
+//! [`crate::route`]; the sessions they reach are found in `fanout.rs`.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
@@ -9,14 +10,76 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use serde_json::{Map, Value};
 use vigil_auth::Fingerprint;
+use vigil_command::{Authorities, Refusal, ReplayGuard, SignedCommand, Verifier};
 use vigil_proto::ServerMessage;
 
 use super::ServerHandle;
+use super::session;
 use crate::ServerError;
-use crate::delivery::{Awaited, ClientOutcome, Delivery, Outcome, Target, Tracker, command_id_of};
-use crate::outbound::{Item, Lane, Refused};
+use crate::delivery::{Delivery, Target, command_id_of};
+use crate::outbound::Lane;
 use crate::record::CommandRecord;
-use crate::session;
+
+/// What the server checks before it relays a command signed elsewhere.
+#[derive(Debug, Clone)]
+pub struct Relay {
+    verifier: Arc<Verifier>,
+}
+
+impl Relay {
+    /// Relays `RUN` and `SHUTDOWN_NOW` commands signed by `authorities`
+    /// (each key for its own types), fresh, and seen once by `replay`.
+    ///
+    /// The replay guard records a command only once it is known to be
+    /// deliverable (after the signature, the authority and the target were
+    /// checked), so that a command refused for an unknown target can be
+    /// sent again once its target is there.
+    pub fn new(authorities: Authorities, replay: Arc<ReplayGuard>) -> Self {
+        Relay {
+            verifier: Arc::new(
+                Verifier::new(authorities)
+                    .with_supported_types(["RUN", "SHUTDOWN_NOW"])
+                    .with_replay_guard(replay),
+            ),
+        }
+    }
+
+    /// Checks signature, freshness and authority, and that the id was not
+    /// accepted before (without recording it: no I/O).
+    pub(crate) fn verify(
+        &self,
+        command: &SignedCommand,
+    ) -> Result<vigil_command::VerifiedCommand, Refusal> {
+        self.verifier.verify(command, SystemTime::now())
+    }
+
+    /// Records the command id; refuses one seen before. The record is
+    /// synced to disk, on a blocking thread: a slow disk does not hold a
+    /// runtime worker.
+    pub(crate) async fn record(
+        &self,
+        verified: &vigil_command::VerifiedCommand,
+    ) -> Result<(), Refusal> {
+        let verifier = self.verifier.clone();
+        let verified = verified.clone();
+        // Each authority key has its own share of the guard, and a
+        // SHUTDOWN_NOW is never refused for capacity.
+        tokio::task::spawn_blocking(move || {
+            verifier
+                .record(&[&verified], SystemTime::now())
+                .pop()
+                .unwrap_or_else(|| {
+                    Err(Refusal::ReplayStoreUnavailable {
+                        detail: "no answer".into(),
+                    })
+                })
+        })
+        .await
+        .map_err(|e| Refusal::ReplayStoreUnavailable {
+            detail: format!("the replay store's writer failed: {e}"),
+        })?
+    }
+}
 
 /// Why [`ServerHandle::relay_checked`] did not send.
 #[derive(Debug)]
@@ -109,90 +172,6 @@ impl ServerHandle {
         })
     }
 
-    fn deliver_payload(
-        &self,
-        command_id: String,
-        target: &Target,
-        lane: Lane,
-        encode: impl FnOnce(&str) -> Bytes,
-    ) -> Delivery {
-        let n = self.shared.next_delivery.fetch_add(1, Ordering::Relaxed);
-        let reference = format!("d{n}");
-        let bytes = encode(&reference);
-        let wanted: Option<HashSet<Fingerprint>> = match target {
-            Target::Clients(list) => Some(list.iter().copied().collect()),
-            _ => None,
-        };
-        // Which sessions get it, decided under the lock; queued after, so
-        // that every session's tracker slot exists before its ack can.
-        let targets: Vec<(Fingerprint, u64, crate::outbound::SharedOutbound)> = self
-            .shared
-            .sessions()
-            .values()
-            .filter(|h| match target {
-                Target::Subtree(path) => h.within(path),
-                _ => wanted
-                    .as_ref()
-                    .is_none_or(|w| w.contains(&h.info.fingerprint)),
-            })
-            .map(|h| (h.info.fingerprint, h.info.id, h.out.clone()))
-            .collect();
-        let reached: HashSet<Fingerprint> = targets.iter().map(|(fp, _, _)| *fp).collect();
-        let mut slots: Vec<(Fingerprint, u64, Option<Outcome>)> =
-            targets.iter().map(|(fp, id, _)| (*fp, *id, None)).collect();
-        let mut immediate = Vec::new();
-        for fp in wanted.into_iter().flatten() {
-            if !reached.contains(&fp) {
-                slots.push((fp, 0, Some(Outcome::NotConnected)));
-                immediate.push(ClientOutcome {
-                    client: fp,
-                    session: 0,
-                    outcome: Outcome::NotConnected,
-                });
-            }
-        }
-        let tracker = Arc::new(Tracker::new(command_id, reference, slots));
-        let mut queued = Vec::with_capacity(targets.len());
-        for (slot, (fp, id, out)) in (0u32..).zip(targets) {
-            let awaited = Awaited {
-                tracker: tracker.clone(),
-                slot,
-            };
-            let item = Item {
-                bytes: bytes.clone(),
-                delivery: Some(awaited.clone()),
-                lane,
-            };
-            let outcome = match self.shared.push(id, &fp, &out, item) {
-                Ok(()) => {
-                    self.shared.stats.commands_sent.inc();
-                    queued.push((fp, id));
-                    continue;
-                }
-                Err(Refused::Full | Refused::Busy) => Outcome::QueueFull,
-                Err(Refused::Closed) => Outcome::Disconnected,
-            };
-            // Nothing to audit: no ack was recorded on this slot.
-            let _ = awaited.settle(id, outcome.clone());
-            immediate.push(ClientOutcome {
-                client: fp,
-                session: id,
-                outcome,
-            });
-        }
-        tracing::info!(
-            command_id = %tracker.command_id,
-            reference = %tracker.reference,
-            sessions = queued.len(),
-            "command delivered"
-        );
-        Delivery {
-            tracker,
-            immediate,
-            queued,
-        }
-    }
-
     /// Signs a `RUN` command with the server's authority key, records it
     /// durably in the audit log, and delivers it; if the record cannot be
     /// written, nothing is sent ([`ServerError::Audit`]). With one target
@@ -227,12 +206,7 @@ impl ServerHandle {
         {
             // The agent id the client checks: the one it said in
             // `sys:hello`, else its fingerprint (its default).
-            let said = self
-                .shared
-                .sessions()
-                .values()
-                .find(|h| h.info.fingerprint == *only)
-                .and_then(|h| h.agent_id().map(str::to_owned));
+            let said = self.agent_id_of(only);
             unsigned.target_agent_id = Some(said.unwrap_or_else(|| only.to_hex()));
         }
         if let Target::Subtree(path) = target {

@@ -7,8 +7,8 @@ use std::time::SystemTime;
 use serde_json::Value;
 use vigil_proto::ServerMessage;
 
+use super::session;
 use super::{ServerHandle, Shared};
-use crate::session;
 
 pub(super) async fn revocation_sweeper(shared: Arc<Shared>) {
     let mut rx = shared.config.trust.subscribe();
@@ -90,7 +90,8 @@ pub(super) async fn module_broadcaster(
                 );
                 seq += 1;
                 for m in registry.list() {
-                    handle.broadcast(
+                    // Not a command: never refused.
+                    let _ = handle.broadcast(
                         &ServerMessage::ModReload(session::module_info(&m)),
                         &format!("m{seq}"),
                     );
@@ -100,7 +101,8 @@ pub(super) async fn module_broadcaster(
             Err(RecvError::Closed) => return,
         };
         seq += 1;
-        let sent = handle.broadcast(&msg, &format!("m{seq}"));
+        // Not a command: never refused.
+        let sent = handle.broadcast(&msg, &format!("m{seq}")).unwrap_or(0);
         tracing::debug!(clients = sent, frame = %msg.to_frame("-"), "module change broadcast");
     }
 }

@@ -186,11 +186,14 @@ async fn agent(
         .with_own_agent_id(api.agent.fingerprint.to_hex())
         .with_replay_guard(Arc::new(ReplayGuard::in_memory()));
     let mut config = support::client_config(&api.server, &api.agent);
-    config.commands = Some(vigil_client::CommandSettings::new(
-        verifier,
-        api.keys.0.verifying_key(),
-        Arc::new(Rec(ran)),
-    ));
+    config.commands = Some(
+        vigil_client::CommandSettings::new(
+            verifier,
+            api.keys.0.verifying_key(),
+            Arc::new(Rec(ran)),
+        )
+        .expect("settings"),
+    );
     let client = Arc::new(vigil_client::Client::new(config));
     let mut events = client.subscribe();
     let stop = tokio_util::sync::CancellationToken::new();

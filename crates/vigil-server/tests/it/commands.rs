@@ -131,7 +131,8 @@ impl Setup {
             .with_own_agent_id(self.id.fingerprint.to_hex())
             .with_replay_guard(Arc::new(guard));
         let mut settings =
-            CommandSettings::new(verifier, self.keys.server.verifying_key(), handler);
+            CommandSettings::new(verifier, self.keys.server.verifying_key(), handler)
+                .expect("settings");
         settings.failsafe_timeout = failsafe;
         settings.break_commands = ["lock", "fail", "wipe"]
             .iter()
@@ -497,7 +498,9 @@ async fn refused_commands_and_forged_heartbeats_do_not_feed_the_failsafe() {
             }
             .sign(&stranger);
             if let Ok(Value::Object(map)) = serde_json::to_value(&beat) {
-                handle.broadcast(&ServerMessage::Heartbeat(map), &format!("x{i}"));
+                handle
+                    .broadcast(&ServerMessage::Heartbeat(map), &format!("x{i}"))
+                    .expect("not a command");
             }
             // And a command with a bad signature.
             let cmd = body(
@@ -542,11 +545,9 @@ async fn shutdown_now_from_the_operator_key_runs_break_commands_then_stops_the_c
         .await
         .expect("client stops")
         .expect("no panic");
-    assert_eq!(
-        outcome,
-        RunOutcome::Shutdown {
-            command_id: "shut-1".into()
-        }
+    assert!(
+        matches!(&outcome, RunOutcome::Shutdown { command_id } if command_id == "shut-1"),
+        "{outcome:?}"
     );
     assert_eq!(recorder.ran(), vec!["lock", "fail", "wipe"]);
     drop(running.client);
@@ -617,4 +618,63 @@ async fn the_failsafe_fires_when_a_proxy_silently_stops_forwarding() {
     .await;
     assert_eq!(recorder.ran(), vec!["lock", "fail", "wipe"]);
     running.stop().await;
+}
+
+/// A client cannot be set up to run open: a weak heartbeat key and a
+/// verifier without a replay guard are refused when the settings are
+/// made, and a client whose failsafe cannot be armed does not start.
+#[tokio::test]
+async fn settings_that_would_run_open_are_refused() {
+    let setup = Setup::new(None).await;
+    let recorder = Arc::new(Recorder::default());
+    let mut small_order = [0u8; 32];
+    small_order[0] = 1;
+    let weak = vigil_command::VerifyingKey::from_bytes(&small_order).expect("point");
+    let guarded = || {
+        Verifier::new(setup.keys.authorities())
+            .with_replay_guard(Arc::new(ReplayGuard::in_memory()))
+    };
+    assert!(matches!(
+        CommandSettings::new(guarded(), weak, recorder.clone()),
+        Err(vigil_client::ClientError::WeakHeartbeatKey)
+    ));
+    assert!(matches!(
+        CommandSettings::new(
+            Verifier::new(setup.keys.authorities()),
+            setup.keys.server.verifying_key(),
+            recorder.clone()
+        ),
+        Err(vigil_client::ClientError::NoReplayGuard)
+    ));
+
+    // Made unsafe after the fact: `run` returns at once instead of
+    // running without a failsafe.
+    for (what, spoil) in [
+        (
+            "zero failsafe timeout",
+            Box::new(|s: &mut CommandSettings| s.failsafe_timeout = Duration::ZERO)
+                as Box<dyn Fn(&mut CommandSettings)>,
+        ),
+        (
+            "weak key set later",
+            Box::new(move |s| s.heartbeat_key = weak),
+        ),
+    ] {
+        let mut config = setup.config(recorder.clone(), Duration::from_secs(5));
+        if let Some(settings) = config.commands.as_mut() {
+            spoil(settings);
+        }
+        let client = Client::new(config);
+        let outcome = tokio::time::timeout(crate::WAIT, client.run(CancellationToken::new()))
+            .await
+            .expect("returns at once");
+        assert!(
+            matches!(outcome, RunOutcome::NotStarted(_)),
+            "{what}: {outcome:?}"
+        );
+        assert!(
+            setup.server.handle.sessions().is_empty(),
+            "{what}: never connected"
+        );
+    }
 }

@@ -48,6 +48,8 @@ impl TestServer {
             trust.clone(),
         );
         config.drain_timeout = Duration::from_secs(2);
+        // Most cases test the transport; those that need an audit log set one.
+        config.dangerous().run_without_audit_log();
         tweak(&mut config);
         let running = Deployment::new(config.clone())
             .start()

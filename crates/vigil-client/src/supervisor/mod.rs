@@ -18,45 +18,6 @@ use crate::handler::run_break_commands;
 
 use crate::{ClientConfig, ClientError, Connection};
 
-/// Exponential backoff with jitter for reconnects.
-///
-/// The n-th retry (from 0) waits a random time in `[d/2, d]`, where
-/// `d = min(max, initial * 2^n)`: the delay grows fast, and a fleet of
-/// clients that lost the server at the same moment spreads out instead of
-/// coming back in one wave.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backoff {
-    /// Ceiling of the first delay.
-    pub initial: Duration,
-    /// Largest delay.
-    pub max: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff {
-            initial: Duration::from_millis(500),
-            max: Duration::from_secs(30),
-        }
-    }
-}
-
-impl Backoff {
-    /// The ceiling for retry `attempt` (from 0), before jitter.
-    pub fn ceiling(&self, attempt: u32) -> Duration {
-        let factor = 1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX);
-        self.initial.saturating_mul(factor).min(self.max)
-    }
-
-    /// The delay for retry `attempt`, drawn from `rng`.
-    pub fn delay(&self, attempt: u32, rng: &mut impl Rng) -> Duration {
-        let ceiling = self.ceiling(attempt);
-        let half = ceiling / 2;
-        let spread = u64::try_from((ceiling - half).as_millis()).unwrap_or(u64::MAX);
-        half + Duration::from_millis(rng.random_range(0..=spread))
-    }
-}
-
 /// What a [`Client`] reports while it runs.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -176,7 +137,7 @@ impl Client {
         let heartbeats = config
             .commands
             .as_ref()
-            .and_then(|c| c.heartbeat_verifier());
+            .and_then(|c| c.heartbeat_verifier().ok());
         Client {
             config,
             events,
@@ -255,15 +216,24 @@ impl Client {
     /// armed from the start: when no verified heartbeat or command arrives
     /// for its timeout, connected or not, the break commands run once; it
     /// re-arms when verified messages come back.
+    ///
+    /// A client with commands whose failsafe cannot be armed (or whose
+    /// settings were made unsafe after [`CommandSettings::new`](crate::CommandSettings::new))
+    /// does not start: it returns [`RunOutcome::NotStarted`] at once.
     pub async fn run(&self, shutdown: CancellationToken) -> RunOutcome {
         let failsafe = match &self.config.commands {
-            Some(settings) => match vigil_failsafe::spawn(settings.failsafe_timeout) {
-                Ok((handle, events)) => Some((handle, events)),
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot start the failsafe");
-                    None
+            Some(settings) => {
+                let armed = settings.check().and_then(|()| {
+                    vigil_failsafe::spawn(settings.failsafe_timeout).map_err(ClientError::Failsafe)
+                });
+                match armed {
+                    Ok((handle, events)) => Some((handle, events)),
+                    Err(e) => {
+                        tracing::error!(error = %e, "not starting: the failsafe cannot be armed");
+                        return RunOutcome::NotStarted(e);
+                    }
                 }
-            },
+            }
             None => None,
         };
         let (feed, mut failsafe_events) = match failsafe {
@@ -323,95 +293,6 @@ impl Client {
         }
         tracing::info!(?outcome, "client stopped");
         outcome
-    }
-
-    /// Runs the break commands when the failsafe fires; reports both
-    /// transitions to the server as soon as it can be reached.
-    async fn on_failsafe(&self, event: vigil_failsafe::FailsafeEvent) {
-        let Some(settings) = &self.config.commands else {
-            return;
-        };
-        let report = match event {
-            vigil_failsafe::FailsafeEvent::Fired {
-                silent_for,
-                late_by,
-            } => {
-                tracing::error!(
-                    ?silent_for,
-                    ?late_by,
-                    "FAILSAFE FIRED: no verified message from the server; running break commands"
-                );
-                let outcomes =
-                    run_break_commands(settings.handler.as_ref(), &settings.break_commands).await;
-                self.emit(ClientEvent::FailsafeFired {
-                    silent_for,
-                    outcomes: outcomes.clone(),
-                });
-                FailsafeReport {
-                    event: "fired".into(),
-                    at: now_rfc3339(),
-                    silent_ms: millis(silent_for),
-                    break_commands: outcomes,
-                }
-            }
-            vigil_failsafe::FailsafeEvent::Rearmed { outage } => {
-                tracing::warn!(?outage, "failsafe re-armed: verified messages are back");
-                self.emit(ClientEvent::FailsafeRearmed { outage });
-                FailsafeReport {
-                    event: "rearmed".into(),
-                    at: now_rfc3339(),
-                    silent_ms: millis(outage),
-                    break_commands: Vec::new(),
-                }
-            }
-        };
-        lock(&self.reports).queue.push_back(report);
-        self.flush_reports();
-    }
-
-    /// Sends the queued failsafe reports if connected, one at a time, each
-    /// kept until the server confirms it: a report written to a connection
-    /// that turns out to be dead (the path went silent, which is often why
-    /// the failsafe fired) is sent again on the next one.
-    fn flush_reports(&self) {
-        let Some(conn) = self.state().conn.clone() else {
-            return;
-        };
-        {
-            let mut reports = lock(&self.reports);
-            if reports.sending || reports.queue.is_empty() {
-                return;
-            }
-            reports.sending = true;
-        }
-        let reports = self.reports.clone();
-        tokio::spawn(async move {
-            loop {
-                let next = {
-                    let mut r = lock(&reports);
-                    let next = r.queue.front().cloned();
-                    if next.is_none() {
-                        r.sending = false;
-                    }
-                    next
-                };
-                let Some(report) = next else {
-                    return;
-                };
-                let sent = conn.request(ClientRequest::FailsafeReport(report)).await;
-                let mut r = lock(&reports);
-                match sent {
-                    Ok(_) => {
-                        r.queue.pop_front();
-                    }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "failsafe report not confirmed; kept for the next connection");
-                        r.sending = false;
-                        return;
-                    }
-                }
-            }
-        });
     }
 
     /// One connection, from connect to its end. Resets `attempt` once the
@@ -554,268 +435,7 @@ impl Client {
         state.trusted.clear();
         end
     }
-
-    fn on_heartbeat(
-        &self,
-        body: &serde_json::Map<String, serde_json::Value>,
-        feed: Option<&FailsafeHandle>,
-    ) {
-        let mut state = self.state();
-        let Some(verifier) = state.heartbeats.as_mut() else {
-            tracing::debug!("heartbeat ignored: no heartbeat key configured");
-            return;
-        };
-        match check_heartbeat(verifier, body, SystemTime::now()) {
-            Ok(()) => {
-                if let Some(feed) = feed {
-                    feed.feed();
-                }
-            }
-            Err(reason) => {
-                drop(state);
-                tracing::warn!(%reason, "heartbeat refused; the failsafe is not fed");
-                self.emit(ClientEvent::HeartbeatRefused { reason });
-            }
-        }
-    }
-
-    /// Handles one emergency command (`SHUTDOWN_NOW`), which never waits
-    /// behind other commands. Returns its id if it was authorized (after
-    /// its break commands ran).
-    async fn on_urgent(
-        &self,
-        conn: &Arc<Connection>,
-        reference: &str,
-        body: &serde_json::Map<String, serde_json::Value>,
-        feed: Option<&FailsafeHandle>,
-    ) -> Option<String> {
-        let worker = Worker {
-            settings: self.config.commands.clone(),
-            conn: conn.clone(),
-            feed: feed.cloned(),
-            events: self.events.clone(),
-        };
-        let Some(settings) = &worker.settings else {
-            worker.refuse(reference, disabled(body)).await;
-            return None;
-        };
-        let verdict = check(settings, vec![body.clone()]).await.pop();
-        let accepted = match verdict {
-            Some(Ok(accepted)) => accepted,
-            Some(Err(refused)) => {
-                worker.refuse(reference, refused).await;
-                return None;
-            }
-            None => return None,
-        };
-        worker.accepted(&accepted);
-        let cmd = accepted.command;
-        if cmd.command_type != vigil_command::EMERGENCY_TYPE {
-            // Only a SHUTDOWN_NOW comes this way; anything else runs as usual.
-            worker.spawn_run(settings, reference.to_owned(), cmd, None);
-            return None;
-        }
-        tracing::error!(command_id = %cmd.command_id, reason = ?cmd.reason, "SHUTDOWN_NOW: running break commands, then exiting");
-        let outcomes =
-            run_break_commands(settings.handler.as_ref(), &settings.break_commands).await;
-        let ack = Ack {
-            command_id: Some(cmd.command_id.clone()),
-            status: AckStatus::Done,
-            code: None,
-            detail: "shutting down".into(),
-            result: Some(serde_json::json!({ "shutdown": true, "break_commands": outcomes })),
-        };
-        let _ = conn.send_ack(ack, reference).await;
-        self.emit(ClientEvent::ShutdownRequested {
-            command_id: cmd.command_id.clone(),
-        });
-        // Give the acknowledgement a moment to leave.
-        let _ = tokio::time::timeout(Duration::from_secs(1), conn.flush()).await;
-        Some(cmd.command_id)
-    }
 }
-
-/// Closes a connection when dropped.
-struct CloseOnDrop(Arc<Connection>);
-
-impl Drop for CloseOnDrop {
-    fn drop(&mut self) {
-        self.0.close();
-    }
-}
-
-/// Checks `cmd:exec` payloads on a blocking thread (verifying records
-/// their ids in the replay guard, synced to disk: a slow disk must hold up
-/// neither heartbeats nor the failsafe), one answer each.
-async fn check(
-    settings: &crate::CommandSettings,
-    bodies: Vec<serde_json::Map<String, serde_json::Value>>,
-) -> Vec<Result<Accepted, Refused>> {
-    let verifier = settings.verifier.clone();
-    let n = bodies.len();
-    let shared = Arc::new(bodies);
-    let checked = {
-        let bodies = shared.clone();
-        tokio::task::spawn_blocking(move || check_commands(&verifier, &bodies, SystemTime::now()))
-            .await
-    };
-    checked.unwrap_or_else(|e| {
-        (0..n)
-            .map(|i| {
-                Err(Refused::of(
-                    &shared[i],
-                    "internal",
-                    format!("command check failed: {e}"),
-                ))
-            })
-            .collect()
-    })
-}
-
-/// Takes the commands of one connection in order, checks them in batches
-/// (one sync of the replay guard for each) and runs them, at most
-/// [`MAX_RUNNING_COMMANDS`] at once: the 17th waits for a slot instead of
-/// being refused. The queue in front of it is bounded by the connection
-/// ([`crate::COMMAND_QUEUE`], past which the connection answers `busy`).
-struct Worker {
-    settings: Option<crate::CommandSettings>,
-    conn: Arc<Connection>,
-    feed: Option<FailsafeHandle>,
-    events: broadcast::Sender<ClientEvent>,
-}
-
-impl Worker {
-    async fn run(self, mut commands: tokio::sync::mpsc::Receiver<crate::PushedBody>) {
-        let running = Arc::new(tokio::sync::Semaphore::new(MAX_RUNNING_COMMANDS));
-        loop {
-            let Some(first) = commands.recv().await else {
-                return;
-            };
-            let mut batch = vec![first];
-            while batch.len() < CHECK_BATCH {
-                match commands.try_recv() {
-                    Ok(next) => batch.push(next),
-                    Err(_) => break,
-                }
-            }
-            if self.conn.is_closed() {
-                // Not checked, so not spent: the server learns it was not
-                // delivered, and it can be sent again.
-                return;
-            }
-            let Some(settings) = &self.settings else {
-                for (reference, body) in batch {
-                    self.refuse(&reference, disabled(&body)).await;
-                }
-                continue;
-            };
-            let bodies: Vec<_> = batch.iter().map(|(_, b)| b.clone()).collect();
-            let verdicts = check(settings, bodies).await;
-            for ((reference, _), verdict) in batch.into_iter().zip(verdicts) {
-                match verdict {
-                    Ok(accepted) => {
-                        self.accepted(&accepted);
-                        // Checked, so spent: it runs, once a slot is free.
-                        let Ok(permit) = running.clone().acquire_owned().await else {
-                            return;
-                        };
-                        self.spawn_run(settings, reference, accepted.command, Some(permit));
-                    }
-                    Err(refused) => self.refuse(&reference, refused).await,
-                }
-            }
-        }
-    }
-
-    /// Acknowledges a refusal, logs it and reports it.
-    async fn refuse(&self, reference: &str, refused: Refused) {
-        tracing::warn!(
-            command_id = ?refused.command_id, code = %refused.code, detail = ?refused.detail,
-            "command refused"
-        );
-        let _ = self.conn.send_ack(refused.ack(), reference).await;
-        let _ = self.events.send(ClientEvent::CommandRefused {
-            command_id: refused.command_id,
-            code: refused.code,
-            detail: refused.detail,
-        });
-    }
-
-    /// Feeds the failsafe and logs a verified command.
-    fn accepted(&self, accepted: &Accepted) {
-        if let Some(feed) = &self.feed {
-            feed.feed();
-        }
-        let cmd = &accepted.command;
-        tracing::info!(
-            command_id = %cmd.command_id, command_type = %cmd.command_type, authority = %accepted.authority,
-            command = ?cmd.command, reason = ?cmd.reason,
-            "verified command"
-        );
-    }
-
-    /// Runs a verified command on a task of its own that holds `permit`,
-    /// and acknowledges the outcome.
-    fn spawn_run(
-        &self,
-        settings: &crate::CommandSettings,
-        reference: String,
-        cmd: vigil_command::SignedCommand,
-        permit: Option<tokio::sync::OwnedSemaphorePermit>,
-    ) {
-        let name = cmd.command.clone().unwrap_or_default();
-        let args = cmd.args.clone().unwrap_or(serde_json::Value::Null);
-        let handler = settings.handler.clone();
-        let timeout = settings.command_timeout;
-        let conn = self.conn.clone();
-        let events = self.events.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let outcome = tokio::time::timeout(timeout, handler.execute(&name, &args)).await;
-            let ack = match outcome {
-                Ok(Ok(result)) => Ack {
-                    command_id: Some(cmd.command_id.clone()),
-                    status: AckStatus::Done,
-                    code: None,
-                    detail: String::new(),
-                    result: Some(result),
-                },
-                Ok(Err(e)) => Ack {
-                    command_id: Some(cmd.command_id.clone()),
-                    status: AckStatus::Failed,
-                    code: None,
-                    detail: e,
-                    result: None,
-                },
-                Err(_) => Ack {
-                    command_id: Some(cmd.command_id.clone()),
-                    status: AckStatus::Failed,
-                    code: Some("timeout".into()),
-                    detail: format!("command ran past its {timeout:?} timeout"),
-                    result: None,
-                },
-            };
-            tracing::info!(command_id = %cmd.command_id, command = %name, status = ?ack.status, "command ran");
-            let _ = events.send(ClientEvent::CommandRan(ack.clone()));
-            let _ = conn.send_ack(ack, &reference).await;
-        });
-    }
-}
-
-/// Most commands checked together (one sync of the replay guard).
-const CHECK_BATCH: usize = 64;
-
-/// The refusal of a client that takes no commands.
-fn disabled(body: &serde_json::Map<String, serde_json::Value>) -> Refused {
-    Refused::of(
-        body,
-        "commands_disabled",
-        "this client takes no commands (no authorities configured)".into(),
-    )
-}
-
-/// How many verified commands run at once on one connection.
-const MAX_RUNNING_COMMANDS: usize = 16;
 
 /// How a connection ended.
 enum SessionEnd {
@@ -824,7 +444,7 @@ enum SessionEnd {
 }
 
 /// Why [`Client::run`] returned.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum RunOutcome {
     /// The shutdown token was cancelled.
@@ -834,6 +454,9 @@ pub enum RunOutcome {
         /// The command's id.
         command_id: String,
     },
+    /// The client did not start: with command settings, it runs only with
+    /// its failsafe armed.
+    NotStarted(ClientError),
 }
 
 fn millis(d: Duration) -> u64 {
@@ -850,29 +473,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use rand::SeedableRng;
+mod backoff;
+mod failsafe;
+mod worker;
 
-    #[test]
-    fn delays_grow_stay_bounded_and_spread() {
-        let b = Backoff {
-            initial: Duration::from_millis(100),
-            max: Duration::from_secs(5),
-        };
-        assert_eq!(b.ceiling(0), Duration::from_millis(100));
-        assert_eq!(b.ceiling(3), Duration::from_millis(800));
-        assert_eq!(b.ceiling(10), Duration::from_secs(5));
-        assert_eq!(b.ceiling(u32::MAX), Duration::from_secs(5));
-        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        let delays: Vec<Duration> = (0..200).map(|_| b.delay(6, &mut rng)).collect();
-        assert!(
-            delays
-                .iter()
-                .all(|d| *d >= Duration::from_millis(2500) && *d <= Duration::from_secs(5))
-        );
-        let distinct: std::collections::HashSet<_> = delays.iter().collect();
-        assert!(distinct.len() > 100, "jitter spreads retries");
-    }
-}
+pub use backoff::Backoff;
+use worker::{CloseOnDrop, Worker, check, disabled};

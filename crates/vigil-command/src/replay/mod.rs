@@ -1,29 +1,21 @@
 //! The replay guard: each command id is accepted once, across restarts.
-//! See [`ReplayGuard`].
+//! See [`ReplayGuard`]; the decisions are [`ReplaySet`]'s, which does no
+//! I/O.
 
-use std::collections::HashMap;
+mod set;
+
 use std::fs::{self, File, OpenOptions};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::SystemTime;
 
-use serde::{Deserialize, Serialize};
-
 use crate::Refusal;
-use crate::timestamp::system_time_nanos;
+pub use set::{DEFAULT_CAPACITY, ReplayPlan, ReplaySet};
+use set::{HEADER, MAX_ID_LEN};
 
-/// The first line of a replay file.
-const HEADER: &str = "vigil-replay-v1";
-/// Default most live ids remembered at once for one owner (one authority
-/// key).
-pub const DEFAULT_CAPACITY: usize = 100_000;
-/// Longest command id recorded, in bytes.
-const MAX_ID_LEN: usize = 1024;
 /// Largest replay file opened.
 const MAX_FILE_BYTES: u64 = 256 * 1024 * 1024;
-/// Expired ids are dropped from memory at most this often (in `now` time).
-const PRUNE_EVERY_US: i64 = 30 * 1_000_000;
 /// The file is compacted only once it holds at least this many records.
 const COMPACT_MIN_RECORDS: usize = 1024;
 
@@ -102,17 +94,6 @@ impl From<ReplayError> for Refusal {
     }
 }
 
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Record {
-    id: String,
-    forget_after_us: i64,
-    /// Whose share it takes; absent (older files, [`ReplayGuard::check_and_record`])
-    /// is the shared owner `""`.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    owner: String,
-}
-
 /// One command id to record, for [`ReplayGuard::check_and_record_many`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReplayEntry<'a> {
@@ -127,13 +108,6 @@ pub struct ReplayEntry<'a> {
     /// Never refused for capacity (an emergency shutdown): it is recorded
     /// even when its owner's share is full.
     pub uncapped: bool,
-}
-
-/// A live id: until when, and whose share it takes.
-#[derive(Debug, Clone)]
-struct Seen {
-    until_us: i64,
-    owner: Arc<str>,
 }
 
 /// Remembers accepted command ids, so that each is accepted once, also
@@ -183,15 +157,8 @@ pub struct ReplayGuard {
 
 #[derive(Debug)]
 struct Inner {
-    /// Live ids, when they may be forgotten (µs since the epoch) and whose
-    /// share they take.
-    seen: HashMap<String, Seen>,
-    /// Live ids per owner.
-    per_owner: HashMap<Arc<str>, usize>,
+    set: ReplaySet,
     store: Option<Store>,
-    /// Most live ids per owner.
-    capacity: usize,
-    next_prune_us: i64,
     broken: Option<String>,
     /// Compact only once the file holds at least this many records.
     compact_min: usize,
@@ -205,27 +172,13 @@ struct Store {
     records: usize,
 }
 
-fn micros_floor(t: SystemTime) -> i64 {
-    let us = system_time_nanos(t).div_euclid(1000);
-    i64::try_from(us).unwrap_or(if us < 0 { i64::MIN } else { i64::MAX })
-}
-
-fn micros_ceil(t: SystemTime) -> i64 {
-    let ns = system_time_nanos(t);
-    let us = ns.div_euclid(1000) + i128::from(ns.rem_euclid(1000) != 0);
-    i64::try_from(us).unwrap_or(if us < 0 { i64::MIN } else { i64::MAX })
-}
-
 impl ReplayGuard {
     /// A guard that forgets everything when the process ends.
     pub fn in_memory() -> ReplayGuard {
         ReplayGuard {
             inner: Mutex::new(Inner {
-                seen: HashMap::new(),
-                per_owner: HashMap::new(),
+                set: ReplaySet::new(),
                 store: None,
-                capacity: DEFAULT_CAPACITY,
-                next_prune_us: i64::MIN,
                 broken: None,
                 compact_min: COMPACT_MIN_RECORDS,
             }),
@@ -236,9 +189,7 @@ impl ReplayGuard {
     /// expired by `now`, and rewrites the file with the live ones.
     pub fn open(path: impl Into<PathBuf>, now: SystemTime) -> Result<ReplayGuard, ReplayError> {
         let path = path.into();
-        let now_us = micros_floor(now);
-        let mut seen = HashMap::new();
-        match fs::metadata(&path) {
+        let set = match fs::metadata(&path) {
             Ok(meta) => {
                 if meta.len() > MAX_FILE_BYTES {
                     return Err(ReplayError::TooLarge {
@@ -251,9 +202,13 @@ impl ReplayGuard {
                     op: "read",
                     source,
                 })?;
-                read_records(&path, &text, now_us, &mut seen)?;
+                ReplaySet::load(&path, &text, now)?
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut set = ReplaySet::new();
+                set.prune(now);
+                set
+            }
             Err(source) => {
                 return Err(ReplayError::Io {
                     path,
@@ -261,20 +216,16 @@ impl ReplayGuard {
                     source,
                 });
             }
-        }
-        let (file, records) = rewrite(&path, &seen)?;
-        let per_owner = count_owners(&seen);
+        };
+        let (file, records) = rewrite(&path, &set)?;
         Ok(ReplayGuard {
             inner: Mutex::new(Inner {
-                seen,
-                per_owner,
+                set,
                 store: Some(Store {
                     path,
                     file,
                     records,
                 }),
-                capacity: DEFAULT_CAPACITY,
-                next_prune_us: now_us.saturating_add(PRUNE_EVERY_US),
                 broken: None,
                 compact_min: COMPACT_MIN_RECORDS,
             }),
@@ -288,7 +239,7 @@ impl ReplayGuard {
             .inner
             .into_inner()
             .unwrap_or_else(PoisonError::into_inner);
-        inner.capacity = capacity;
+        inner.set = std::mem::take(&mut inner.set).with_capacity(capacity);
         ReplayGuard {
             inner: Mutex::new(inner),
         }
@@ -326,7 +277,6 @@ impl ReplayGuard {
         entries: &[ReplayEntry<'_>],
         now: SystemTime,
     ) -> Vec<Result<(), ReplayError>> {
-        let now_us = micros_floor(now);
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(why) = &inner.broken {
             return entries
@@ -334,79 +284,14 @@ impl ReplayGuard {
                 .map(|_| Err(ReplayError::Broken(why.clone())))
                 .collect();
         }
-        if now_us >= inner.next_prune_us {
-            inner.prune(now_us);
-        }
-        let mut answers: Vec<Result<(), ReplayError>> = Vec::with_capacity(entries.len());
-        // Accepted in this call, in order; their ids in `fresh`.
-        let mut accepted: Vec<usize> = Vec::new();
-        let mut fresh: std::collections::HashSet<&str> = std::collections::HashSet::new();
-        let mut taken: HashMap<&str, usize> = HashMap::new();
-        for (i, e) in entries.iter().enumerate() {
-            if e.command_id.len() > MAX_ID_LEN {
-                answers.push(Err(ReplayError::IdTooLong {
-                    len: e.command_id.len(),
-                }));
-                continue;
-            }
-            let live = inner
-                .seen
-                .get(e.command_id)
-                .is_some_and(|s| s.until_us >= now_us);
-            if live || fresh.contains(e.command_id) {
-                answers.push(Err(ReplayError::Replayed {
-                    command_id: e.command_id.to_owned(),
-                }));
-                continue;
-            }
-            if !e.uncapped {
-                let held = |inner: &Inner| {
-                    inner.per_owner.get(e.owner).copied().unwrap_or(0)
-                        + taken.get(e.owner).copied().unwrap_or(0)
-                };
-                if held(&inner) >= inner.capacity {
-                    inner.prune(now_us);
-                }
-                if held(&inner) >= inner.capacity {
-                    answers.push(Err(ReplayError::Full {
-                        capacity: inner.capacity,
-                    }));
-                    continue;
-                }
-                *taken.entry(e.owner).or_default() += 1;
-            }
-            fresh.insert(e.command_id);
-            accepted.push(i);
-            answers.push(Ok(()));
-        }
-        if accepted.is_empty() {
-            return answers;
+        let plan = inner.set.check(entries, now);
+        if plan.accepted() == 0 {
+            return plan.answers;
         }
         if let Some(store) = &mut inner.store {
-            let mut text = String::new();
-            for e in accepted.iter().map(|&i| &entries[i]) {
-                let record = Record {
-                    id: e.command_id.to_owned(),
-                    forget_after_us: micros_ceil(e.forget_after),
-                    owner: e.owner.to_owned(),
-                };
-                match serde_json::to_string(&record) {
-                    Ok(line) => {
-                        text.push_str(&line);
-                        text.push('\n');
-                    }
-                    Err(err) => {
-                        let why = err.to_string();
-                        return entries
-                            .iter()
-                            .map(|_| Err(ReplayError::Broken(why.clone())))
-                            .collect();
-                    }
-                }
-            }
             let written = store
                 .file
-                .write_all(text.as_bytes())
+                .write_all(plan.lines.as_bytes())
                 .map_err(|source| (source, "append to"))
                 .and_then(|()| store.file.sync_data().map_err(|source| (source, "fsync")));
             if let Err((source, op)) = written {
@@ -419,47 +304,31 @@ impl ReplayGuard {
                 // would corrupt the next record. Stop until reopened.
                 let why = err.to_string();
                 inner.broken = Some(why.clone());
-                return answers
+                return plan
+                    .answers
                     .into_iter()
                     .map(|a| a.and(Err(ReplayError::Broken(why.clone()))))
                     .collect();
             }
-            store.records += accepted.len();
+            store.records += plan.accepted();
         }
-        for &i in &accepted {
-            let e = &entries[i];
-            let owner = inner.owner(e.owner);
-            *inner.per_owner.entry(owner.clone()).or_default() += 1;
-            let seen = Seen {
-                until_us: micros_ceil(e.forget_after),
-                owner,
-            };
-            if let Some(old) = inner.seen.insert(e.command_id.to_owned(), seen) {
-                // An expired entry of the same id, not yet pruned.
-                inner.forget_count(&old.owner);
-            }
-        }
-        inner.maybe_compact(now_us);
-        answers
+        inner.set.commit(entries, &plan);
+        inner.maybe_compact(now);
+        plan.answers
     }
 
     /// Whether `command_id` is remembered as accepted and not yet expired
     /// at `now`.
     pub fn contains(&self, command_id: &str, now: SystemTime) -> bool {
-        let now_us = micros_floor(now);
         let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        inner
-            .seen
-            .get(command_id)
-            .is_some_and(|s| s.until_us >= now_us)
+        inner.set.contains(command_id, now)
     }
 
     /// Forgets the ids expired at `now` and, with a file, rewrites it with
     /// the live records.
     pub fn prune(&self, now: SystemTime) -> Result<(), ReplayError> {
-        let now_us = micros_floor(now);
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        inner.prune(now_us);
+        inner.set.prune(now);
         inner.compact()
     }
 
@@ -469,7 +338,7 @@ impl ReplayGuard {
         self.inner
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .seen
+            .set
             .len()
     }
 
@@ -486,40 +355,13 @@ impl ReplayGuard {
 }
 
 impl Inner {
-    fn prune(&mut self, now_us: i64) {
-        let per_owner = &mut self.per_owner;
-        self.seen.retain(|_, s| {
-            let keep = s.until_us >= now_us;
-            if !keep && let Some(n) = per_owner.get_mut(&s.owner) {
-                *n = n.saturating_sub(1);
-            }
-            keep
-        });
-        self.per_owner.retain(|_, n| *n > 0);
-        self.next_prune_us = now_us.saturating_add(PRUNE_EVERY_US);
-    }
-
-    /// The shared name of `owner` (few owners, many ids).
-    fn owner(&self, owner: &str) -> Arc<str> {
-        match self.per_owner.get_key_value(owner) {
-            Some((name, _)) => name.clone(),
-            None => Arc::from(owner),
-        }
-    }
-
-    fn forget_count(&mut self, owner: &Arc<str>) {
-        if let Some(n) = self.per_owner.get_mut(owner) {
-            *n = n.saturating_sub(1);
-        }
-    }
-
     /// Compacts when the file holds many more records than are live. The
     /// new record is already durable in the old file, so a failure here is
     /// not the caller's: it is kept for the next call to report.
-    fn maybe_compact(&mut self, now_us: i64) {
+    fn maybe_compact(&mut self, now: SystemTime) {
         let Some(store) = &self.store else { return };
-        if store.records >= self.compact_min && store.records > 2 * self.seen.len() {
-            self.prune(now_us);
+        if store.records >= self.compact_min && store.records > 2 * self.set.len() {
+            self.set.prune(now);
             // A failure before the rename leaves the old file in use; one
             // after it marks the guard broken (see `compact`).
             let _ = self.compact();
@@ -533,7 +375,7 @@ impl Inner {
         let Some(store) = &mut self.store else {
             return Ok(());
         };
-        match rewrite(&store.path, &self.seen) {
+        match rewrite(&store.path, &self.set) {
             Ok((file, records)) => {
                 store.file = file;
                 store.records = records;
@@ -551,48 +393,6 @@ impl Inner {
     }
 }
 
-/// Reads the records of a replay file into `seen`, keeping those live at
-/// `now_us`.
-fn read_records(
-    path: &Path,
-    text: &[u8],
-    now_us: i64,
-    seen: &mut HashMap<String, Seen>,
-) -> Result<(), ReplayError> {
-    let mut owners: HashMap<String, Arc<str>> = HashMap::new();
-    if text.is_empty() {
-        return Ok(());
-    }
-    let mut lines = text.split(|&b| b == b'\n');
-    if lines.next() != Some(HEADER.as_bytes()) {
-        return Err(ReplayError::NotAReplayFile {
-            path: path.to_owned(),
-        });
-    }
-    // `split` yields the text after the last newline last: empty when the
-    // file ends with a newline, a torn record otherwise. Either way, skip it.
-    let complete = text.iter().filter(|&&b| b == b'\n').count();
-    for (i, line) in lines.enumerate().take(complete.saturating_sub(1)) {
-        let record: Record = serde_json::from_slice(line).map_err(|e| ReplayError::Corrupt {
-            path: path.to_owned(),
-            line: i + 2,
-            detail: e.to_string(),
-        })?;
-        if record.forget_after_us >= now_us {
-            let owner = owners
-                .entry(record.owner)
-                .or_insert_with_key(|o| Arc::from(o.as_str()))
-                .clone();
-            let entry = seen.entry(record.id).or_insert(Seen {
-                until_us: record.forget_after_us,
-                owner,
-            });
-            entry.until_us = entry.until_us.max(record.forget_after_us);
-        }
-    }
-    Ok(())
-}
-
 enum RewriteError {
     BeforeRename(ReplayError),
     AfterRename(ReplayError),
@@ -606,19 +406,10 @@ impl From<RewriteError> for ReplayError {
     }
 }
 
-/// Live ids per owner.
-fn count_owners(seen: &HashMap<String, Seen>) -> HashMap<Arc<str>, usize> {
-    let mut counts: HashMap<Arc<str>, usize> = HashMap::new();
-    for s in seen.values() {
-        *counts.entry(s.owner.clone()).or_default() += 1;
-    }
-    counts
-}
-
-/// Writes `seen` to a temporary file next to `path`, `fsync`s it, renames
-/// it over `path`, `fsync`s the directory, and opens the result for
-/// appending.
-fn rewrite(path: &Path, seen: &HashMap<String, Seen>) -> Result<(File, usize), RewriteError> {
+/// Writes the live ids of `set` to a temporary file next to `path`,
+/// `fsync`s it, renames it over `path`, `fsync`s the directory, and opens
+/// the result for appending.
+fn rewrite(path: &Path, set: &ReplaySet) -> Result<(File, usize), RewriteError> {
     let io = |op: &'static str, p: &Path| {
         let p = p.to_owned();
         move |source| ReplayError::Io {
@@ -630,20 +421,7 @@ fn rewrite(path: &Path, seen: &HashMap<String, Seen>) -> Result<(File, usize), R
     let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
     tmp_name.push(".tmp");
     let tmp = path.with_file_name(tmp_name);
-    let mut text = String::with_capacity(HEADER.len() + 1 + seen.len() * 64);
-    text.push_str(HEADER);
-    text.push('\n');
-    for (id, s) in seen {
-        let record = Record {
-            id: id.clone(),
-            forget_after_us: s.until_us,
-            owner: s.owner.to_string(),
-        };
-        let line = serde_json::to_string(&record)
-            .map_err(|e| RewriteError::BeforeRename(ReplayError::Broken(e.to_string())))?;
-        text.push_str(&line);
-        text.push('\n');
-    }
+    let text = set.snapshot();
     let write_tmp = || -> Result<(), ReplayError> {
         let mut f = File::create(&tmp).map_err(io("create", &tmp))?;
         f.write_all(text.as_bytes()).map_err(io("write", &tmp))?;
@@ -663,7 +441,7 @@ fn rewrite(path: &Path, seen: &HashMap<String, Seen>) -> Result<(File, usize), R
         .append(true)
         .open(path)
         .map_err(|e| RewriteError::AfterRename(io("open for appending", path)(e)))?;
-    Ok((file, seen.len()))
+    Ok((file, set.len()))
 }
 
 /// `fsync`s the directory holding `path`, so that a rename or creation in

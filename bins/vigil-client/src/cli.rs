@@ -1,0 +1,126 @@
+//! The command line: flags, their `VIGIL_*` environment variables, the
+//! subcommands and the help text.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+const AFTER_HELP: &str = "\
+Precedence: command-line flags, then VIGIL_* environment variables, then the
+--config file, then the defaults shown. Relative paths in the config file are
+relative to the file's directory.
+
+The server is trusted only if its key has the --server-fingerprint given
+(the hex SHA-256 that `vigilctl fingerprint server.crt` prints). The server,
+in turn, admits this client only if its own fingerprint is in the server's
+trusted-keys.json.
+
+Commands: with --authorities, the client accepts Ed25519-signed commands
+from the keys listed there (each for the command types it lists), checks
+freshness, target and replay, runs RUN commands through the programs in the
+config file's [commands.NAME] tables, and acknowledges each with its result
+or the reason it was refused. Its failsafe runs the [[break_commands]] when
+no verified heartbeat or command arrives for --failsafe-timeout seconds.
+An authorized SHUTDOWN_NOW runs the break commands, then exits 0.
+
+Logging: VIGIL_LOG (or RUST_LOG) sets the filter, e.g. VIGIL_LOG=debug.
+
+Exit status: 0 on success, after SIGINT/SIGTERM or SHUTDOWN_NOW, 1 if a one-shot command
+failed (server unreachable, certificate refused), 2 for bad usage or
+configuration.";
+
+/// Connect to a vigil server over pinned mutual TLS.
+#[derive(Debug, Parser)]
+#[command(version, about, after_help = AFTER_HELP)]
+pub(crate) struct Cli {
+    /// TOML configuration file.
+    #[arg(long, env = "VIGIL_CONFIG", value_name = "FILE", global = true)]
+    pub(crate) config: Option<PathBuf>,
+    /// Server address [default: 127.0.0.1:8443].
+    #[arg(long, env = "VIGIL_SERVER", value_name = "HOST:PORT", global = true)]
+    pub(crate) server: Option<String>,
+    /// Client certificate, PEM [default: client.crt].
+    #[arg(long, env = "VIGIL_CERT", value_name = "FILE", global = true)]
+    pub(crate) cert: Option<PathBuf>,
+    /// Client private key, PEM [default: client.key].
+    #[arg(long, env = "VIGIL_KEY", value_name = "FILE", global = true)]
+    pub(crate) key: Option<PathBuf>,
+    /// SHA-256 fingerprint (hex) the server's key must have. Required.
+    #[arg(
+        long,
+        env = "VIGIL_SERVER_FINGERPRINT",
+        value_name = "HEX",
+        global = true
+    )]
+    pub(crate) server_fingerprint: Option<String>,
+    /// Authorities file: the Ed25519 keys whose signed commands this client
+    /// accepts, and the command types each may issue. Without it, every
+    /// command is refused and there is no failsafe.
+    #[arg(long, env = "VIGIL_AUTHORITIES", value_name = "FILE", global = true)]
+    pub(crate) authorities: Option<PathBuf>,
+    /// The server's authority public key (base64), which signs heartbeats.
+    /// Required with --authorities.
+    #[arg(
+        long,
+        env = "VIGIL_HEARTBEAT_KEY",
+        value_name = "BASE64",
+        global = true
+    )]
+    pub(crate) heartbeat_key: Option<String>,
+    /// This agent's id, matched against a command's target_agent_id
+    /// [default: this client's key fingerprint].
+    #[arg(long, env = "VIGIL_AGENT_ID", value_name = "ID", global = true)]
+    pub(crate) agent_id: Option<String>,
+    /// This agent's place in the agent tree, root first, entries separated
+    /// by `/` (e.g. fleet-a/rack-3/web-1). A command scoped by
+    /// target_tree_path runs here only if that path leads to this place
+    /// (is a prefix of it); without a tree path, every scoped command is
+    /// refused. Told to the server, which routes scoped commands by it.
+    #[arg(long, env = "VIGIL_TREE_PATH", value_name = "PATH", global = true)]
+    pub(crate) tree_path: Option<String>,
+    /// Directory for state that must survive a restart (the replay guard)
+    /// [default: vigil-client-state].
+    #[arg(long, env = "VIGIL_STATE_DIR", value_name = "DIR", global = true)]
+    pub(crate) state_dir: Option<PathBuf>,
+    /// Seconds without a verified heartbeat or command before the failsafe
+    /// runs the break commands [default: 15].
+    #[arg(
+        long,
+        env = "VIGIL_FAILSAFE_TIMEOUT",
+        value_name = "SECS",
+        global = true
+    )]
+    pub(crate) failsafe_timeout: Option<f64>,
+    /// Seconds without sending after which the client pings, so that the
+    /// server's idle timeout never closes a live client [default: 30].
+    #[arg(long, env = "VIGIL_PING_INTERVAL", value_name = "SECS", global = true)]
+    pub(crate) ping_interval: Option<f64>,
+    /// Seconds of silence from the server (no heartbeat, no answer) after
+    /// which the connection is given up and made again; it notices a path
+    /// that went silent [default: 75].
+    #[arg(
+        long,
+        env = "VIGIL_LIVENESS_TIMEOUT",
+        value_name = "SECS",
+        global = true
+    )]
+    pub(crate) liveness_timeout: Option<f64>,
+    #[command(subcommand)]
+    pub(crate) command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Stay connected: sync, follow broadcasts, reconnect with backoff (the default).
+    Run,
+    /// Connect once, list the server's modules as JSON, and exit.
+    Sync,
+    /// Connect once, verify a module's bytes, run it with ARGS, print its
+    /// result and exit (non-zero if anything fails).
+    Exec {
+        /// Module file name on the server, e.g. hello.so.
+        module: String,
+        /// Arguments, joined with spaces into the module's argument string.
+        args: Vec<String>,
+    },
+}
