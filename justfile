@@ -74,3 +74,9 @@ fuzz target="all" seconds="600":
 # API's OpenAPI description, openssl s_client against the mTLS port.
 check-external:
     xtask/external-checks.sh
+
+# Package every library crate with `cargo package`, verification included,
+# in dependency order (in a scratch copy; .crate files land in
+# target/package-check/package). See xtask/package-libs.sh.
+package:
+    xtask/package-libs.sh

@@ -4,18 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use toml::Value;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_owned()
-}
-
-fn read_toml(path: &Path) -> Value {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
+use xtask::{read_toml, root};
 
 struct Member {
     dir: String,
@@ -122,6 +111,9 @@ fn allowed_internal_deps() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("vigil-failsafe", &[][..]),
         ("vigil-audit", &[][..]),
         ("vigil-log", &[][..]),
+        // Test helpers (`support/`): generic, they know the binaries only
+        // by name and log line.
+        ("vigil-test-support", &[][..]),
         (
             "vigil-server",
             &[
@@ -157,7 +149,10 @@ fn libraries_never_depend_on_binaries_and_follow_the_crate_map() {
         .collect();
     let internal: Vec<String> = all.iter().map(|m| m.name().to_owned()).collect();
     let layering = allowed_internal_deps();
-    for m in all.iter().filter(|m| m.dir.starts_with("crates/")) {
+    for m in all
+        .iter()
+        .filter(|m| m.dir.starts_with("crates/") || m.dir.starts_with("support/"))
+    {
         for table in ["dependencies", "dev-dependencies", "build-dependencies"] {
             for dep in m.deps(table) {
                 assert!(
@@ -178,6 +173,29 @@ fn libraries_never_depend_on_binaries_and_follow_the_crate_map() {
                 assert!(
                     allowed.contains(&dep.as_str()),
                     "{}: depends on {dep}, which the crate map does not allow",
+                    m.dir
+                );
+            }
+        }
+    }
+}
+
+/// Test helpers (the members under `support/`) are dev-dependencies only:
+/// nothing that ships links them.
+#[test]
+fn test_support_is_only_a_dev_dependency() {
+    let all = members();
+    let support: Vec<String> = all
+        .iter()
+        .filter(|m| m.dir.starts_with("support/"))
+        .map(|m| m.name().to_owned())
+        .collect();
+    for m in &all {
+        for table in ["dependencies", "build-dependencies"] {
+            for dep in m.deps(table) {
+                assert!(
+                    !support.contains(&dep),
+                    "{}: {table} names the test helper {dep}; it may only be a dev-dependency",
                     m.dir
                 );
             }
@@ -455,4 +473,165 @@ fn reliability_cases_in_the_docs_are_the_tested_ones() {
         }
     }
     assert!(problems.is_empty(), "{problems:#?}");
+}
+
+/// Lines of a library source file, not counting the unit tests at its end
+/// (a trailing `#[cfg(test)]` module), past which the file must say at its
+/// top why it is one file: a `//! Long file:` line in its module docs.
+const LONG_FILE: usize = 520;
+
+/// Lines a binary's `main.rs` may have: it is glue over the libraries.
+const MAIN_RS: usize = 150;
+
+fn code_lines(text: &str) -> usize {
+    let lines: Vec<&str> = text.lines().collect();
+    lines
+        .iter()
+        .position(|l| l.starts_with("#[cfg(test)]"))
+        .unwrap_or(lines.len())
+}
+
+fn top_docs(text: &str) -> impl Iterator<Item = &str> {
+    text.lines().take_while(|l| l.starts_with("//!"))
+}
+
+#[test]
+fn long_library_files_say_why_and_main_rs_is_glue() {
+    let mut problems = Vec::new();
+    for m in members() {
+        let dir = root().join(&m.dir);
+        if m.dir.starts_with("crates/") {
+            for path in rust_files(&dir.join("src")) {
+                let text = std::fs::read_to_string(&path).expect("read");
+                let n = code_lines(&text);
+                let says_why = top_docs(&text).any(|l| l.starts_with("//! Long file:"));
+                if n > LONG_FILE && !says_why {
+                    problems.push(format!(
+                        "{}: {n} lines before its unit tests (past {LONG_FILE}): cut it along what it does, or say why not in a `//! Long file:` line at its top",
+                        path.display()
+                    ));
+                }
+            }
+        }
+        if m.dir.starts_with("bins/") {
+            let main = dir.join("src/main.rs");
+            let text = std::fs::read_to_string(&main).expect("read");
+            let n = text.lines().count();
+            if n >= MAIN_RS {
+                problems.push(format!(
+                    "{}: {n} lines; a binary's main.rs stays under {MAIN_RS} (move what it does into its modules or a library)",
+                    main.display()
+                ));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn the_size_rule_counts_code_not_unit_tests() {
+    let text = "//! Docs.\n//! Long file: a reason.\nfn a() {}\n\n#[cfg(test)]\nmod tests {}\n";
+    assert_eq!(code_lines(text), 4);
+    assert!(top_docs(text).any(|l| l.starts_with("//! Long file:")));
+    assert_eq!(code_lines("fn a() {}\n"), 1);
+}
+
+/// The code of `path` before its unit tests, without comment lines.
+fn code_of(path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).expect("read");
+    text.lines()
+        .take(code_lines(&text))
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// What pure code must not name: I/O, processes, the environment, clocks.
+const IMPURE: &[&str] = &[
+    "std::fs",
+    "std::net",
+    "std::process",
+    "std::env",
+    "tokio::net",
+    "tokio::fs",
+    "tokio::time",
+    "SystemTime::now",
+    "Instant::now",
+];
+
+/// ARCHITECTURE.md: vigil-proto does no I/O and reads no clock;
+/// vigil-command does no network I/O and reads no clock, and touches files
+/// only in the authorities loader and the replay guard's driver;
+/// vigil-failsafe's core reads no clock.
+#[test]
+fn pure_code_does_no_io_and_reads_no_clock() {
+    let mut problems = Vec::new();
+    let mut check = |path: &Path, allowed: &[&str]| {
+        for (i, line) in code_of(path).iter().enumerate() {
+            for word in IMPURE.iter().filter(|w| !allowed.contains(w)) {
+                if line.contains(word) {
+                    problems.push(format!("{}:{}: {word}: {line}", path.display(), i + 1));
+                }
+            }
+        }
+    };
+    for path in rust_files(&root().join("crates/vigil-proto/src")) {
+        check(&path, &[]);
+    }
+    for path in rust_files(&root().join("crates/vigil-command/src")) {
+        let files_allowed = path.ends_with("authority.rs") || path.ends_with("replay/mod.rs");
+        check(&path, if files_allowed { &["std::fs"] } else { &[] });
+    }
+    check(&root().join("crates/vigil-failsafe/src/core.rs"), &[]);
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    let proto = read_toml(&root().join("crates/vigil-proto/Cargo.toml"));
+    assert!(
+        proto["dependencies"].get("tokio").is_none(),
+        "vigil-proto must not depend on tokio (its codec uses tokio-util's traits only)"
+    );
+}
+
+/// ARCHITECTURE.md: only binaries read flags and environment variables;
+/// only the composition root (`vigil_server::Settings`) reads config files.
+#[test]
+fn only_binaries_read_flags_and_the_environment() {
+    // Helpers for tests and benchmarks that build module dylibs with the
+    // cargo that runs them (`CARGO`).
+    const ENV_ALLOWED: &[&str] = &["crates/vigil-modules/src/dev.rs"];
+    let mut problems = Vec::new();
+    for m in members().iter().filter(|m| m.dir.starts_with("crates/")) {
+        for path in rust_files(&root().join(&m.dir).join("src")) {
+            let rel = path.strip_prefix(root()).unwrap_or(&path).to_owned();
+            let env_ok = ENV_ALLOWED.iter().any(|a| rel == Path::new(a));
+            let in_root = rel.starts_with("crates/vigil-server/src/deployment");
+            for (i, line) in code_of(&path).iter().enumerate() {
+                let env = ["env::var", "env::args", "clap::Parser"]
+                    .iter()
+                    .any(|w| line.contains(w));
+                if env && !env_ok {
+                    problems.push(format!("{}:{}: {line}", rel.display(), i + 1));
+                }
+                if line.contains("toml::") && !in_root {
+                    problems.push(format!("{}:{}: {line}", rel.display(), i + 1));
+                }
+                // Flags and variables only as `Settings`' `cli` derive.
+                if line.contains("env = \"VIGIL_") && !in_root {
+                    problems.push(format!("{}:{}: {line}", rel.display(), i + 1));
+                }
+            }
+        }
+        if let Some(clap) = m.manifest["dependencies"].get("clap") {
+            assert!(
+                m.name() == "vigil-server"
+                    && clap.get("optional").and_then(Value::as_bool) == Some(true),
+                "{}: a library depends on clap only as vigil-server's optional `cli` feature",
+                m.dir
+            );
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "libraries read flags, the environment or config files:\n{}",
+        problems.join("\n")
+    );
 }

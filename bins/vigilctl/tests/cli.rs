@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{ServerProcess, Watched, bin, free_port, init, lines_in, run, wait_lines};
+use common::{START, Server, bin, free_port, init, lines_in, run, start_server, wait_lines};
+use vigil_test_support::process::{Proc, Signal};
 
 #[test]
 fn help_explains_every_binary() {
@@ -108,8 +109,7 @@ fn every_vigilctl_subcommand_explains_itself() {
 #[test]
 fn init_then_server_and_client_binaries_work_together() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let report = init(dir.path(), port);
+    let report = init(dir.path());
     assert!(report.contains("vigil-server --config"), "{report}");
 
     // `vigilctl fingerprint` agrees with the trust file init wrote.
@@ -123,13 +123,7 @@ fn init_then_server_and_client_binaries_work_together() {
     let trust = std::fs::read_to_string(dir.path().join("trusted-keys.json")).expect("trust");
     assert!(trust.contains(&fp), "{trust} lacks {fp}");
 
-    let server = ServerProcess::start(
-        &[
-            "--config",
-            dir.path().join("server.toml").to_str().expect("utf8"),
-        ],
-        &[],
-    );
+    let server = start_server(dir.path(), &[]);
     let out = run(Command::new(bin("vigil-client"))
         .args([
             "--config",
@@ -141,7 +135,7 @@ fn init_then_server_and_client_binaries_work_together() {
 
     // A client with an unknown key is told clearly, and exits 1.
     let other = tempfile::tempdir().expect("tempdir");
-    init(other.path(), port);
+    init(other.path());
     let out = run(Command::new(bin("vigil-client"))
         .args([
             "--config",
@@ -198,14 +192,21 @@ fn init_then_server_and_client_binaries_work_together() {
 #[test]
 fn flags_override_environment_which_overrides_the_config_file() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let file_port = free_port();
-    init(dir.path(), file_port);
+    // The file says port 0 (init). The environment's and the flag's ports
+    // must be named before the server starts, as the test is which one it
+    // binds: free ports found beforehand (racy, see `free_port`).
+    init(dir.path());
     let (env_port, flag_port) = (free_port(), free_port());
     let config = dir.path().join("server.toml");
     let config = config.to_str().expect("utf8");
 
     let env_port_s = env_port.to_string();
-    let server = ServerProcess::start(&["--config", config], &[("VIGIL_PORT", &env_port_s)]);
+    let server = Server::start(
+        Command::new(bin("vigil-server"))
+            .args(["--config", config])
+            .env("VIGIL_PORT", &env_port_s),
+        "server",
+    );
     assert!(
         std::net::TcpStream::connect(("127.0.0.1", env_port)).is_ok(),
         "env beats file"
@@ -213,9 +214,11 @@ fn flags_override_environment_which_overrides_the_config_file() {
     drop(server);
 
     let flag_port_s = flag_port.to_string();
-    let server = ServerProcess::start(
-        &["--config", config, "--port", &flag_port_s],
-        &[("VIGIL_PORT", &env_port_s)],
+    let server = Server::start(
+        Command::new(bin("vigil-server"))
+            .args(["--config", config, "--port", &flag_port_s])
+            .env("VIGIL_PORT", &env_port_s),
+        "server",
     );
     assert!(
         std::net::TcpStream::connect(("127.0.0.1", flag_port)).is_ok(),
@@ -227,7 +230,7 @@ fn flags_override_environment_which_overrides_the_config_file() {
 #[test]
 fn bad_identity_files_exit_2_naming_the_file() {
     let dir = tempfile::tempdir().expect("tempdir");
-    init(dir.path(), free_port());
+    init(dir.path());
     let d = dir.path();
     let garbage = d.join("garbage.pem");
     std::fs::write(&garbage, "not a pem\n").expect("write");
@@ -287,8 +290,7 @@ fn bad_identity_files_exit_2_naming_the_file() {
 fn openssl_made_server_certificate_works_like_a_vigilctl_one() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    let port = free_port();
-    init(d, port);
+    init(d);
     let made = Command::new("openssl")
         .args([
             "req",
@@ -318,19 +320,14 @@ fn openssl_made_server_certificate_works_like_a_vigilctl_one() {
         .expect("utf8")
         .trim()
         .to_owned();
-    let port_s = port.to_string();
-    let server = ServerProcess::start(
+    let server = start_server(
+        d,
         &[
-            "--config",
-            d.join("server.toml").to_str().expect("utf8"),
             "--cert",
             d.join("ossl.crt").to_str().expect("utf8"),
             "--key",
             d.join("ossl.key").to_str().expect("utf8"),
-            "--port",
-            &port_s,
         ],
-        &[],
     );
     let out = run(Command::new(bin("vigil-client"))
         .args(["--config", d.join("client.toml").to_str().expect("utf8")])
@@ -353,8 +350,7 @@ fn demo_runs_and_exits_zero() {
 fn the_failsafe_fires_when_the_server_is_stopped_or_killed_and_rearms_in_between() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    let port = free_port();
-    init(d, port);
+    init(d);
     let fired = d.join("fired.log");
     // A break command that leaves a trace: one line per firing.
     let mut client_toml = std::fs::read_to_string(d.join("client.toml")).expect("read");
@@ -364,49 +360,37 @@ fn the_failsafe_fires_when_the_server_is_stopped_or_killed_and_rearms_in_between
         "[commands.mark]\nprogram = \"echo fired >> \\\"$VIGIL_MARK\\\"\"\nshell = true\n\n[[break_commands]]\ncommand = \"mark\"",
     );
     std::fs::write(d.join("client.toml"), &client_toml).expect("write");
-    let server_toml = d.join("server.toml");
-    let server_args = [
-        "--config",
-        server_toml.to_str().expect("utf8"),
-        "--heartbeat-interval",
-        "0.25",
-    ];
-    let server = Watched::spawn(
-        Command::new(bin("vigil-server")).args(server_args),
-        "server",
-    );
-    server.wait_for("vigil server listening", 1, Duration::from_secs(20));
-    let client = Watched::spawn(
+    let server = start_server(d, &["--heartbeat-interval", "0.25"]);
+    let client = Proc::spawn(
         Command::new(bin("vigil-client"))
             .args(["--config", d.join("client.toml").to_str().expect("utf8")])
             .env("VIGIL_MARK", &fired),
         "client",
     );
-    client.wait_for("server modules synced", 1, Duration::from_secs(20));
+    client.wait_for("server modules synced", 1, START);
 
     // Heartbeats flow: nothing fires over several timeouts.
     std::thread::sleep(Duration::from_millis(3000));
     assert_eq!(lines_in(&fired), 0, "fired while heartbeats flowed");
 
     // SIGSTOP: the TCP connection stays open and silent.
-    server.signal("-STOP");
+    server.proc.signal(Signal::STOP);
     wait_lines(&fired, 1, Duration::from_secs(15));
-    server.signal("-CONT");
+    server.proc.signal(Signal::CONT);
     client.wait_for("failsafe re-armed", 1, Duration::from_secs(15));
 
     // SIGKILL: the server is gone without a word.
-    server.signal("-KILL");
+    server.proc.signal(Signal::KILL);
     wait_lines(&fired, 2, Duration::from_secs(15));
+    let port = server.addr.port().to_string();
     drop(server);
 
-    // A new server process: the client reconnects and re-arms again.
-    let server = Watched::spawn(
-        Command::new(bin("vigil-server")).args(server_args),
-        "server2",
-    );
-    server.wait_for("vigil server listening", 1, Duration::from_secs(20));
+    // A new server process: the client reconnects and re-arms again. On
+    // the port the first one bound, not on port 0: the running client
+    // reconnects to the address in its config.
+    let server = start_server(d, &["--heartbeat-interval", "0.25", "--port", &port]);
     client.wait_for("failsafe re-armed", 2, Duration::from_secs(20));
-    server.wait_for(
+    server.proc.wait_for(
         "client reports a failsafe transition",
         2,
         Duration::from_secs(20),

@@ -13,9 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
-use common::{
-    add_to_client_toml, api_url, free_port, init, run, start_client, start_server, vigilctl,
-};
+use common::{Server, add_to_client_toml, init, run, start_client, start_server, vigilctl};
 use serde_json::{Value, json};
 
 fn stdout_json(out: &Output) -> Value {
@@ -31,11 +29,12 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// `vigilctl ARGS --api URL --data-dir DIR/server-data`.
-fn ctl(dir: &Path, args: &[&str]) -> Output {
+/// `vigilctl ARGS --api URL --data-dir DIR/server-data`, for the server
+/// of the init directory `dir`.
+fn ctl(server: &Server, dir: &Path, args: &[&str]) -> Output {
     run(vigilctl()
         .args(args)
-        .args(["--api", &api_url(dir)])
+        .args(["--api", &server.api_url()])
         .arg("--data-dir")
         .arg(dir.join("server-data")))
 }
@@ -57,18 +56,18 @@ fn only_result(answer: &Value) -> &Value {
 fn send_sign_relay_and_the_listings_work_against_a_running_server() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    init(d, free_port());
+    init(d);
     add_to_client_toml(
         d,
         "[commands.greet]\nprogram = \"echo\"\nargs = [\"hello from the client\"]\n\n\
          [commands.show_args]\nprogram = 'printf %s \"$VIGIL_ARGS\"'\nshell = true\n",
     );
-    let _server = start_server(d, &[]);
+    let server = start_server(d, &[]);
     let _client = start_client(d, &[]);
     let fp = client_fingerprint(d);
 
     // `send --wait` returns what the client's handler returned.
-    let out = ctl(d, &["send", "greet", "--wait", "10"]);
+    let out = ctl(&server, d, &["send", "greet", "--wait", "10"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let answer = stdout_json(&out);
     let result = only_result(&answer);
@@ -82,6 +81,7 @@ fn send_sign_relay_and_the_listings_work_against_a_running_server() {
 
     // Args reach the program as JSON; --client picks the client.
     let out = ctl(
+        &server,
         d,
         &[
             "send",
@@ -102,7 +102,7 @@ fn send_sign_relay_and_the_listings_work_against_a_running_server() {
     );
 
     // Without --wait: 202 and where it went.
-    let out = ctl(d, &["send", "greet"]);
+    let out = ctl(&server, d, &["send", "greet"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let answer = stdout_json(&out);
     assert_eq!(answer["status"], "sent");
@@ -110,13 +110,19 @@ fn send_sign_relay_and_the_listings_work_against_a_running_server() {
 
     // A command the client has no program for: it answers `failed`, and
     // `send --wait` exits 1 saying so.
-    let out = ctl(d, &["send", "nope", "--wait", "10"]);
+    let out = ctl(&server, d, &["send", "nope", "--wait", "10"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("failed"), "{}", stderr(&out));
 
     // A wrong token: exit 1 with the server's 401 detail.
     let out = run(vigilctl()
-        .args(["clients", "--api", &api_url(d), "--token", "not-the-token"])
+        .args([
+            "clients",
+            "--api",
+            &server.api_url(),
+            "--token",
+            "not-the-token",
+        ])
         .env("VIGIL_API_TOKEN", "also-wrong"));
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
@@ -127,7 +133,7 @@ fn send_sign_relay_and_the_listings_work_against_a_running_server() {
     // No token anywhere: exit 1, saying where it looked, before any request.
     let out = run(vigilctl()
         .current_dir(d)
-        .args(["send", "greet", "--api", &api_url(d)]));
+        .args(["send", "greet", "--api", &server.api_url()]));
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     for needle in [
@@ -143,19 +149,19 @@ fn send_sign_relay_and_the_listings_work_against_a_running_server() {
     let token = std::fs::read_to_string(d.join("server-data/api-token")).expect("token");
     let out = run(vigilctl()
         .arg("clients")
-        .env("VIGIL_API", api_url(d))
+        .env("VIGIL_API", server.api_url())
         .env("VIGIL_API_TOKEN", token.trim()));
     assert!(out.status.success(), "{}", stderr(&out));
     let out = run(vigilctl()
         .args(["clients", "--token-file"])
         .arg(d.join("server-data/api-token"))
         .env("VIGIL_API", "http://127.0.0.1:9")
-        .args(["--api", &api_url(d)])
+        .args(["--api", &server.api_url()])
         .env("VIGIL_API_TOKEN", "wrong"));
     assert!(out.status.success(), "{}", stderr(&out));
 
     // Unknown client: the server's 404 detail.
-    let out = ctl(d, &["send", "greet", "--client", &"ab".repeat(32)]);
+    let out = ctl(&server, d, &["send", "greet", "--client", &"ab".repeat(32)]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains("no connected agent"),
@@ -180,6 +186,7 @@ fn send_sign_relay_and_the_listings_work_against_a_running_server() {
     let signed_id = signed["command_id"].as_str().expect("id").to_owned();
     std::fs::write(d.join("cmd.json"), &out.stdout).expect("write");
     let out = ctl(
+        &server,
         d,
         &[
             "relay",
@@ -195,7 +202,11 @@ fn send_sign_relay_and_the_listings_work_against_a_running_server() {
     assert_eq!(result["status"], "done", "{answer}");
     assert_eq!(result["result"], json!({"relayed": true}));
     // The same command again is a replay: 409.
-    let out = ctl(d, &["relay", d.join("cmd.json").to_str().expect("utf8")]);
+    let out = ctl(
+        &server,
+        d,
+        &["relay", d.join("cmd.json").to_str().expect("utf8")],
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains("409") && stderr(&out).contains("already accepted"),
@@ -230,7 +241,7 @@ fn send_sign_relay_and_the_listings_work_against_a_running_server() {
             "--wait",
             "10",
             "--api",
-            &api_url(d),
+            &server.api_url(),
             "--data-dir",
         ])
         .arg(d.join("server-data"))
@@ -256,26 +267,30 @@ fn send_sign_relay_and_the_listings_work_against_a_running_server() {
     forged["args"] = json!({"relayed": "forged"});
     forged["command_id"] = json!("cmd_forged");
     std::fs::write(d.join("forged.json"), forged.to_string()).expect("write");
-    let out = ctl(d, &["relay", d.join("forged.json").to_str().expect("utf8")]);
+    let out = ctl(
+        &server,
+        d,
+        &["relay", d.join("forged.json").to_str().expect("utf8")],
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("403"), "{}", stderr(&out));
 
     // The listings.
-    let out = ctl(d, &["clients"]);
+    let out = ctl(&server, d, &["clients"]);
     assert!(out.status.success());
     let clients = stdout_json(&out);
     assert_eq!(clients["clients"][0]["client_id"], fp.as_str(), "{clients}");
-    let out = ctl(d, &["modules"]);
+    let out = ctl(&server, d, &["modules"]);
     assert!(out.status.success());
     assert_eq!(stdout_json(&out), json!({"modules": []}));
-    let out = ctl(d, &["command", &sent_id]);
+    let out = ctl(&server, d, &["command", &sent_id]);
     assert!(out.status.success());
     let record = stdout_json(&out);
     assert_eq!(record["via"], "send");
     assert_eq!(record["targets"][fp.as_str()]["status"], "done", "{record}");
-    let out = ctl(d, &["command", &signed_id]);
+    let out = ctl(&server, d, &["command", &signed_id]);
     assert_eq!(stdout_json(&out)["via"], "relay");
-    let out = ctl(d, &["command", "cmd_never_sent"]);
+    let out = ctl(&server, d, &["command", "cmd_never_sent"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("404"), "{}", stderr(&out));
 
@@ -299,7 +314,7 @@ struct RawClient {
 }
 
 impl RawClient {
-    fn connect(dir: &Path, port: u16) -> RawClient {
+    fn connect(dir: &Path, server_addr: std::net::SocketAddr) -> RawClient {
         use tokio_rustls::rustls;
         let identity = vigil_auth::Identity::load(&dir.join("client.crt"), &dir.join("client.key"))
             .expect("client identity");
@@ -309,7 +324,7 @@ impl RawClient {
         let config = vigil_auth::client_config(&identity, server).expect("config");
         let name = rustls::pki_types::ServerName::try_from("vigil-server").expect("name");
         let conn = rustls::ClientConnection::new(config, name).expect("tls");
-        let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let tcp = std::net::TcpStream::connect(server_addr).expect("connect");
         // A guard against hanging forever, not a timing check.
         tcp.set_read_timeout(Some(Duration::from_secs(30)))
             .expect("timeout");
@@ -348,10 +363,9 @@ impl RawClient {
 fn a_relayed_command_reaches_the_client_byte_for_byte() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    let port = free_port();
-    init(d, port);
-    let _server = start_server(d, &[]);
-    let mut raw = RawClient::connect(d, port);
+    init(d);
+    let server = start_server(d, &[]);
+    let mut raw = RawClient::connect(d, server.addr);
 
     let sign = || {
         let out = run(vigilctl()
@@ -384,7 +398,7 @@ fn a_relayed_command_reaches_the_client_byte_for_byte() {
         let out = run(vigilctl()
             .arg("relay")
             .arg(&file)
-            .args(["--api", &api_url(d), "--data-dir"])
+            .args(["--api", &server.api_url(), "--data-dir"])
             .arg(d.join("server-data")));
         assert!(out.status.success(), "{name}: {}", stderr(&out));
         let frame = raw.next_frame(|l| l.starts_with("cmd:exec:"));
@@ -415,11 +429,11 @@ fn python_with_cryptography() -> bool {
 }
 
 /// Runs the CIRIS client script for one case; returns its answers.
-fn ciris(dir: &Path, key_file: &Path, case: &str, target: Option<&str>) -> Vec<Value> {
+fn ciris(server: &Server, key_file: &Path, case: &str, target: Option<&str>) -> Vec<Value> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/ciris_client.py");
     let mut cmd = Command::new("python3");
     cmd.arg(script)
-        .arg(api_url(dir))
+        .arg(server.api_url())
         .arg(key_file)
         .arg("wa_authority_001")
         .arg(case);
@@ -471,7 +485,7 @@ fn a_ciris_client_in_python_gets_every_status_of_the_table() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    init(d, free_port());
+    init(d);
     // A CIRIS authority key, enrolled for SHUTDOWN_NOW with the server (which
     // obeys it) and the client (which verifies it again when relayed).
     let key = vigil_command::generate_signing_key().expect("key");
@@ -507,7 +521,7 @@ fn a_ciris_client_in_python_gets_every_status_of_the_table() {
     let fp = client_fingerprint(d);
 
     // GET /emergency/test, with the document's fields.
-    let answers = ciris(d, &key_file, "test", None);
+    let answers = ciris(&server, &key_file, "test", None);
     let (status, body) = one(&answers);
     assert_eq!(status, 200);
     assert_eq!(body["status"], "ok");
@@ -538,7 +552,7 @@ fn a_ciris_client_in_python_gets_every_status_of_the_table() {
         ("bad_signature_unknown_key", 403, Some("Invalid signature")),
         ("unknown_key", 403, Some("Unauthorized public key")),
     ] {
-        let answers = ciris(d, &key_file, case, Some(agent));
+        let answers = ciris(&server, &key_file, case, Some(agent));
         let (status, body) = one(&answers);
         assert_eq!(status, want, "{case}: {body}");
         assert!(body["detail"].is_string(), "{case}: {body}");
@@ -547,13 +561,13 @@ fn a_ciris_client_in_python_gets_every_status_of_the_table() {
         }
     }
     // A target that is neither the server nor a connected client.
-    let answers = ciris(d, &key_file, "valid", Some("nobody"));
+    let answers = ciris(&server, &key_file, "valid", Some("nobody"));
     assert_eq!(one(&answers).0, 404);
 
     // Aimed at the connected client: 200, relayed to it (it verifies it
     // again, runs its break commands and exits), the server stays up. The
     // same command again is a replay: 409.
-    let answers = ciris(d, &key_file, "replay", Some(&fp));
+    let answers = ciris(&server, &key_file, "replay", Some(&fp));
     assert_eq!(answers.len(), 2);
     assert_eq!(answers[0]["status"], 200, "{answers:?}");
     let body = &answers[0]["body"];
@@ -566,13 +580,13 @@ fn a_ciris_client_in_python_gets_every_status_of_the_table() {
 
     // Aimed at the server's own agent id (issued_at written with a "Z"):
     // 200 once it has stopped, and it exits cleanly.
-    let answers = ciris(d, &key_file, "valid_z", Some(agent));
+    let answers = ciris(&server, &key_file, "valid_z", Some(agent));
     let (status, body) = one(&answers);
     assert_eq!(status, 200, "{body}");
     assert_ciris_success(body);
     assert_eq!(body["data"]["exit_code"], 0, "{body}");
     assert!(body["data"]["shutdown_completed"].is_string(), "{body}");
-    let status = server.wait_exit(Duration::from_secs(20));
+    let status = server.proc.wait_exit(Duration::from_secs(20));
     assert!(status.success(), "server exit: {status}");
 
     // Every attempt is accounted for in an intact audit log: each verified
@@ -628,12 +642,12 @@ fn issued_ids(log: &Path) -> BTreeSet<String> {
 fn the_audit_log_survives_sigkill_during_a_burst_of_sends() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    init(d, free_port());
+    init(d);
     let mut server = start_server(d, &[]);
     let _client = start_client(d, &[]);
     let token = std::fs::read_to_string(d.join("server-data/api-token")).expect("token");
     let token = token.trim().to_owned();
-    let url = format!("{}/send", api_url(d));
+    let url = format!("{}/send", server.api_url());
 
     const THREADS: usize = 8;
     const KILL_AFTER: usize = 150;
@@ -687,9 +701,9 @@ fn the_audit_log_survives_sigkill_during_a_burst_of_sends() {
     while acked.load(Ordering::SeqCst) < KILL_AFTER {
         std::thread::sleep(Duration::from_millis(1));
     }
-    server.child.kill().expect("SIGKILL");
+    server.proc.child.kill().expect("SIGKILL");
     killed.store(true, Ordering::SeqCst);
-    let _ = server.child.wait();
+    let _ = server.proc.child.wait();
     let outcomes: Vec<(bool, Option<String>)> = threads
         .into_iter()
         .flat_map(|t| t.join().expect("thread"))

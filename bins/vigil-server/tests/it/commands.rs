@@ -8,9 +8,10 @@ use std::time::{Duration, SystemTime};
 use serde_json::json;
 use vigil_command::{Heartbeat, SignedCommand, SigningKey, Timestamp, UnsignedCommand};
 use vigil_proto::AckStatus;
+use vigil_test_support::wait::eventually;
 
 use crate::rogue::Rogue;
-use crate::support::{Deployment, eventually};
+use crate::support::Deployment;
 
 pub(crate) fn load_key(path: &Path) -> SigningKey {
     let text = std::fs::read_to_string(path).expect("key file");

@@ -9,8 +9,10 @@ use rustix::process::{Resource, Rlimit, Signal};
 use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::watch;
+use vigil_test_support::http;
+use vigil_test_support::wait::{WAIT, eventually};
 
-use crate::support::{Deployment, WAIT, bin, eventually};
+use crate::support::{Deployment, bin};
 
 /// Client settings for the failsafe cases: a 3 s failsafe whose break
 /// command touches `failsafe-fired`.
@@ -427,7 +429,7 @@ async fn f11_a_full_disk_still_records_and_obeys_a_signed_shutdown() {
     let junk = crate::support::emergency_junk(3_000);
     eprintln!("f11: junk made in {:?}", t0.elapsed());
     for chunk in junk.chunks(750) {
-        let statuses = crate::support::post_keepalive(dep.http_port, "/emergency/shutdown", chunk);
+        let statuses = http::post_keepalive(dep.rest_addr(), "/emergency/shutdown", chunk);
         let other: Vec<&u16> = statuses
             .iter()
             .filter(|s| !matches!(s, 403 | 422))

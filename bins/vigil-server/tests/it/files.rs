@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use vigil_client::{ClientConfig, ClientError, Connection};
 use vigil_proto::ErrorCode;
+use vigil_test_support::wait::{WAIT, eventually};
 
-use crate::support::{Deployment, bin, eventually, free_port, write_atomically};
+use crate::support::{Deployment, bin, write_atomically};
 
 /// Builds a module crate of the workspace once per test process; a
 /// private copy of its dylib.
@@ -35,7 +36,7 @@ async fn connect(dep: &Deployment) -> Connection {
 
 /// The sum the server lists for `name`, once it does.
 async fn listed(conn: &Connection, name: &str) -> String {
-    let deadline = std::time::Instant::now() + crate::support::WAIT;
+    let deadline = std::time::Instant::now() + WAIT;
     loop {
         let modules = conn.sync().await.expect("sync");
         if let Some(m) = modules.iter().find(|m| m.name == name) {
@@ -235,8 +236,8 @@ async fn t01_to_t05_malformed_files_at_start_exit_2_naming_the_file() {
             .args([flag, &path])
             .arg("--data-dir")
             .arg(dep.path("other-data"))
-            .args(["--port", &free_port().to_string()])
-            .args(["--http-port", &free_port().to_string()])
+            // Port 0: never the running server's ports, should it start.
+            .args(["--port", "0", "--http-port", "0"])
             .output()
             .expect("run");
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -275,7 +276,7 @@ async fn t06_a_trust_file_turned_to_garbage_keeps_the_last_good_list() {
     // A valid file without the client: its session closes, it is refused.
     let conn = connect(&dep).await;
     dep.write_trust(&[]);
-    let _ = tokio::time::timeout(crate::support::WAIT, conn.closed()).await;
+    let _ = tokio::time::timeout(WAIT, conn.closed()).await;
     let config = dep.client_config();
     assert!(Connection::connect(&config).await.is_err(), "revoked");
     dep.write_trust(&trusted);
@@ -342,8 +343,7 @@ async fn t07_files_writable_by_others_are_refused() {
                 .arg(dep.path("server.toml"))
                 .arg("--data-dir")
                 .arg(dep.path("other-data"))
-                .args(["--port", &free_port().to_string()])
-                .args(["--http-port", &free_port().to_string()]);
+                .args(["--port", "0", "--http-port", "0"]);
         } else {
             cmd.arg("--config").arg(dep.path("client.toml")).arg("sync");
         }

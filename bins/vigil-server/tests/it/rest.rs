@@ -6,8 +6,10 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use serde_json::json;
+use vigil_test_support::http::{self, parse_response};
+use vigil_test_support::wait::{WAIT, eventually};
 
-use crate::support::{Deployment, WAIT, parse_http};
+use crate::support::Deployment;
 
 /// R01: no token or a wrong one is 401 on every protected route; only
 /// `/health` and the emergency routes answer without it.
@@ -37,7 +39,7 @@ async fn r01_requests_without_the_token_are_refused() {
 async fn r02_malformed_requests_are_422_and_nothing_is_sent() {
     let dep = Deployment::start(&[]).await;
     let _client = dep.client("", &[]);
-    crate::support::eventually("the client connected", || {
+    eventually("the client connected", || {
         dep.metric("vigil_connections") == 1
     })
     .await;
@@ -158,7 +160,7 @@ async fn r04_slow_requests_are_cut_off_at_the_read_timeout() {
         raw
     });
     dep.assert_serving().await;
-    let (status, answer) = parse_http(&dribble.join().expect("dribble"));
+    let (status, answer) = parse_response(&dribble.join().expect("dribble"));
     assert_eq!(status, 408, "{answer}");
     // The head that never ends: the server closes the connection.
     slow_head.set_read_timeout(Some(WAIT)).expect("timeout");
@@ -181,7 +183,7 @@ async fn r05_rest_connections_past_the_limit_leave_the_emergency_route_open() {
         "[commands.slow]\nprogram = \"sleep\"\nargs = [\"3\"]\n",
         &[],
     );
-    crate::support::eventually("the client connected", || {
+    eventually("the client connected", || {
         dep.metric("vigil_connections") == 1
     })
     .await;
@@ -224,7 +226,7 @@ async fn r05_rest_connections_past_the_limit_leave_the_emergency_route_open() {
             assert_eq!(status, 200, "{answer}");
         }
     });
-    crate::support::eventually("the API answers again", || {
+    eventually("the API answers again", || {
         dep.http("GET", "/v1/clients", Some(&dep.token), None).0 == 200
     })
     .await;
@@ -237,7 +239,7 @@ async fn r05_rest_connections_past_the_limit_leave_the_emergency_route_open() {
 async fn r06_bad_signed_commands_are_refused_by_the_relay() {
     let dep = Deployment::start(&[]).await;
     let _client = dep.client("", &[]);
-    crate::support::eventually("the client connected", || {
+    eventually("the client connected", || {
         dep.metric("vigil_connections") == 1
     })
     .await;
@@ -307,7 +309,7 @@ fn forged_line(lines: &[String]) -> Option<String> {
 async fn r07_attacker_text_cannot_forge_log_lines() {
     let dep = Deployment::start(&[]).await;
     let client = dep.client("", &[]);
-    crate::support::eventually("the client connected", || {
+    eventually("the client connected", || {
         dep.metric("vigil_connections") == 1
     })
     .await;
@@ -377,7 +379,7 @@ async fn r07_attacker_text_cannot_forge_log_lines() {
 async fn r08_a_padded_relay_chain_is_refused_before_the_id_is_spent() {
     let dep = Deployment::start(&[]).await;
     let mut client = dep.client("", &[]);
-    crate::support::eventually("the client connected", || {
+    eventually("the client connected", || {
         dep.metric("vigil_connections") == 1
     })
     .await;
@@ -422,7 +424,7 @@ async fn r09_scoped_commands_reach_only_their_subtree() {
     let _a = dep.client_edited(tree(&["fleet-a", "agent-1"]), &[]);
     let b_config = dep.add_client("client-b", tree(&["fleet-b", "agent-2"]));
     let mut b = dep.client_with(&b_config, &[], "client-b");
-    crate::support::eventually("both clients connected", || {
+    eventually("both clients connected", || {
         dep.metric("vigil_connections") == 2
     })
     .await;
@@ -502,7 +504,7 @@ fn send_flood(
 async fn r10_a_send_flood_is_flow_controlled_and_loses_nothing() {
     let dep = Deployment::start(&[]).await;
     let mut client = dep.client("", &[]);
-    crate::support::eventually("the client connected", || {
+    eventually("the client connected", || {
         dep.metric("vigil_connections") == 1
     })
     .await;
@@ -586,7 +588,7 @@ async fn r11_refused_emergency_attempts_cost_bounded_audit_space() {
     let mut dep = Deployment::start(&[]).await;
     let before = crate::support::audit_bytes(&dep);
     let junk = crate::support::emergency_junk(2_000);
-    let statuses = crate::support::post_keepalive(dep.http_port, "/emergency/shutdown", &junk);
+    let statuses = http::post_keepalive(dep.rest_addr(), "/emergency/shutdown", &junk);
     for (i, status) in statuses.iter().enumerate() {
         assert!(matches!(status, 403 | 422), "attempt {i}: {status}");
     }

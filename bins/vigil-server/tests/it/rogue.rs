@@ -8,8 +8,9 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use vigil_auth::{Identity, TrustStore};
 use vigil_proto::{Ack, ClientRequest, Frame};
+use vigil_test_support::wait::WAIT;
 
-use crate::support::{Deployment, WAIT};
+use crate::support::Deployment;
 
 pub(crate) struct Rogue {
     listener: TcpListener,

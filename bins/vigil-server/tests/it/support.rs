@@ -4,151 +4,22 @@
 //! an honest client is still served and the server's memory stayed
 //! bounded.
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_rustls::client::TlsStream;
 use vigil_auth::{Fingerprint, Identity, TrustFile};
+use vigil_test_support::http;
+use vigil_test_support::process::Proc;
+use vigil_test_support::server::{Listener, bound, point_client_config};
+use vigil_test_support::wait::WAIT;
 
-/// Longest wait for anything a case expects to happen.
-pub(crate) const WAIT: Duration = Duration::from_secs(20);
-
-/// A workspace binary, built (a no-op when up to date) the first time:
-/// cargo builds only this package's binaries for its tests.
+/// A workspace binary (built first if cargo has not built it for these
+/// tests: see [`vigil_test_support::bin::path`]).
 pub(crate) fn bin(name: &str) -> PathBuf {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    let server = PathBuf::from(env!("CARGO_BIN_EXE_vigil-server"));
-    let dir = server.parent().expect("bin dir").to_owned();
-    BUILT.get_or_init(|| {
-        let status = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "vigil-client-bin",
-                "-p",
-                "vigilctl",
-            ])
-            .status()
-            .expect("cargo build");
-        assert!(
-            status.success(),
-            "building vigil-client and vigilctl failed"
-        );
-    });
-    dir.join(name)
-}
-
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-/// A child process whose stderr lines are kept; killed on drop.
-pub(crate) struct Proc {
-    pub(crate) child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Proc {
-    pub(crate) fn spawn(cmd: &mut Command, label: &'static str) -> Proc {
-        let mut child = cmd
-            .env("NO_COLOR", "1")
-            .env("VIGIL_LOG", "info")
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn");
-        let stderr = child.stderr.take().expect("stderr");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("{label}| {line}");
-                sink.lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .push(line);
-            }
-        });
-        Proc { child, lines }
-    }
-
-    pub(crate) fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Whether a log line holds `needle`.
-    pub(crate) fn logged(&self, needle: &str) -> bool {
-        self.lines
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-            .any(|l| l.contains(needle))
-    }
-
-    /// Every log line so far.
-    pub(crate) fn lines(&self) -> Vec<String> {
-        self.lines
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    }
-
-    /// Waits until a log line holds `needle`.
-    pub(crate) async fn wait_logged(&self, needle: &str) {
-        let deadline = Instant::now() + WAIT;
-        while !self.logged(needle) {
-            assert!(Instant::now() < deadline, "never logged {needle:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Sends `signal` (SIGKILL, SIGSTOP, SIGCONT...).
-    pub(crate) fn signal(&self, signal: rustix::process::Signal) {
-        let pid = rustix::process::Pid::from_raw(self.pid() as i32).expect("pid");
-        rustix::process::kill_process(pid, signal).expect("kill");
-    }
-
-    /// Waits for the process to exit; its status.
-    pub(crate) async fn exited(&mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "the process did not exit");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Resident memory, KiB.
-    pub(crate) fn rss_kib(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("/proc status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .expect("VmRSS")
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        // A stopped process must be continued to die cleanly.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    vigil_test_support::bin::path(env!("CARGO_BIN_EXE_vigil-server"), name)
 }
 
 /// `vigilctl init` output, a running server, and what it takes to talk
@@ -169,45 +40,67 @@ impl Deployment {
 
     /// As [`Deployment::start`], with `prepare` run on the directory
     /// `vigilctl init` wrote before the server starts.
+    ///
+    /// The server binds port 0 for both listeners (the kernel picks free
+    /// ports as it binds them) and says which in its log; `client.toml` is
+    /// then pointed at the bound address.
     pub(crate) async fn start_after(args: &[&str], prepare: impl FnOnce(&Path)) -> Deployment {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (port, http_port) = (free_port(), free_port());
         let out = Command::new(bin("vigilctl"))
             .arg("init")
             .arg(dir.path())
-            .args(["--port", &port.to_string()])
-            .args(["--http-port", &http_port.to_string()])
+            .args(["--port", "0", "--http-port", "0"])
             .output()
             .expect("vigilctl init");
         assert!(out.status.success(), "{out:?}");
         prepare(dir.path());
         let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-        let server = start_server(dir.path(), &args).await;
+        let (server, addr, rest) = start_server(dir.path(), &args).await;
+        point_client_config(&dir.path().join("client.toml"), addr);
         let token = std::fs::read_to_string(dir.path().join("server-data/api-token"))
             .expect("token")
             .trim()
             .to_owned();
         Deployment {
             dir,
-            port,
-            http_port,
+            port: addr.port(),
+            http_port: rest.port(),
             server,
             token,
         }
     }
 
     /// Starts the server again with `args` (the one before must be gone).
+    ///
+    /// On the ports it had, not on port 0: the clients already running
+    /// reconnect to the address in their config, and the deployment's
+    /// addresses stay right. (Another process could take a port while no
+    /// server holds it; none of these tests does.)
     pub(crate) async fn restart(&self, args: &[&str]) -> Proc {
-        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-        start_server(self.dir.path(), &args).await
+        let mut all: Vec<String> = vec![
+            "--port".into(),
+            self.port.to_string(),
+            "--http-port".into(),
+            self.http_port.to_string(),
+        ];
+        all.extend(args.iter().map(|a| (*a).to_owned()));
+        let (server, addr, rest) = start_server(self.dir.path(), &all).await;
+        assert_eq!((addr, rest), (self.addr(), self.rest_addr()));
+        server
     }
 
     pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
+    /// The mutual-TLS listener's address.
     pub(crate) fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// The REST API's address.
+    pub(crate) fn rest_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.http_port))
     }
 
     pub(crate) fn client_identity(&self) -> Identity {
@@ -320,7 +213,8 @@ impl Deployment {
         );
     }
 
-    /// One HTTP/1.1 request (`Connection: close`): status and body.
+    /// One HTTP/1.1 request (`Connection: close`) to the REST API: status
+    /// and body.
     pub(crate) fn http(
         &self,
         method: &str,
@@ -328,15 +222,7 @@ impl Deployment {
         token: Option<&str>,
         body: Option<&[u8]>,
     ) -> (u16, serde_json::Value) {
-        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n");
-        if let Some(t) = token {
-            req.push_str(&format!("Authorization: Bearer {t}\r\n"));
-        }
-        let body = body.unwrap_or_default();
-        req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
-        let mut bytes = req.into_bytes();
-        bytes.extend_from_slice(body);
-        self.raw_http(&bytes)
+        http::request(self.rest_addr(), method, path, token, body)
     }
 
     /// `POST /emergency/shutdown` with `command` as its body.
@@ -347,12 +233,7 @@ impl Deployment {
 
     /// Writes `bytes` to the REST port and reads the answer to the end.
     pub(crate) fn raw_http(&self, bytes: &[u8]) -> (u16, serde_json::Value) {
-        let mut tcp = TcpStream::connect(("127.0.0.1", self.http_port)).expect("connect");
-        tcp.set_read_timeout(Some(WAIT)).expect("timeout");
-        tcp.write_all(bytes).expect("write");
-        let mut raw = Vec::new();
-        let _ = tcp.read_to_end(&mut raw);
-        parse_http(&raw)
+        http::send_raw(self.rest_addr(), bytes)
     }
 
     /// As [`Deployment::http`], from the loopback address `source`.
@@ -363,37 +244,18 @@ impl Deployment {
         path: &str,
         body: &[u8],
     ) -> (u16, serde_json::Value) {
-        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-        socket
-            .bind(SocketAddr::from((source, 0)))
-            .expect("bind the source address");
-        let mut tcp = socket
-            .connect(SocketAddr::from(([127, 0, 0, 1], self.http_port)))
-            .await
-            .expect("connect");
-        let mut req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        )
-        .into_bytes();
-        req.extend_from_slice(body);
-        tcp.write_all(&req).await.expect("write");
-        let mut raw = Vec::new();
-        let _ = tokio::time::timeout(WAIT, tcp.read_to_end(&mut raw)).await;
-        parse_http(&raw)
+        http::request_from(source, self.rest_addr(), method, path, body).await
     }
 
     /// `GET /metrics`, one sample's value.
     pub(crate) fn metric(&self, sample: &str) -> u64 {
-        let mut tcp = TcpStream::connect(("127.0.0.1", self.http_port)).expect("connect");
         let req = format!(
             "GET /metrics HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
             self.token
         );
-        tcp.write_all(req.as_bytes()).expect("write");
-        let mut text = String::new();
-        let _ = tcp.read_to_string(&mut text);
-        text.lines()
+        let answer = http::exchange(self.rest_addr(), req.as_bytes());
+        String::from_utf8_lossy(&answer)
+            .lines()
             .find_map(|l| l.strip_prefix(sample).and_then(|v| v.strip_prefix(' ')))
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or_else(|| panic!("no {sample} in /metrics"))
@@ -421,7 +283,9 @@ impl Deployment {
     }
 }
 
-async fn start_server(dir: &Path, args: &[String]) -> Proc {
+/// Starts the server of `dir` with `args`; it, and the addresses of its
+/// mutual-TLS listener and its REST API, once both are bound.
+async fn start_server(dir: &Path, args: &[String]) -> (Proc, SocketAddr, SocketAddr) {
     let server = Proc::spawn(
         Command::new(bin("vigil-server"))
             .arg("--config")
@@ -429,28 +293,15 @@ async fn start_server(dir: &Path, args: &[String]) -> Proc {
             .args(args),
         "server",
     );
-    server.wait_logged("REST API listening").await;
-    server.wait_logged("vigil server listening").await;
-    server
+    let rest = bound(&server, Listener::Rest).await;
+    let tls = bound(&server, Listener::Tls).await;
+    (server, tls, rest)
 }
 
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes).expect("write");
     std::fs::rename(&tmp, path).expect("rename");
-}
-
-pub(crate) fn parse_http(raw: &[u8]) -> (u16, serde_json::Value) {
-    let text = String::from_utf8_lossy(raw);
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    let value =
-        serde_json::from_str(body).unwrap_or_else(|_| serde_json::Value::String(body.to_owned()));
-    (status, value)
 }
 
 /// Reads frames from `rd` until one with REF `reference` arrives (skipping
@@ -487,15 +338,6 @@ pub(crate) async fn ask<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>
     stream.write_all(bytes).await.ok()?;
     let mut buf = Vec::new();
     frame_for(stream, &mut buf, reference).await
-}
-
-/// Waits until `cond` holds.
-pub(crate) async fn eventually(what: &str, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !cond() {
-        assert!(Instant::now() < deadline, "not in time: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// The files of the deployment's audit log, oldest first: its sealed
@@ -544,56 +386,6 @@ pub(crate) fn audit_bytes(dep: &Deployment) -> u64 {
         .filter_map(|p| std::fs::metadata(p).ok())
         .map(|m| m.len())
         .sum()
-}
-
-/// Posts each body to `path` on one keep-alive connection, one request
-/// after another; the status of each answer (0 when the connection ended).
-pub(crate) fn post_keepalive(port: u16, path: &str, bodies: &[Vec<u8>]) -> Vec<u16> {
-    let mut tcp = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    tcp.set_read_timeout(Some(WAIT)).expect("timeout");
-    tcp.set_nodelay(true).expect("nodelay");
-    let mut reader = BufReader::new(tcp.try_clone().expect("clone"));
-    let mut statuses = Vec::with_capacity(bodies.len());
-    for body in bodies {
-        let head = format!(
-            "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        );
-        // One write: a head and a body written apart wait on Nagle's
-        // algorithm and the peer's delayed ACK.
-        let mut request = head.into_bytes();
-        request.extend_from_slice(body);
-        if tcp.write_all(&request).is_err() {
-            statuses.push(0);
-            continue;
-        }
-        let mut status = 0;
-        let mut length = 0usize;
-        let mut line = String::new();
-        loop {
-            line.clear();
-            if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                break;
-            }
-            let trimmed = line.trim_end();
-            if trimmed.is_empty() {
-                break;
-            }
-            if let Some(rest) = trimmed.strip_prefix("HTTP/1.1 ") {
-                status = rest.get(..3).and_then(|s| s.parse().ok()).unwrap_or(0);
-            } else if let Some((name, value)) = trimmed.split_once(':')
-                && name.eq_ignore_ascii_case("content-length")
-            {
-                length = value.trim().parse().unwrap_or(0);
-            }
-        }
-        let mut rest = vec![0u8; length];
-        if reader.read_exact(&mut rest).is_err() {
-            status = 0;
-        }
-        statuses.push(status);
-    }
-    statuses
 }
 
 /// `n` junk bodies for the emergency route, of four kinds an attacker

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use vigil_auth::GeneratedIdentity;
+use vigil_test_support::wait::{WAIT, eventually};
 
-use crate::support::{Deployment, WAIT, ask, frame_for};
+use crate::support::{Deployment, ask, frame_for};
 
 /// W01: every malformed or meaningless frame gets an `err` frame with its
 /// code, and the connection goes on.
@@ -106,7 +107,7 @@ async fn w03_a_request_flood_without_reading_is_bounded_and_dropped() {
         }
         sent
     });
-    crate::support::eventually("the flooding client is dropped", || {
+    eventually("the flooding client is dropped", || {
         dep.metric("vigil_slow_consumers_total") >= 1
     })
     .await;
@@ -163,7 +164,7 @@ async fn w05_connections_past_the_limit_give_way_and_service_goes_on() {
                 .expect("connect"),
         );
     }
-    crate::support::eventually("connections shed at the limit", || {
+    eventually("connections shed at the limit", || {
         dep.metric("vigil_connections_shed_total{listener=\"tls\"}") >= 40
     })
     .await;
@@ -233,7 +234,7 @@ async fn w06_strangers_are_refused_in_the_handshake() {
         !answer.starts_with(b"HTTP"),
         "no HTTP answer on the TLS port"
     );
-    crate::support::eventually("three refusals counted", || {
+    eventually("three refusals counted", || {
         dep.metric("vigil_handshakes_total{result=\"failed\"}") >= failed_before + 3
     })
     .await;
