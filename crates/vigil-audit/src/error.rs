@@ -5,7 +5,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::verify::Problem;
+use crate::problem::Problem;
 
 /// What went wrong while opening, appending to, closing or verifying a log.
 ///

@@ -217,20 +217,23 @@
 #![deny(missing_docs)]
 
 mod error;
+mod hash;
 mod log;
+mod problem;
 mod record;
 mod segment;
 mod sink;
 mod verify;
 
 pub use error::{AuditError, Failure, FailureStage};
+pub use hash::{RecordHash, RecordHashParseError};
 pub use log::{
     AuditLog, AuditOptions, AuditStats, DEFAULT_KEEP_SEGMENTS, DEFAULT_MAX_RECORD_BYTES,
     DEFAULT_QUEUE_CAPACITY, DEFAULT_RESERVE_BYTES, DEFAULT_SEGMENT_AGE, DEFAULT_SEGMENT_BYTES,
     MAX_KIND_BYTES, OnCorruption, OpenReport, Receipt, TornTail,
 };
-pub use record::{RecordHash, RecordHashParseError};
+pub use problem::{MAX_LINE_BYTES, Problem, ProblemKind};
 pub use segment::{RETENTION_KIND, SEAL_KIND};
 #[cfg(feature = "test-util")]
 pub use sink::FaultInjection;
-pub use verify::{MAX_LINE_BYTES, Problem, ProblemKind, VerifyReport, verify, verify_reader};
+pub use verify::{VerifyReport, verify, verify_reader};

@@ -28,8 +28,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::record::{Parsed, RecordHash, parse_line};
-use crate::verify::MAX_LINE_BYTES;
+use crate::hash::RecordHash;
+use crate::problem::MAX_LINE_BYTES;
+use crate::record::{Parsed, parse_line};
 
 /// Kind of the record that ends a sealed segment.
 pub const SEAL_KIND: &str = "audit.sealed";

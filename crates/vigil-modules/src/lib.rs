@@ -31,7 +31,6 @@
 
 pub mod dev;
 mod elf;
-mod exec;
 mod loader;
 mod registry;
 mod watcher;
@@ -40,12 +39,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use elf::{ElfError, validate as validate_elf};
-pub use exec::{ExecBatch, ExecCall};
 pub use loader::LoadError;
 pub use registry::{
     DEFAULT_EXEC_TIMEOUT, DEFAULT_MAX_CONCURRENT, DEFAULT_MAX_MODULE_SIZE, ExecOutput, Module,
     ModuleRegistry, ModuleSummary, RegistryConfig, RegistryEvent, is_module_name,
 };
+pub use registry::{ExecBatch, ExecCall};
 pub use watcher::ModuleWatcher;
 
 /// Why the registry could not start or watch.

@@ -20,9 +20,10 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{AuditError, Failure};
-use crate::record::{RecordHash, encode_object};
+use crate::hash::RecordHash;
+use crate::problem::Problem;
+use crate::record::encode_object;
 use crate::sink::FaultInjection;
-use crate::verify::Problem;
 
 /// Default for [`AuditOptions::max_record_bytes`]: 64 KiB.
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 64 << 10;

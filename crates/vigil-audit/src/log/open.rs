@@ -17,10 +17,12 @@ use super::rotate::Kept;
 use super::writer::Writer;
 use super::{AuditLog, AuditOptions, Handle, OnCorruption, OpenReport, Shared, TornTail};
 use crate::error::AuditError;
-use crate::record::{RecordHash, encode_str, format_time};
+use crate::hash::RecordHash;
+use crate::problem::{MAX_LINE_BYTES, Problem, ProblemKind};
+use crate::record::{encode_str, format_time};
 use crate::segment::{self, SEAL_KIND, SealedFile};
 use crate::sink::Sink;
-use crate::verify::{MAX_LINE_BYTES, Problem, ProblemKind, scan_from};
+use crate::verify::scan_from;
 
 impl AuditLog {
     /// Opens (or creates) the log at `path`, checks it and starts its

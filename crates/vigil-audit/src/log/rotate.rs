@@ -13,7 +13,8 @@ use serde_json::Value;
 use super::open::{open_segment, sync_dir};
 use super::writer::Writer;
 use crate::error::{Failure, FailureStage};
-use crate::record::{RecordHash, encode_object};
+use crate::hash::RecordHash;
+use crate::record::encode_object;
 use crate::segment::{self, SEAL_KIND, SealedFile};
 use crate::sink::Sink;
 

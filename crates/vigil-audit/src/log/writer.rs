@@ -16,7 +16,8 @@ use super::reserve::Reserve;
 use super::rotate::Kept;
 use super::{AuditOptions, Msg, Pending, Receipt, Shared};
 use crate::error::{AuditError, Failure, FailureStage};
-use crate::record::{RecordHash, encode_body, finish_line, format_time};
+use crate::hash::RecordHash;
+use crate::record::{encode_body, finish_line, format_time};
 use crate::sink::Sink;
 
 /// The writer thread's state. It alone touches the file after open.

@@ -13,17 +13,12 @@ use std::io::{self, BufReader};
 use std::path::Path;
 
 use crate::AuditError;
-use crate::record::RecordHash;
+use crate::hash::RecordHash;
+use crate::problem::{Problem, ProblemKind};
 
-pub use report::{Problem, ProblemKind, VerifyReport};
+pub use report::VerifyReport;
 use scan::scan;
 pub(crate) use scan::scan_from;
-
-/// The longest line this crate writes or reads, newline included: 16 MiB.
-///
-/// [`AuditOptions::max_record_bytes`](crate::AuditOptions::max_record_bytes)
-/// cannot be set higher, so a longer line was not written by this crate.
-pub const MAX_LINE_BYTES: usize = 16 << 20;
 
 /// Checks a whole log, every segment it keeps, and reports the first broken
 /// or missing record.

@@ -5,8 +5,9 @@
 
 use std::io::{self, BufRead};
 
-use super::{MAX_LINE_BYTES, Problem, ProblemKind};
-use crate::record::{LineError, RecordHash, parse_line};
+use crate::hash::RecordHash;
+use crate::problem::{MAX_LINE_BYTES, Problem, ProblemKind};
+use crate::record::{LineError, parse_line};
 
 /// A record the chain's own bookkeeping wrote (a seal, a retention
 /// record), as a scan met it.

@@ -19,8 +19,8 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::{Instant, Sleep};
 
+use super::Module;
 use crate::loader::Outcome;
-use crate::registry::Module;
 use crate::{ExecError, ExecOutput};
 
 /// One call of a batch: which module, with which argument, and the sum

@@ -10,9 +10,11 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use tokio::sync::{Semaphore, broadcast};
 
-use crate::exec::{ExecBatch, ExecCall};
+mod exec;
+
 use crate::loader::Library;
 use crate::{ExecError, ModuleError, elf};
+pub use exec::{ExecBatch, ExecCall};
 
 /// Default time a module may run before its caller gets a timeout.
 pub const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(10);
