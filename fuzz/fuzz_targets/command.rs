@@ -24,8 +24,12 @@ fn fixed() -> &'static Fixed {
     static FIXED: OnceLock<Fixed> = OnceLock::new();
     FIXED.get_or_init(|| {
         let key = SigningKey::from_bytes(&[7u8; 32]);
-        let authority = AuthorityKey::new(Some("wa_fuzz".into()), key.verifying_key(), ["RUN", "SHUTDOWN_NOW"])
-            .expect("a valid key");
+        let authority = AuthorityKey::new(
+            Some("wa_fuzz".into()),
+            key.verifying_key(),
+            ["RUN", "SHUTDOWN_NOW"],
+        )
+        .expect("a valid key");
         let authorities = Authorities::from_keys([authority]).expect("one key");
         let verifier = Verifier::new(authorities)
             .with_supported_types(["RUN", "SHUTDOWN_NOW"])
@@ -44,34 +48,37 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let signing = command.signing_bytes();
-    let again = SignedCommand::from_json(command.to_json().as_bytes())
-        .expect("what to_json writes parses");
+    let again =
+        SignedCommand::from_json(command.to_json().as_bytes()).expect("what to_json writes parses");
     assert_eq!(again, command);
     assert_eq!(again.signing_bytes().ok(), signing.as_ref().ok().cloned());
     let fixed = fixed();
-    let now = command.issued_at.to_system_time();
+    let now = command.body.issued_at.to_system_time();
     let _ = fixed.verifier.verify(&command, now);
     let _ = fixed.verifier.verify(&command, SystemTime::UNIX_EPOCH);
 
     // The same fields, signed by the enrolled key: the signature holds
     // after a JSON round trip, whatever the strings hold.
     let mut unsigned = UnsignedCommand::new(
-        command.command_id.clone(),
-        command.command_type.clone(),
+        command.body.command_id.clone(),
+        command.body.command_type.clone(),
         "wa_fuzz",
-        command.issued_at,
-        command.reason.clone(),
+        command.body.issued_at,
+        command.body.reason.clone(),
     );
-    unsigned.expires_at = command.expires_at;
-    unsigned.target_agent_id = command.target_agent_id.clone();
-    unsigned.target_tree_path = command.target_tree_path.clone();
-    unsigned.command = command.command.clone();
-    unsigned.args = command.args.clone();
+    unsigned.expires_at = command.body.expires_at;
+    unsigned.target_agent_id = command.body.target_agent_id.clone();
+    unsigned.target_tree_path = command.body.target_tree_path.clone();
+    unsigned.command = command.body.command.clone();
+    unsigned.args = command.body.args.clone();
     let Ok(signed) = unsigned.sign(&fixed.key) else {
         return;
     };
     let relayed = SignedCommand::from_json(signed.to_json().as_bytes()).expect("parses");
-    match fixed.verifier.verify(&relayed, now + Duration::from_secs(1)) {
+    match fixed
+        .verifier
+        .verify(&relayed, now + Duration::from_secs(1))
+    {
         Err(Refusal::InvalidSignature | Refusal::WeakKey | Refusal::UnauthorizedKey) => {
             panic!("a command signed by the enrolled key lost its signature: {relayed:?}")
         }

@@ -186,7 +186,7 @@ pub(crate) async fn run() -> anyhow::Result<()> {
     );
     say(format_args!(
         "signed by another key but claiming the server's: refused ({}: {})",
-        ack.code.unwrap_or_default(),
+        ack.code.map(|c| c.to_string()).unwrap_or_default(),
         ack.detail
     ));
     let genuine = signed_body(&written.authority, &format!("demo-once-{port}"), "uname")?;
@@ -199,7 +199,7 @@ pub(crate) async fn run() -> anyhow::Result<()> {
     ensure!(again.status == AckStatus::Refused, "a replayed command ran");
     say(format_args!(
         "the same genuine command sent twice: first done, then refused ({}: {})",
-        again.code.unwrap_or_default(),
+        again.code.map(|c| c.to_string()).unwrap_or_default(),
         again.detail
     ));
 

@@ -119,9 +119,13 @@ pub(crate) fn emergency_shutdown(
     let command = sign::sign(fields.build("emergency shutdown (vigilctl)")?, &key)?;
     eprintln!(
         "vigilctl: posting SHUTDOWN_NOW {} (wa_id {}, target {})",
-        command.command_id,
-        command.wa_id,
-        command.target_agent_id.as_deref().unwrap_or("every agent")
+        command.body.command_id,
+        command.body.wa_id,
+        command
+            .body
+            .target_agent_id
+            .as_deref()
+            .unwrap_or("every agent")
     );
     // The server waits for clients' acknowledgements and its own shutdown
     // before it answers.

@@ -852,10 +852,10 @@ fn keygen_and_sign_work_offline_and_verify_with_the_library() {
         .env("VIGIL_API", "http://127.0.0.1:9"));
     assert!(out.status.success(), "{}", stderr(&out));
     let cmd = vigil_command::SignedCommand::from_json(&out.stdout).expect("command");
-    assert_eq!(cmd.command_id, "cmd_given");
-    assert_eq!(cmd.command_type, "SHUTDOWN_NOW");
-    assert_eq!(cmd.reason, "maintenance \u{e9}\u{1f600}");
-    assert!(cmd.expires_at.is_some());
+    assert_eq!(cmd.body.command_id, "cmd_given");
+    assert_eq!(cmd.body.command_type, "SHUTDOWN_NOW");
+    assert_eq!(cmd.body.reason, "maintenance \u{e9}\u{1f600}");
+    assert!(cmd.body.expires_at.is_some());
     verifier.verify(&cmd, SystemTime::now()).expect("verifies");
 
     // Signed from an unsigned command file with every field.
@@ -874,10 +874,10 @@ fn keygen_and_sign_work_offline_and_verify_with_the_library() {
     assert!(out.status.success(), "{}", stderr(&out));
     let cmd = vigil_command::SignedCommand::from_json(&out.stdout).expect("command");
     assert_eq!(
-        cmd.target_tree_path,
+        cmd.body.target_tree_path,
         Some(vec!["root".into(), "agent-1".into()])
     );
-    assert_eq!(cmd.args, Some(json!({"force": true, "n": 1.5})));
+    assert_eq!(cmd.body.args, Some(json!({"force": true, "n": 1.5})));
     verifier.verify(&cmd, SystemTime::now()).expect("verifies");
 
     // What a receiver would refuse anyway is refused before signing.

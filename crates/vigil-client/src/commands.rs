@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 use vigil_command::{
     HeartbeatVerifier, Refusal, SignedCommand, SignedHeartbeat, Verifier, VerifyingKey,
 };
-use vigil_proto::{Ack, AckStatus};
+use vigil_proto::{Ack, AckCode, AckStatus};
 
 use crate::ClientError;
 use crate::handler::{BreakCommand, CommandHandler};
@@ -104,20 +104,20 @@ pub(crate) struct Accepted {
 #[derive(Debug, Clone)]
 pub(crate) struct Refused {
     pub(crate) command_id: Option<String>,
-    pub(crate) code: String,
+    pub(crate) code: AckCode,
     pub(crate) detail: String,
 }
 
 impl Refused {
     /// A refusal of the command in `body`, named by its `command_id` when
     /// it has one (it may be malformed).
-    pub(crate) fn of(body: &Map<String, Value>, code: &str, detail: String) -> Refused {
+    pub(crate) fn of(body: &Map<String, Value>, code: AckCode, detail: String) -> Refused {
         Refused {
             command_id: body
                 .get("command_id")
                 .and_then(Value::as_str)
                 .map(str::to_owned),
-            code: code.to_owned(),
+            code,
             detail,
         }
     }
@@ -153,7 +153,7 @@ pub(crate) fn check_commands(
             Err(e) => {
                 // The parse error's own code tells a timestamp without an
                 // offset from other malformed input.
-                let code = e.code();
+                let code = AckCode::parse(e.code());
                 answers.push(Some(Err(Refused::of(
                     body,
                     code,
@@ -169,14 +169,18 @@ pub(crate) fn check_commands(
                 authority: verified.authority_id().to_owned(),
                 command: verified.into_command(),
             }),
-            Err(refusal) => Err(Refused::of(&bodies[*i], refusal.code(), refusal.message())),
+            Err(refusal) => Err(Refused::of(
+                &bodies[*i],
+                AckCode::parse(refusal.code()),
+                refusal.message(),
+            )),
         });
     }
     answers
         .into_iter()
         .zip(bodies)
         .map(|(a, body)| {
-            a.unwrap_or_else(|| Err(Refused::of(body, "internal", "not checked".into())))
+            a.unwrap_or_else(|| Err(Refused::of(body, AckCode::Internal, "not checked".into())))
         })
         .collect()
 }

@@ -77,7 +77,7 @@ mod verify;
 pub use authority::{Authorities, AuthorityError, AuthorityKey};
 pub use command::{
     CommandParseError, MAX_COMMAND_BYTES, MAX_ID_LEN, MAX_LIST_LEN, MAX_REASON_LEN, MAX_TYPE_LEN,
-    SignedCommand, UnsignedCommand,
+    SignError, SignedCommand, UnsignedCommand,
 };
 pub use heartbeat::{
     HEARTBEAT_DOMAIN, Heartbeat, HeartbeatRefusal, HeartbeatVerifier, SignedHeartbeat,

@@ -75,10 +75,10 @@ impl VerifiedCommand {
     /// refused for capacity if it is an emergency shutdown.
     pub fn replay_entry(&self) -> ReplayEntry<'_> {
         ReplayEntry {
-            command_id: &self.command.command_id,
+            command_id: &self.command.body.command_id,
             owner: &self.key,
             forget_after: self.forget_after,
-            uncapped: self.command.command_type == EMERGENCY_TYPE,
+            uncapped: self.command.body.command_type == EMERGENCY_TYPE,
         }
     }
 }
@@ -222,10 +222,10 @@ impl Verifier {
     pub fn verify(&self, cmd: &SignedCommand, now: SystemTime) -> Result<VerifiedCommand, Refusal> {
         let verified = self.check(cmd, now)?;
         if let Some(guard) = &self.replay
-            && guard.contains(&cmd.command_id, now)
+            && guard.contains(&cmd.body.command_id, now)
         {
             return Err(Refusal::Replayed {
-                command_id: cmd.command_id.clone(),
+                command_id: cmd.body.command_id.clone(),
             });
         }
         Ok(verified)
@@ -303,16 +303,16 @@ impl Verifier {
     /// Steps 1 to 5.
     fn check(&self, cmd: &SignedCommand, now: SystemTime) -> Result<VerifiedCommand, Refusal> {
         // 1. Command type.
-        if !self.supports(&cmd.command_type) {
+        if !self.supports(&cmd.body.command_type) {
             return Err(Refusal::UnsupportedCommandType {
-                command_type: cmd.command_type.clone(),
+                command_type: cmd.body.command_type.clone(),
             });
         }
 
         // 2. Time window, then expiry (CIRIS's comparisons: strictly more
         // than the limits is refused).
         let now_ns = system_time_nanos(now);
-        let issued_ns = cmd.issued_at.unix_nanos();
+        let issued_ns = cmd.body.issued_at.unix_nanos();
         let max_age = duration_nanos(self.freshness.max_age);
         let max_future = duration_nanos(self.freshness.max_future);
         if now_ns - issued_ns > max_age {
@@ -326,7 +326,7 @@ impl Verifier {
             });
         }
         let mut forget_after_ns = issued_ns.saturating_add(max_age);
-        if let Some(expires_at) = &cmd.expires_at {
+        if let Some(expires_at) = &cmd.body.expires_at {
             let expires_ns = expires_at.unix_nanos();
             if now_ns > expires_ns {
                 return Err(Refusal::Expired);
@@ -359,18 +359,18 @@ impl Verifier {
         // 4. Is that key an authority, for this wa_id and this type?
         let authority = enrolled.ok_or(Refusal::UnauthorizedKey)?;
         if let Some(id) = authority.id()
-            && id != cmd.wa_id
+            && id != cmd.body.wa_id
         {
             return Err(Refusal::WaIdMismatch {
-                wa_id: cmd.wa_id.clone(),
+                wa_id: cmd.body.wa_id.clone(),
                 enrolled: id.to_owned(),
             });
         }
-        let authority_id = authority.id().unwrap_or(&cmd.wa_id).to_owned();
-        if !authority.allows(&cmd.command_type) {
+        let authority_id = authority.id().unwrap_or(&cmd.body.wa_id).to_owned();
+        if !authority.allows(&cmd.body.command_type) {
             return Err(Refusal::CommandTypeNotAllowed {
                 authority: authority_id,
-                command_type: cmd.command_type.clone(),
+                command_type: cmd.body.command_type.clone(),
             });
         }
 

@@ -36,8 +36,8 @@ pub use codec::{
 };
 pub use frame::{BuildError, Frame, FrameError};
 pub use message::{
-    Ack, AckStatus, BreakOutcome, ClientRequest, ErrorBody, ErrorCode, FailsafeReport, Hello,
-    MAX_HELLO_ID_LEN, MAX_HELLO_PATH_LEN, MessageError, ModuleInfo, ServerMessage, api,
+    Ack, AckCode, AckStatus, BreakOutcome, ClientRequest, ErrorBody, ErrorCode, FailsafeReport,
+    Hello, MAX_HELLO_ID_LEN, MAX_HELLO_PATH_LEN, MessageError, ModuleInfo, ServerMessage, api,
     tree_path_of,
 };
 

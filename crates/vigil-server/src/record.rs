@@ -49,7 +49,7 @@ impl TargetState {
         TargetState {
             status: ack_status(ack.status),
             detail: ack.detail.clone(),
-            code: ack.code.clone(),
+            code: ack.code.as_ref().map(ToString::to_string),
             result: ack.result.clone(),
         }
     }

@@ -213,7 +213,11 @@ async fn c01_to_c12_bad_commands_are_refused_by_the_client_and_nothing_runs() {
     for (i, (case, body, code)) in cases.iter().enumerate() {
         let ack = peer.command(&format!("r{i}"), &body.to_string()).await;
         assert_eq!(ack.status, AckStatus::Refused, "{case}: {ack:?}");
-        assert_eq!(ack.code.as_deref(), Some(*code), "{case}: {ack:?}");
+        assert_eq!(
+            ack.code.as_ref().map(vigil_proto::AckCode::as_str),
+            Some(*code),
+            "{case}: {ack:?}"
+        );
         assert!(!ack.detail.is_empty(), "{case}: the refusal says why");
     }
     assert!(!dep.path("ran").exists(), "no refused command ran");
@@ -237,7 +241,10 @@ async fn c01_to_c12_bad_commands_are_refused_by_the_client_and_nothing_runs() {
     std::fs::remove_file(dep.path("ran")).expect("remove mark");
     let again = peer.command("again", &good).await;
     assert_eq!(
-        (again.status, again.code.as_deref()),
+        (
+            again.status,
+            again.code.as_ref().map(vigil_proto::AckCode::as_str)
+        ),
         (AckStatus::Refused, Some("replayed")),
         "C12 replayed: {again:?}"
     );
@@ -248,7 +255,10 @@ async fn c01_to_c12_bad_commands_are_refused_by_the_client_and_nothing_runs() {
     peer.admitted().await;
     let after_restart = peer.command("restart", &good).await;
     assert_eq!(
-        after_restart.code.as_deref(),
+        after_restart
+            .code
+            .as_ref()
+            .map(vigil_proto::AckCode::as_str),
         Some("replayed"),
         "C12 replayed after a restart: {after_restart:?}"
     );
@@ -406,7 +416,10 @@ async fn c15_commands_outside_the_clients_branch_are_refused() {
     ] {
         let ack = peer.command(id, &scoped(id, command_type, path)).await;
         assert_eq!(
-            (ack.status, ack.code.as_deref()),
+            (
+                ack.status,
+                ack.code.as_ref().map(vigil_proto::AckCode::as_str)
+            ),
             (AckStatus::Refused, Some("outside_tree")),
             "{id}: {ack:?}"
         );
@@ -435,7 +448,10 @@ async fn c15_commands_outside_the_clients_branch_are_refused() {
         .command("c15-nowhere", &scoped("c15-nowhere", "RUN", &["fleet-a"]))
         .await;
     assert_eq!(
-        (ack.status, ack.code.as_deref()),
+        (
+            ack.status,
+            ack.code.as_ref().map(vigil_proto::AckCode::as_str)
+        ),
         (AckStatus::Refused, Some("outside_tree")),
         "{ack:?}"
     );
@@ -526,11 +542,18 @@ async fn c16_a_flood_of_commands_is_answered_and_cannot_veto_a_shutdown() {
     let a = peer.flood(&burst_frames, None, beat.clone()).await;
     assert_eq!(a.acks.len(), burst_frames.len(), "commands were dropped");
     let busy: Vec<usize> = (0..burst_frames.len())
-        .filter(|i| a.acks[&format!("a{i}")].code.as_deref() == Some("busy"))
+        .filter(|i| {
+            a.acks[&format!("a{i}")]
+                .code
+                .as_ref()
+                .map(vigil_proto::AckCode::as_str)
+                == Some("busy")
+        })
         .collect();
     for (i, ack) in (0..burst_frames.len()).map(|i| (i, &a.acks[&format!("a{i}")])) {
         let expected = matches!(ack.status, AckStatus::Failed)
-            || (ack.status == AckStatus::Refused && ack.code.as_deref() == Some("busy"));
+            || (ack.status == AckStatus::Refused
+                && ack.code.as_ref().map(vigil_proto::AckCode::as_str) == Some("busy"));
         assert!(expected, "a{i}: {ack:?}");
     }
     assert!(a.reports.is_empty(), "the failsafe fired: {:?}", a.reports);
@@ -550,11 +573,14 @@ async fn c16_a_flood_of_commands_is_answered_and_cannot_veto_a_shutdown() {
     let full = b
         .acks
         .values()
-        .filter(|a| a.code.as_deref() == Some("replay_store_unavailable"))
+        .filter(|a| {
+            a.code.as_ref().map(vigil_proto::AckCode::as_str) == Some("replay_store_unavailable")
+        })
         .count();
     assert!(
         b.acks.values().all(|a| a.status == AckStatus::Failed
-            || a.code.as_deref() == Some("replay_store_unavailable")),
+            || a.code.as_ref().map(vigil_proto::AckCode::as_str)
+                == Some("replay_store_unavailable")),
         "every command ran or was refused for its key's share"
     );
     assert!(full > 0, "the key's share of the replay guard was reached");

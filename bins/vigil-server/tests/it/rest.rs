@@ -397,7 +397,7 @@ async fn r08_a_padded_relay_chain_is_refused_before_the_id_is_spent() {
         },
     );
     let mut padded = genuine.clone();
-    padded.relay_chain = (0..64).map(|i| format!("relay-{i}")).collect();
+    padded.body.relay_chain = (0..64).map(|i| format!("relay-{i}")).collect();
     let (status, body) = dep.emergency(&padded);
     assert_eq!(status, 422, "{body}");
     assert_eq!(dep.metric("vigil_commands_total{outcome=\"sent\"}"), 0);

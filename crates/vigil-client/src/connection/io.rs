@@ -117,7 +117,7 @@ pub(super) async fn push(
             .and_then(Value::as_str)
             .map(str::to_owned),
         status: AckStatus::Refused,
-        code: Some("busy".into()),
+        code: Some(vigil_proto::AckCode::Busy),
         detail: format!(
             "{} commands are waiting on this client; this one was not checked or recorded, send it again later",
             if urgent { URGENT_QUEUE } else { COMMAND_QUEUE }

@@ -148,16 +148,16 @@ impl Client {
         };
         worker.accepted(&accepted);
         let cmd = accepted.command;
-        if cmd.command_type != vigil_command::EMERGENCY_TYPE {
+        if cmd.body.command_type != vigil_command::EMERGENCY_TYPE {
             // Only a SHUTDOWN_NOW comes this way; anything else runs as usual.
             worker.spawn_run(settings, reference.to_owned(), cmd, None);
             return None;
         }
-        tracing::error!(command_id = %cmd.command_id, reason = ?cmd.reason, "SHUTDOWN_NOW: running break commands, then exiting");
+        tracing::error!(command_id = %cmd.body.command_id, reason = ?cmd.body.reason, "SHUTDOWN_NOW: running break commands, then exiting");
         let outcomes =
             run_break_commands(settings.handler.as_ref(), &settings.break_commands).await;
         let ack = Ack {
-            command_id: Some(cmd.command_id.clone()),
+            command_id: Some(cmd.body.command_id.clone()),
             status: AckStatus::Done,
             code: None,
             detail: "shutting down".into(),
@@ -165,10 +165,10 @@ impl Client {
         };
         let _ = conn.send_ack(ack, reference).await;
         self.emit(ClientEvent::ShutdownRequested {
-            command_id: cmd.command_id.clone(),
+            command_id: cmd.body.command_id.clone(),
         });
         // Give the acknowledgement a moment to leave.
         let _ = tokio::time::timeout(Duration::from_secs(1), conn.flush()).await;
-        Some(cmd.command_id)
+        Some(cmd.body.command_id)
     }
 }

@@ -55,7 +55,7 @@ pub enum ClientEvent {
         /// Its id, if it could be read.
         command_id: Option<String>,
         /// Machine-readable reason.
-        code: String,
+        code: vigil_proto::AckCode,
         /// The reason, for a person.
         detail: String,
     },

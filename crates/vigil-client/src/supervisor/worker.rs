@@ -2,6 +2,7 @@
 //! thread and runs those accepted, a bounded number at once.
 
 use super::*;
+use vigil_proto::AckCode;
 
 /// Closes a connection when dropped.
 pub(super) struct CloseOnDrop(pub(super) Arc<Connection>);
@@ -32,7 +33,7 @@ pub(super) async fn check(
             .map(|i| {
                 Err(Refused::of(
                     &shared[i],
-                    "internal",
+                    AckCode::Internal,
                     format!("command check failed: {e}"),
                 ))
             })
@@ -116,8 +117,8 @@ impl Worker {
         }
         let cmd = &accepted.command;
         tracing::info!(
-            command_id = %cmd.command_id, command_type = %cmd.command_type, authority = %accepted.authority,
-            command = ?cmd.command, reason = ?cmd.reason,
+            command_id = %cmd.body.command_id, command_type = %cmd.body.command_type, authority = %accepted.authority,
+            command = ?cmd.body.command, reason = ?cmd.body.reason,
             "verified command"
         );
     }
@@ -131,8 +132,8 @@ impl Worker {
         cmd: vigil_command::SignedCommand,
         permit: Option<tokio::sync::OwnedSemaphorePermit>,
     ) {
-        let name = cmd.command.clone().unwrap_or_default();
-        let args = cmd.args.clone().unwrap_or(serde_json::Value::Null);
+        let name = cmd.body.command.clone().unwrap_or_default();
+        let args = cmd.body.args.clone().unwrap_or(serde_json::Value::Null);
         let handler = settings.handler.clone();
         let timeout = settings.command_timeout;
         let conn = self.conn.clone();
@@ -142,28 +143,28 @@ impl Worker {
             let outcome = tokio::time::timeout(timeout, handler.execute(&name, &args)).await;
             let ack = match outcome {
                 Ok(Ok(result)) => Ack {
-                    command_id: Some(cmd.command_id.clone()),
+                    command_id: Some(cmd.body.command_id.clone()),
                     status: AckStatus::Done,
                     code: None,
                     detail: String::new(),
                     result: Some(result),
                 },
                 Ok(Err(e)) => Ack {
-                    command_id: Some(cmd.command_id.clone()),
+                    command_id: Some(cmd.body.command_id.clone()),
                     status: AckStatus::Failed,
                     code: None,
                     detail: e,
                     result: None,
                 },
                 Err(_) => Ack {
-                    command_id: Some(cmd.command_id.clone()),
+                    command_id: Some(cmd.body.command_id.clone()),
                     status: AckStatus::Failed,
-                    code: Some("timeout".into()),
+                    code: Some(AckCode::Timeout),
                     detail: format!("command ran past its {timeout:?} timeout"),
                     result: None,
                 },
             };
-            tracing::info!(command_id = %cmd.command_id, command = %name, status = ?ack.status, "command ran");
+            tracing::info!(command_id = %cmd.body.command_id, command = %name, status = ?ack.status, "command ran");
             let _ = events.send(ClientEvent::CommandRan(ack.clone()));
             let _ = conn.send_ack(ack, &reference).await;
         });
@@ -177,7 +178,7 @@ const CHECK_BATCH: usize = 64;
 pub(super) fn disabled(body: &serde_json::Map<String, serde_json::Value>) -> Refused {
     Refused::of(
         body,
-        "commands_disabled",
+        AckCode::CommandsDisabled,
         "this client takes no commands (no authorities configured)".into(),
     )
 }

@@ -47,7 +47,7 @@ fn signing_bytes_match_python_byte_for_byte() {
         let cmd = SignedCommand::from_json(case.body.as_bytes())
             .unwrap_or_else(|e| panic!("{}: {e}", case.name));
         assert_eq!(
-            cmd.issued_at.isoformat(),
+            cmd.body.issued_at.isoformat(),
             case.issued_at_isoformat,
             "{}",
             case.name
@@ -78,7 +78,7 @@ fn python_signatures_verify() {
     let v = verifier(&f);
     for case in &f.cases {
         let cmd = SignedCommand::from_json(case.body.as_bytes()).expect("parse");
-        let now = cmd.issued_at.to_system_time() + Duration::from_secs(1);
+        let now = cmd.body.issued_at.to_system_time() + Duration::from_secs(1);
         v.verify(&cmd, now)
             .unwrap_or_else(|e| panic!("{}: {} ({})", case.name, e, e.code()));
 
@@ -90,7 +90,7 @@ fn python_signatures_verify() {
 
         // And any change to a signed field breaks it.
         let mut tampered = cmd.clone();
-        tampered.reason.push('.');
+        tampered.body.reason.push('.');
         assert_eq!(
             v.verify(&tampered, now).map(|_| ()).map_err(|e| e.code()),
             Err("invalid_signature"),
@@ -121,19 +121,19 @@ fn the_fixture_key_is_the_documented_seed() {
             continue;
         }
         let mut fields = vigil_command::UnsignedCommand::new(
-            cmd.command_id.clone(),
-            cmd.command_type.clone(),
-            cmd.wa_id.clone(),
-            cmd.issued_at,
-            cmd.reason.clone(),
+            cmd.body.command_id.clone(),
+            cmd.body.command_type.clone(),
+            cmd.body.wa_id.clone(),
+            cmd.body.issued_at,
+            cmd.body.reason.clone(),
         );
-        fields.expires_at = cmd.expires_at;
-        fields.target_agent_id = cmd.target_agent_id.clone();
-        fields.target_tree_path = cmd.target_tree_path.clone();
-        fields.parent_command_id = cmd.parent_command_id.clone();
-        fields.relay_chain = cmd.relay_chain.clone();
-        fields.command = cmd.command.clone();
-        fields.args = cmd.args.clone();
+        fields.expires_at = cmd.body.expires_at;
+        fields.target_agent_id = cmd.body.target_agent_id.clone();
+        fields.target_tree_path = cmd.body.target_tree_path.clone();
+        fields.parent_command_id = cmd.body.parent_command_id.clone();
+        fields.relay_chain = cmd.body.relay_chain.clone();
+        fields.command = cmd.body.command.clone();
+        fields.args = cmd.body.args.clone();
         let ours = SignedCommand::sign(fields, &key).expect("sign");
         assert_eq!(ours.signature, cmd.signature, "{}", case.name);
     }

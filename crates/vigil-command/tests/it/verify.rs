@@ -76,12 +76,12 @@ fn checks_run_in_ciris_order() {
     assert_eq!(code(&v, &c, 0), Err("unsupported_command_type"));
     // Stale and forged: the window wins.
     let mut c = sign(unsigned("SHUTDOWN_NOW", -1000), &stranger());
-    c.reason = "forged".into();
+    c.body.reason = "forged".into();
     assert_eq!(code(&v, &c, 0), Err("timestamp_outside_window"));
     // Fresh, forged and from an unknown key: the signature wins (CIRIS
     // checks the signature before the key).
     let mut c = sign(unsigned("SHUTDOWN_NOW", 0), &stranger());
-    c.reason = "forged".into();
+    c.body.reason = "forged".into();
     assert_eq!(code(&v, &c, 0), Err("invalid_signature"));
     // Genuinely signed by an unknown key.
     let c = sign(unsigned("SHUTDOWN_NOW", 0), &stranger());
@@ -231,7 +231,7 @@ fn replay_is_last_and_only_records_good_commands() {
         .with_own_agent_id("agent-1")
         .with_replay_guard(Arc::clone(&guard));
     let mut forged = sign(unsigned("SHUTDOWN_NOW", 0), &ops());
-    forged.reason = "forged".into();
+    forged.body.reason = "forged".into();
     assert_eq!(code(&v, &forged, 0), Err("invalid_signature"));
     let mut u = unsigned("SHUTDOWN_NOW", 0);
     u.target_agent_id = Some("agent-2".into());
@@ -283,6 +283,14 @@ fn every_refusal_has_a_distinct_code_and_message() {
     ];
     let codes: BTreeSet<&str> = refusals.iter().map(Refusal::code).collect();
     assert_eq!(codes.len(), refusals.len());
+    // Each is an ack code that client and server both know by name, and so
+    // are the parse errors' codes.
+    let parse_codes = ["malformed", "timestamp_without_offset"];
+    for code in codes.iter().chain(&parse_codes) {
+        let known = vigil_proto::AckCode::parse(code);
+        assert!(known.is_known(), "{code} is not a vigil_proto::AckCode");
+        assert_eq!(known.as_str(), *code);
+    }
     let messages: BTreeSet<String> = refusals.iter().map(Refusal::message).collect();
     assert_eq!(messages.len(), refusals.len());
     // CIRIS's own detail strings.

@@ -15,6 +15,129 @@ pub enum AckStatus {
     Refused,
 }
 
+/// Why a command was not done: the `code` of a `cmd:ack`, one name shared
+/// by the client that writes it and the server that reads it.
+///
+/// The refusals of the command checks carry `vigil-command`'s
+/// `Refusal::code` (a test there checks every one is named here); the
+/// client adds its own. A code this version does not know (a newer
+/// peer's) is kept as it was sent, in [`AckCode::Other`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum AckCode {
+    /// The body is not a command of the right shape.
+    Malformed,
+    /// `issued_at` or `expires_at` has no UTC offset.
+    TimestampWithoutOffset,
+    /// The command type is not one this agent takes.
+    UnsupportedCommandType,
+    /// `issued_at` is outside the freshness window.
+    TimestampOutsideWindow,
+    /// `expires_at` has passed.
+    Expired,
+    /// The signature does not verify.
+    InvalidSignature,
+    /// The signing key is a weak (small-order) key.
+    WeakKey,
+    /// The signing key is not an enrolled authority.
+    UnauthorizedKey,
+    /// The key is enrolled under another `wa_id`.
+    WaIdMismatch,
+    /// The key may not issue this command type.
+    CommandTypeNotAllowed,
+    /// The command is for another agent.
+    WrongTarget,
+    /// The command is for a subtree this agent is not in.
+    OutsideTree,
+    /// The command id was accepted before.
+    Replayed,
+    /// The replay guard could not record the id, so the command did not run.
+    ReplayStoreUnavailable,
+    /// The client's queue of commands was full; the command was not
+    /// checked, so it may be sent again.
+    Busy,
+    /// The client takes no commands.
+    CommandsDisabled,
+    /// The command ran past its time.
+    Timeout,
+    /// The client failed before it could answer otherwise.
+    Internal,
+    /// A code this version does not know, as it was sent.
+    Other(String),
+}
+
+impl AckCode {
+    const KNOWN: [(AckCode, &'static str); 18] = [
+        (AckCode::Malformed, "malformed"),
+        (AckCode::TimestampWithoutOffset, "timestamp_without_offset"),
+        (AckCode::UnsupportedCommandType, "unsupported_command_type"),
+        (AckCode::TimestampOutsideWindow, "timestamp_outside_window"),
+        (AckCode::Expired, "expired"),
+        (AckCode::InvalidSignature, "invalid_signature"),
+        (AckCode::WeakKey, "weak_key"),
+        (AckCode::UnauthorizedKey, "unauthorized_key"),
+        (AckCode::WaIdMismatch, "wa_id_mismatch"),
+        (AckCode::CommandTypeNotAllowed, "command_type_not_allowed"),
+        (AckCode::WrongTarget, "wrong_target"),
+        (AckCode::OutsideTree, "outside_tree"),
+        (AckCode::Replayed, "replayed"),
+        (AckCode::ReplayStoreUnavailable, "replay_store_unavailable"),
+        (AckCode::Busy, "busy"),
+        (AckCode::CommandsDisabled, "commands_disabled"),
+        (AckCode::Timeout, "timeout"),
+        (AckCode::Internal, "internal"),
+    ];
+
+    /// The wire name.
+    pub fn as_str(&self) -> &str {
+        match self {
+            AckCode::Other(code) => code,
+            known => AckCode::KNOWN
+                .iter()
+                .find(|(c, _)| c == known)
+                .map_or("", |(_, name)| name),
+        }
+    }
+
+    /// The code named `name`; [`AckCode::Other`] for a name not known here.
+    pub fn parse(name: &str) -> AckCode {
+        AckCode::KNOWN
+            .iter()
+            .find(|(_, n)| *n == name)
+            .map_or_else(|| AckCode::Other(name.to_owned()), |(c, _)| c.clone())
+    }
+
+    /// Whether this version knows the code.
+    pub fn is_known(&self) -> bool {
+        !matches!(self, AckCode::Other(_))
+    }
+}
+
+impl std::fmt::Display for AckCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<&str> for AckCode {
+    fn from(name: &str) -> AckCode {
+        AckCode::parse(name)
+    }
+}
+
+impl Serialize for AckCode {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for AckCode {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<AckCode, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        Ok(AckCode::parse(&name))
+    }
+}
+
 /// The body of `cmd:ack:<ref>`: a client's answer to `cmd:exec:<ref>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ack {
@@ -22,9 +145,9 @@ pub struct Ack {
     pub command_id: Option<String>,
     /// What happened.
     pub status: AckStatus,
-    /// A machine-readable reason for a refusal.
+    /// A machine-readable reason for a refusal (or a failure).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub code: Option<String>,
+    pub code: Option<AckCode>,
     /// A reason or error, for a person.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub detail: String,
@@ -63,6 +186,26 @@ pub struct BreakOutcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ack_codes_keep_their_names_and_unknown_ones_survive() {
+        for (code, name) in AckCode::KNOWN {
+            assert_eq!(code.as_str(), name);
+            assert_eq!(AckCode::parse(name), code);
+        }
+        let ack: Ack = serde_json::from_str(
+            r#"{"command_id":"c","status":"refused","code":"from_a_newer_peer"}"#,
+        )
+        .expect("parse");
+        assert_eq!(ack.code, Some(AckCode::Other("from_a_newer_peer".into())));
+        assert!(!AckCode::parse("from_a_newer_peer").is_known());
+        let back = serde_json::to_string(&ack).expect("write");
+        assert!(back.contains(r#""code":"from_a_newer_peer""#), "{back}");
+        assert_eq!(
+            serde_json::to_string(&AckCode::Replayed).expect("write"),
+            r#""replayed""#
+        );
+    }
     use crate::{ClientRequest, Frame};
 
     #[test]

@@ -16,7 +16,7 @@ mod error;
 mod hello;
 mod server;
 
-pub use ack::{Ack, AckStatus, BreakOutcome, FailsafeReport};
+pub use ack::{Ack, AckCode, AckStatus, BreakOutcome, FailsafeReport};
 pub use client::ClientRequest;
 pub use error::{ErrorBody, ErrorCode, MessageError};
 pub use hello::{Hello, MAX_HELLO_ID_LEN, MAX_HELLO_PATH_LEN, tree_path_of};

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 use tokio::sync::Notify;
 use vigil_auth::Fingerprint;
-use vigil_proto::{Ack, AckStatus};
+use vigil_proto::{Ack, AckCode, AckStatus};
 
 use super::{ClientOutcome, DeliveryReport, Outcome};
 
@@ -68,7 +68,7 @@ struct Slot {
 pub(crate) struct AckEntry {
     client: Fingerprint,
     status: AckStatus,
-    code: Option<String>,
+    code: Option<AckCode>,
     detail: String,
 }
 
@@ -86,7 +86,7 @@ impl AckEntry {
             serde_json::to_value(self.status).unwrap_or(Value::Null),
         );
         if let Some(code) = &self.code {
-            map.insert("code".into(), Value::String(code.clone()));
+            map.insert("code".into(), Value::String(code.to_string()));
         }
         if !self.detail.is_empty() {
             map.insert("detail".into(), Value::String(self.detail.clone()));
@@ -374,7 +374,7 @@ impl Tracker {
             let row = match &slot.state {
                 SlotState::Acked(ack) => Row {
                     client,
-                    code: ack.code.as_deref(),
+                    code: ack.code.as_ref().map(AckCode::as_str),
                     detail: &ack.detail,
                     result: ack.result.as_ref(),
                     status: super::ack_status(ack.status),
@@ -435,7 +435,7 @@ mod tests {
 
     fn refused(command_id: &str, code: &str, detail: &str) -> Ack {
         Ack {
-            code: Some(code.to_owned()),
+            code: Some(AckCode::parse(code)),
             detail: detail.to_owned(),
             ..ack(command_id, AckStatus::Refused)
         }

@@ -189,7 +189,7 @@ pub(super) async fn relay(state: &State, body: &[u8], query: &str) -> Resp {
     let refused = |refusal: Refusal| {
         state.server.audit_later(
             "command.refused",
-            json!({"command_id": command.command_id, "wa_id": command.wa_id, "code": refusal.code(), "detail": refusal.message()}),
+            json!({"command_id": command.body.command_id, "wa_id": command.body.wa_id, "code": refusal.code(), "detail": refusal.message()}),
         );
         super::emergency::refusal_response(&refusal)
     };
@@ -199,8 +199,8 @@ pub(super) async fn relay(state: &State, body: &[u8], query: &str) -> Resp {
     };
     let target = match target_of(
         state,
-        command.target_agent_id.as_deref(),
-        command.target_tree_path.as_deref(),
+        command.body.target_agent_id.as_deref(),
+        command.body.target_tree_path.as_deref(),
     ) {
         Ok(t) => t,
         Err(e) => return e.into_response(),

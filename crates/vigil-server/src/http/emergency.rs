@@ -73,17 +73,17 @@ fn attempt_details(outcome: &str, cmd: Option<&SignedCommand>, extra: Option<&st
     let mut map = serde_json::Map::new();
     map.insert("outcome".into(), Value::String(outcome.to_owned()));
     if let Some(c) = cmd {
-        clip(&mut map, "command_id", &c.command_id, 128);
-        clip(&mut map, "wa_id", &c.wa_id, 128);
+        clip(&mut map, "command_id", &c.body.command_id, 128);
+        clip(&mut map, "wa_id", &c.body.wa_id, 128);
         clip(&mut map, "wa_public_key", &c.wa_public_key, 64);
-        if let Some(target) = &c.target_agent_id {
+        if let Some(target) = &c.body.target_agent_id {
             clip(&mut map, "target_agent_id", target, 128);
         }
-        if let Some(path) = &c.target_tree_path {
+        if let Some(path) = &c.body.target_tree_path {
             let text = serde_json::to_string(path).unwrap_or_default();
             clip(&mut map, "target_tree_path", &text, 256);
         }
-        clip(&mut map, "reason", &c.reason, 256);
+        clip(&mut map, "reason", &c.body.reason, 256);
     }
     if let Some(extra) = extra {
         clip(&mut map, "detail", extra, 256);
@@ -154,13 +154,13 @@ pub(crate) async fn shutdown(
             return detail(status, e);
         }
     };
-    if command.command_type != "SHUTDOWN_NOW" {
+    if command.body.command_type != "SHUTDOWN_NOW" {
         note_refused(server, peer, "refused", Some(&command), "not SHUTDOWN_NOW");
         return detail(
             StatusCode::BAD_REQUEST,
             format!(
                 "Only SHUTDOWN_NOW commands are accepted here, not {:?}",
-                command.command_type
+                command.body.command_type
             ),
         );
     }
@@ -182,16 +182,16 @@ pub(crate) async fn shutdown(
         Err(refusal) => return refuse(server, peer, &command, &refusal),
     };
     tracing::error!(
-        %peer, command_id = ?command.command_id, wa_id = ?command.wa_id,
-        target = ?command.target_agent_id, tree = ?command.target_tree_path, reason = ?command.reason,
+        %peer, command_id = ?command.body.command_id, wa_id = ?command.body.wa_id,
+        target = ?command.body.target_agent_id, tree = ?command.body.target_tree_path, reason = ?command.body.reason,
         "EMERGENCY SHUTDOWN: a verified SHUTDOWN_NOW"
     );
     // Where does it go? (`target_agent_id`, `target_tree_path`)
     let own = server.agent_id().to_owned();
     let resolved = match crate::route::resolve(
         server,
-        command.target_agent_id.as_deref(),
-        command.target_tree_path.as_deref(),
+        command.body.target_agent_id.as_deref(),
+        command.body.target_tree_path.as_deref(),
     ) {
         Ok(r) => r,
         Err(why) => {
@@ -209,7 +209,7 @@ pub(crate) async fn shutdown(
     // its (unsigned) relay chain. A copy they would refuse (a chain
     // already at their limit) is refused here, before its id is spent.
     let mut relayed = command.clone();
-    relayed.relay_chain.push(own.clone());
+    relayed.body.relay_chain.push(own.clone());
     let raw = relayed.to_json();
     if let Err(e) = SignedCommand::from_json(raw.as_bytes()) {
         let refusal = Refusal::Malformed {
@@ -266,7 +266,7 @@ pub(crate) async fn shutdown(
     }
     let stops_server = resolved.server;
     let (completed, exit_code) = if stops_server {
-        tracing::error!(command_id = %command.command_id, "EMERGENCY SHUTDOWN: stopping the server");
+        tracing::error!(command_id = %command.body.command_id, "EMERGENCY SHUTDOWN: stopping the server");
         server.shutdown();
         let stopped = tokio::time::timeout(STOP_WAIT, server.stopped())
             .await
@@ -286,7 +286,7 @@ pub(crate) async fn shutdown(
         let _ = server
             .audit_essential(
                 "emergency.completed",
-                json!({"command_id": command.command_id, "stopped": stopped}),
+                json!({"command_id": command.body.command_id, "stopped": stopped}),
             )
             .await;
         (stopped.then(now_iso), if stopped { Some(0) } else { None })

@@ -212,13 +212,14 @@ impl ServerHandle {
         if let Target::Subtree(path) = target {
             unsigned.target_tree_path = Some(path.clone());
         }
-        // Arguments with no canonical JSON form (a non-finite number, or
-        // nesting past the limit) are the caller's fault, not the server's.
+        // A field past its limit, or arguments with no canonical JSON form
+        // (a non-finite number, nesting past the limit), are the caller's
+        // fault, not the server's: signing refuses them.
         let signed = unsigned
             .sign(&authority.key)
             .map_err(|e| ServerError::BadCommand(e.to_string()))?;
-        // `relay` parses it as clients will: one they would refuse as
-        // malformed (a field past its length limit) is refused there.
+        // `relay` checks the bytes as clients will read them (the whole
+        // body's size, integers Python could not sign).
         let raw = signed.to_json();
         self.relay(&signed, raw.as_bytes(), target, "send").await
     }
@@ -269,15 +270,15 @@ impl ServerHandle {
             ))));
         }
         let issued = serde_json::json!({
-            "command_id": command.command_id,
-            "command_type": command.command_type,
-            "command": command.command,
-            "wa_id": command.wa_id,
+            "command_id": command.body.command_id,
+            "command_type": command.body.command_type,
+            "command": command.body.command,
+            "wa_id": command.body.wa_id,
             "via": via,
             "target": targets,
         });
         // An emergency shutdown may use the audit log's reserve.
-        let recorded = if command.command_type == vigil_command::EMERGENCY_TYPE {
+        let recorded = if command.body.command_type == vigil_command::EMERGENCY_TYPE {
             self.audit_essential("command.issued", issued).await
         } else {
             self.audit("command.issued", issued).await
@@ -288,25 +289,25 @@ impl ServerHandle {
             // happened, never less.
             self.audit_later(
                 "command.withdrawn",
-                serde_json::json!({"command_id": command.command_id, "code": refusal.code(), "detail": refusal.message()}),
+                serde_json::json!({"command_id": command.body.command_id, "code": refusal.code(), "detail": refusal.message()}),
             );
             return Err(Relayed::Refused(refusal));
         }
-        let lane = lane_of(Some(command.command_type.as_str()));
-        let delivery = self.deliver_raw(&command.command_id, raw, target, lane);
+        let lane = lane_of(Some(command.body.command_type.as_str()));
+        let delivery = self.deliver_raw(&command.body.command_id, raw, target, lane);
         self.shared.commands.insert(
             CommandRecord {
-                command_id: command.command_id.clone(),
-                command_type: command.command_type.clone(),
-                command: command.command.clone(),
-                wa_id: command.wa_id.clone(),
+                command_id: command.body.command_id.clone(),
+                command_type: command.body.command_type.clone(),
+                command: command.body.command.clone(),
+                wa_id: command.body.wa_id.clone(),
                 via,
                 targets: Default::default(),
             },
             Some(delivery.tracker.clone()),
         );
         let queued: Vec<Fingerprint> = delivery.queued.iter().map(|(fp, _)| *fp).collect();
-        let command_id = command.command_id.clone();
+        let command_id = command.body.command_id.clone();
         self.shared.audit_later_with("command.delivered", move || {
             let clients: Vec<String> = queued.iter().map(Fingerprint::to_hex).collect();
             serde_json::json!({"command_id": command_id, "clients": clients})

@@ -395,7 +395,11 @@ async fn every_bad_command_is_refused_with_its_reason_and_nothing_runs() {
     for (label, b, code) in &cases {
         let ack = ack_of(&setup.server, b, me).await;
         assert_eq!(ack.status, AckStatus::Refused, "{label}: {ack:?}");
-        assert_eq!(ack.code.as_deref(), Some(*code), "{label}: {ack:?}");
+        assert_eq!(
+            ack.code.as_ref().map(vigil_proto::AckCode::as_str),
+            Some(*code),
+            "{label}: {ack:?}"
+        );
         assert!(!ack.detail.is_empty(), "{label}: a reason for a person");
     }
     assert!(
@@ -412,7 +416,10 @@ async fn every_bad_command_is_refused_with_its_reason_and_nothing_runs() {
     );
     let again = ack_of(&setup.server, &good, me).await;
     assert_eq!(
-        (again.status, again.code.as_deref()),
+        (
+            again.status,
+            again.code.as_ref().map(vigil_proto::AckCode::as_str)
+        ),
         (AckStatus::Refused, Some("replayed"))
     );
     assert_eq!(recorder.ran(), vec!["echo".to_owned()]);
@@ -423,7 +430,10 @@ async fn every_bad_command_is_refused_with_its_reason_and_nothing_runs() {
     let running = Running::start(setup.config(recorder.clone(), Duration::from_secs(30))).await;
     let after = ack_of(&setup.server, &good, me).await;
     assert_eq!(
-        (after.status, after.code.as_deref()),
+        (
+            after.status,
+            after.code.as_ref().map(vigil_proto::AckCode::as_str)
+        ),
         (AckStatus::Refused, Some("replayed"))
     );
     assert!(recorder.ran().is_empty());

@@ -1,12 +1,18 @@
 //! The signed command and its CIRIS signing bytes.
 
 use ed25519_dalek::{Signer as _, SigningKey};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::pyjson::{self, CanonicalJsonError};
 use crate::timestamp::{Timestamp, TimestampError};
 use crate::{Refusal, keys};
+
+mod signing;
+mod wire;
+
+use signing::SignView;
+use wire::{Limits, RawCommand};
 
 /// Largest command body [`SignedCommand::from_json`] reads, in bytes.
 pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
@@ -82,150 +88,16 @@ impl CommandParseError {
 /// Construct one with [`UnsignedCommand::sign`]; read one with
 /// [`SignedCommand::from_json`]; check one with
 /// [`Verifier::verify`](crate::Verifier::verify).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(try_from = "RawCommand")]
 pub struct SignedCommand {
-    /// Unique id; the replay guard accepts each once.
-    pub command_id: String,
-    /// What kind of command, e.g. `SHUTDOWN_NOW`.
-    pub command_type: String,
-    /// The issuing authority's id.
-    pub wa_id: String,
+    /// What was signed, and the routing fields that travel with it
+    /// unsigned (`parent_command_id`, `relay_chain`).
+    pub body: UnsignedCommand,
     /// Base64 of the raw 32-byte Ed25519 public key that signed.
     pub wa_public_key: String,
-    /// When it was issued.
-    pub issued_at: Timestamp,
-    /// When it stops being valid, if earlier than the freshness window.
-    pub expires_at: Option<Timestamp>,
-    /// Why (free text, signed).
-    pub reason: String,
-    /// The agent it is meant for; `None` for all.
-    pub target_agent_id: Option<String>,
-    /// Where in an agent tree it is meant for (signed when not empty).
-    pub target_tree_path: Option<Vec<String>>,
     /// Base64 of the 64-byte Ed25519 signature over the signing bytes.
     pub signature: String,
-    /// The command this one derives from (not signed).
-    pub parent_command_id: Option<String>,
-    /// Relays the command passed through (not signed).
-    pub relay_chain: Vec<String>,
-    /// vigil extension: the command name (signed when present).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub command: Option<String>,
-    /// vigil extension: the command's arguments, any JSON (signed when
-    /// present). `null` is the same as absent: not signed, not sent.
-    #[serde(skip_serializing_if = "absent_args")]
-    pub args: Option<Value>,
-}
-
-fn absent_args(args: &Option<Value>) -> bool {
-    args.as_ref().is_none_or(Value::is_null)
-}
-
-/// The wire form, with timestamps still text so that a missing offset can
-/// be told apart from other errors.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawCommand {
-    command_id: String,
-    command_type: String,
-    wa_id: String,
-    wa_public_key: String,
-    issued_at: String,
-    #[serde(default)]
-    expires_at: Option<String>,
-    reason: String,
-    #[serde(default)]
-    target_agent_id: Option<String>,
-    #[serde(default)]
-    target_tree_path: Option<Vec<String>>,
-    signature: String,
-    #[serde(default)]
-    parent_command_id: Option<String>,
-    #[serde(default)]
-    relay_chain: Vec<String>,
-    #[serde(default)]
-    command: Option<String>,
-    #[serde(default)]
-    args: Option<Value>,
-}
-
-fn parse_time(field: &'static str, text: &str) -> Result<Timestamp, CommandParseError> {
-    Timestamp::parse(text).map_err(|source| match source {
-        TimestampError::MissingOffset { .. } => CommandParseError::MissingOffset { field, source },
-        _ => CommandParseError::Timestamp { field, source },
-    })
-}
-
-fn check_len(field: &'static str, value: &str, limit: usize) -> Result<(), CommandParseError> {
-    if value.len() > limit {
-        return Err(CommandParseError::TooLong {
-            field,
-            limit,
-            unit: "bytes",
-        });
-    }
-    Ok(())
-}
-
-fn check_list(field: &'static str, list: &[String]) -> Result<(), CommandParseError> {
-    if list.len() > MAX_LIST_LEN {
-        return Err(CommandParseError::TooLong {
-            field,
-            limit: MAX_LIST_LEN,
-            unit: "entries",
-        });
-    }
-    for entry in list {
-        check_len(field, entry, MAX_ID_LEN)?;
-    }
-    Ok(())
-}
-
-impl TryFrom<RawCommand> for SignedCommand {
-    type Error = CommandParseError;
-
-    fn try_from(raw: RawCommand) -> Result<Self, Self::Error> {
-        check_len("command_id", &raw.command_id, MAX_ID_LEN)?;
-        check_len("command_type", &raw.command_type, MAX_TYPE_LEN)?;
-        check_len("wa_id", &raw.wa_id, MAX_ID_LEN)?;
-        check_len("reason", &raw.reason, MAX_REASON_LEN)?;
-        for (field, value) in [
-            ("target_agent_id", &raw.target_agent_id),
-            ("parent_command_id", &raw.parent_command_id),
-            ("command", &raw.command),
-        ] {
-            if let Some(v) = value {
-                check_len(field, v, MAX_ID_LEN)?;
-            }
-        }
-        if let Some(path) = &raw.target_tree_path {
-            check_list("target_tree_path", path)?;
-        }
-        check_list("relay_chain", &raw.relay_chain)?;
-        let issued_at = parse_time("issued_at", &raw.issued_at)?;
-        let expires_at = raw
-            .expires_at
-            .as_deref()
-            .map(|t| parse_time("expires_at", t))
-            .transpose()?;
-        Ok(SignedCommand {
-            command_id: raw.command_id,
-            command_type: raw.command_type,
-            wa_id: raw.wa_id,
-            wa_public_key: raw.wa_public_key,
-            issued_at,
-            expires_at,
-            reason: raw.reason,
-            target_agent_id: raw.target_agent_id,
-            target_tree_path: raw.target_tree_path,
-            signature: raw.signature,
-            parent_command_id: raw.parent_command_id,
-            relay_chain: raw.relay_chain,
-            command: raw.command,
-            args: raw.args,
-        })
-    }
 }
 
 impl SignedCommand {
@@ -260,13 +132,13 @@ impl SignedCommand {
     /// plus `expires_at` when set, `target_tree_path` when not empty, and
     /// `command` and `args` when present.
     pub fn signing_bytes(&self) -> Result<Vec<u8>, CanonicalJsonError> {
-        SignView::of_signed(self).bytes()
+        self.body.signing_bytes()
     }
 
     /// Refuses the command when it names a target agent other than
     /// `own_agent_id`. A command without a target is for every agent.
     pub fn check_target(&self, own_agent_id: &str) -> Result<(), Refusal> {
-        match &self.target_agent_id {
+        match &self.body.target_agent_id {
             Some(target) if target != own_agent_id => Err(Refusal::WrongTarget {
                 target: target.clone(),
                 own: own_agent_id.to_owned(),
@@ -282,7 +154,12 @@ impl SignedCommand {
     /// path. An agent with no place in the tree (`None`) is outside every
     /// subtree; an unscoped command is for every agent.
     pub fn check_tree(&self, own_tree_path: Option<&[String]>) -> Result<(), Refusal> {
-        let Some(target) = self.target_tree_path.as_deref().filter(|t| !t.is_empty()) else {
+        let Some(target) = self
+            .body
+            .target_tree_path
+            .as_deref()
+            .filter(|t| !t.is_empty())
+        else {
             return Ok(());
         };
         match own_tree_path {
@@ -295,10 +172,7 @@ impl SignedCommand {
     }
 
     /// Signs `fields` with `key`; shorthand for [`UnsignedCommand::sign`].
-    pub fn sign(
-        fields: UnsignedCommand,
-        key: &SigningKey,
-    ) -> Result<SignedCommand, CanonicalJsonError> {
+    pub fn sign(fields: UnsignedCommand, key: &SigningKey) -> Result<SignedCommand, SignError> {
         fields.sign(key)
     }
 }
@@ -377,134 +251,49 @@ impl UnsignedCommand {
         SignView::of_unsigned(self).bytes()
     }
 
-    /// Signs with `key`, filling in `wa_public_key` (standard base64 of the
-    /// public key) and `signature` (standard base64).
-    pub fn sign(self, key: &SigningKey) -> Result<SignedCommand, CanonicalJsonError> {
+    /// Refuses a command that clients would refuse to read: a field or a
+    /// list past its limit. Signing checks this first.
+    pub fn check(&self) -> Result<(), CommandParseError> {
+        Limits {
+            command_id: &self.command_id,
+            command_type: &self.command_type,
+            wa_id: &self.wa_id,
+            reason: &self.reason,
+            target_agent_id: self.target_agent_id.as_deref(),
+            parent_command_id: self.parent_command_id.as_deref(),
+            command: self.command.as_deref(),
+            target_tree_path: self.target_tree_path.as_deref(),
+            relay_chain: &self.relay_chain,
+        }
+        .check()
+    }
+
+    /// Checks the fields ([`check`](Self::check)) and signs with `key`,
+    /// filling in `wa_public_key` (standard base64 of the public key) and
+    /// `signature` (standard base64).
+    pub fn sign(self, key: &SigningKey) -> Result<SignedCommand, SignError> {
+        self.check()?;
         let message = self.signing_bytes()?;
         let signature = key.sign(&message);
         Ok(SignedCommand {
-            command_id: self.command_id,
-            command_type: self.command_type,
-            wa_id: self.wa_id,
             wa_public_key: keys::encode_public_key(&key.verifying_key()),
-            issued_at: self.issued_at,
-            expires_at: self.expires_at,
-            reason: self.reason,
-            target_agent_id: self.target_agent_id,
-            target_tree_path: self.target_tree_path,
             signature: keys::encode_signature(&signature),
-            parent_command_id: self.parent_command_id,
-            relay_chain: self.relay_chain,
-            command: self.command,
-            args: self.args,
+            body: self,
         })
     }
 }
 
-/// The signed fields, borrowed from either form.
-struct SignView<'a> {
-    command_id: &'a str,
-    command_type: &'a str,
-    wa_id: &'a str,
-    issued_at: &'a Timestamp,
-    expires_at: Option<&'a Timestamp>,
-    reason: &'a str,
-    target_agent_id: Option<&'a str>,
-    target_tree_path: Option<&'a [String]>,
-    command: Option<&'a str>,
-    args: Option<&'a Value>,
-}
-
-impl<'a> SignView<'a> {
-    fn of_signed(c: &'a SignedCommand) -> Self {
-        SignView {
-            command_id: &c.command_id,
-            command_type: &c.command_type,
-            wa_id: &c.wa_id,
-            issued_at: &c.issued_at,
-            expires_at: c.expires_at.as_ref(),
-            reason: &c.reason,
-            target_agent_id: c.target_agent_id.as_deref(),
-            target_tree_path: c.target_tree_path.as_deref(),
-            command: c.command.as_deref(),
-            // `args: null` reads back as absent, so it is signed as absent.
-            args: c.args.as_ref().filter(|v| !v.is_null()),
-        }
-    }
-
-    fn of_unsigned(c: &'a UnsignedCommand) -> Self {
-        SignView {
-            command_id: &c.command_id,
-            command_type: &c.command_type,
-            wa_id: &c.wa_id,
-            issued_at: &c.issued_at,
-            expires_at: c.expires_at.as_ref(),
-            reason: &c.reason,
-            target_agent_id: c.target_agent_id.as_deref(),
-            target_tree_path: c.target_tree_path.as_deref(),
-            command: c.command.as_deref(),
-            // `args: null` reads back as absent, so it is signed as absent.
-            args: c.args.as_ref().filter(|v| !v.is_null()),
-        }
-    }
-
-    /// Writes `sign_data` with its keys in sorted order. The keys are fixed,
-    /// so the order is written out by hand (a test checks it is sorted):
-    /// args, command, command_id, command_type, expires_at, issued_at,
-    /// reason, target_agent_id, target_tree_path, wa_id.
-    fn bytes(&self) -> Result<Vec<u8>, CanonicalJsonError> {
-        let mut out = String::with_capacity(256);
-        let mut first = true;
-        let mut key = |out: &mut String, name: &str| {
-            if !first {
-                out.push_str(", ");
-            }
-            first = false;
-            pyjson::write_str(out, name);
-            out.push_str(": ");
-        };
-        out.push('{');
-        if let Some(args) = self.args {
-            key(&mut out, "args");
-            pyjson::write_value(&mut out, args)?;
-        }
-        if let Some(command) = self.command {
-            key(&mut out, "command");
-            pyjson::write_str(&mut out, command);
-        }
-        key(&mut out, "command_id");
-        pyjson::write_str(&mut out, self.command_id);
-        key(&mut out, "command_type");
-        pyjson::write_str(&mut out, self.command_type);
-        if let Some(expires_at) = self.expires_at {
-            key(&mut out, "expires_at");
-            pyjson::write_str(&mut out, &expires_at.isoformat());
-        }
-        key(&mut out, "issued_at");
-        pyjson::write_str(&mut out, &self.issued_at.isoformat());
-        key(&mut out, "reason");
-        pyjson::write_str(&mut out, self.reason);
-        key(&mut out, "target_agent_id");
-        match self.target_agent_id {
-            Some(t) => pyjson::write_str(&mut out, t),
-            None => out.push_str("null"),
-        }
-        if let Some(path) = self.target_tree_path.filter(|p| !p.is_empty()) {
-            key(&mut out, "target_tree_path");
-            out.push('[');
-            for (i, entry) in path.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(", ");
-                }
-                pyjson::write_str(&mut out, entry);
-            }
-            out.push(']');
-        }
-        key(&mut out, "wa_id");
-        pyjson::write_str(&mut out, self.wa_id);
-        out.push('}');
-        Ok(out.into_bytes())
-    }
+/// Why a command could not be signed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SignError {
+    /// A field is past its limit: clients would refuse the command.
+    #[error(transparent)]
+    Invalid(#[from] CommandParseError),
+    /// The arguments have no canonical JSON form (a non-finite number,
+    /// nesting past the limit).
+    #[error(transparent)]
+    Canonical(#[from] CanonicalJsonError),
 }
 
 #[cfg(test)]
@@ -735,9 +524,9 @@ mod tests {
           "relay_chain": []
         }"#;
         let c = SignedCommand::from_json(body).expect("parse");
-        assert_eq!(c.issued_at.isoformat(), "2025-01-01T12:00:00+00:00");
-        assert_eq!(c.expires_at, None);
-        assert!(c.relay_chain.is_empty());
+        assert_eq!(c.body.issued_at.isoformat(), "2025-01-01T12:00:00+00:00");
+        assert_eq!(c.body.expires_at, None);
+        assert!(c.body.relay_chain.is_empty());
         let out: Value = serde_json::from_str(&c.to_json()).expect("json");
         for field in [
             "command_id",
@@ -772,7 +561,7 @@ mod tests {
             .sign(&SigningKey::from_bytes(&[3; 32]))
             .expect("sign");
         assert_eq!(c.check_target("agent_a"), Ok(()));
-        c.target_agent_id = Some("agent_a".into());
+        c.body.target_agent_id = Some("agent_a".into());
         assert_eq!(c.check_target("agent_a"), Ok(()));
         let e = c.check_target("agent_b").expect_err("wrong target");
         assert_eq!(e.code(), "wrong_target");
