@@ -97,5 +97,5 @@ pub enum ServerError {
     NoAuditLog,
     /// The audit log could not record the action, so it was not taken.
     #[error("the audit log cannot record this, so it was not done: {0}")]
-    Audit(String),
+    Audit(#[source] vigil_audit::AuditError),
 }

@@ -337,7 +337,7 @@ impl ServerHandle {
                 .map(|_| ())
                 .map_err(|e| {
                     tracing::error!(kind, error = %e, "audit log write failed (essential record)");
-                    ServerError::Audit(e.to_string())
+                    ServerError::Audit(e)
                 }),
             None => Ok(()),
         }
@@ -365,7 +365,7 @@ impl ServerHandle {
         match &self.shared.audit {
             Some(log) => log.append(kind, details).await.map(|_| ()).map_err(|e| {
                 tracing::error!(kind, error = %e, "audit log write failed");
-                ServerError::Audit(e.to_string())
+                ServerError::Audit(e)
             }),
             None => Ok(()),
         }
@@ -396,10 +396,7 @@ impl ServerHandle {
     /// after a failure). Every acknowledged record is on disk already.
     pub async fn close_audit(&self) -> Result<(), ServerError> {
         match &self.shared.audit {
-            Some(audit) => audit
-                .close()
-                .await
-                .map_err(|e| ServerError::Audit(e.to_string())),
+            Some(audit) => audit.close().await.map_err(ServerError::Audit),
             None => Ok(()),
         }
     }

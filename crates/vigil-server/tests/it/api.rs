@@ -759,3 +759,108 @@ async fn a_request_followed_by_a_half_close_is_answered() {
     assert_eq!(answer["results"][0]["status"], "done", "{answer}");
     stop.cancel();
 }
+
+/// A raw-TLS connection as the trusted agent, sent one command through
+/// `/send`: the halves of the connection, its read buffer, the command's
+/// id and the REF it was delivered under.
+async fn raw_agent_with_a_command(
+    api: &Api,
+) -> (
+    tokio::io::ReadHalf<tokio_rustls::client::TlsStream<TcpStream>>,
+    tokio::io::WriteHalf<tokio_rustls::client::TlsStream<TcpStream>>,
+    bytes::BytesMut,
+    String,
+    String,
+) {
+    let (rd, wr) = tokio::io::split(support::raw_tls(&api.server, &api.agent).await);
+    support::eventually(|| api.server.handle.is_connected(&api.agent.fingerprint)).await;
+    let (status, body) = api
+        .call(
+            "POST",
+            "/send",
+            Some(json!({"command": "uptime", "client_id": api.agent.fingerprint.to_hex()})),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["sent_to"], json!([api.agent.fingerprint.to_hex()]));
+    let id = body["command_id"].as_str().expect("id").to_owned();
+    let mut rd = rd;
+    let mut buf = bytes::BytesMut::new();
+    let exec = next_non_heartbeat(&mut rd, &mut buf).await;
+    assert_eq!((exec.api(), exec.kind()), ("cmd", "exec"), "{exec}");
+    assert_eq!(exec.payload()["command_id"], id.as_str(), "{exec}");
+    let reference = exec.reference().to_owned();
+    (rd, wr, buf, id, reference)
+}
+
+/// The next frame that is not a heartbeat (at most 10 s: heartbeats alone
+/// would keep `read_frame` waiting for ever).
+async fn next_non_heartbeat<R: tokio::io::AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut bytes::BytesMut,
+) -> vigil_proto::Frame {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let frame = support::read_frame(rd, buf).await.expect("a frame");
+            if (frame.api(), frame.kind()) != ("hb", "beat") {
+                return frame;
+            }
+        }
+    })
+    .await
+    .expect("a frame other than a heartbeat in time")
+}
+
+#[tokio::test]
+async fn a_valid_ack_gets_no_answer() {
+    let api = Api::start().await;
+    let (mut rd, mut wr, mut buf, id, reference) = raw_agent_with_a_command(&api).await;
+    let ack = format!("cmd:ack:{reference} {{\"command_id\":\"{id}\",\"status\":\"done\"}}\n");
+    wr.write_all(ack.as_bytes()).await.expect("write");
+    wr.write_all(b"sys:ping:p1 {}\n").await.expect("write");
+    // Frames are answered in order: anything the ack drew comes first.
+    let answer = next_non_heartbeat(&mut rd, &mut buf).await;
+    assert_eq!(
+        (answer.api(), answer.kind(), answer.reference()),
+        ("sys", "pong", "p1"),
+        "{answer}"
+    );
+    let (status, record) = api.call("GET", &format!("/v1/commands/{id}"), None).await;
+    assert_eq!(status, 200, "{record}");
+    assert_eq!(
+        record["targets"][api.agent.fingerprint.to_hex()]["status"],
+        "done",
+        "{record}"
+    );
+}
+
+#[tokio::test]
+async fn an_ack_under_another_ref_is_refused_and_the_slot_stays_pending() {
+    let api = Api::start().await;
+    let (mut rd, mut wr, mut buf, id, reference) = raw_agent_with_a_command(&api).await;
+    let me = api.agent.fingerprint.to_hex();
+    assert_ne!(reference, "wrong");
+    let misplaced = format!("cmd:ack:wrong {{\"command_id\":\"{id}\",\"status\":\"done\"}}\n");
+    wr.write_all(misplaced.as_bytes()).await.expect("write");
+    let answer = next_non_heartbeat(&mut rd, &mut buf).await;
+    assert_eq!(
+        (answer.api(), answer.kind(), answer.reference()),
+        ("err", "bad_payload", "wrong"),
+        "{answer}"
+    );
+    let (_, record) = api.call("GET", &format!("/v1/commands/{id}"), None).await;
+    assert_eq!(record["targets"][&me]["status"], "pending", "{record}");
+
+    // Under the REF it was delivered with, the same ack counts.
+    let ack = format!("cmd:ack:{reference} {{\"command_id\":\"{id}\",\"status\":\"done\"}}\n");
+    wr.write_all(ack.as_bytes()).await.expect("write");
+    wr.write_all(b"sys:ping:p1 {}\n").await.expect("write");
+    let answer = next_non_heartbeat(&mut rd, &mut buf).await;
+    assert_eq!(
+        (answer.api(), answer.kind(), answer.reference()),
+        ("sys", "pong", "p1"),
+        "{answer}"
+    );
+    let (_, record) = api.call("GET", &format!("/v1/commands/{id}"), None).await;
+    assert_eq!(record["targets"][&me]["status"], "done", "{record}");
+}
