@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use libfuzzer_sys::fuzz_target;
 use vigil_command::{
-    Authorities, AuthorityKey, Refusal, SignedCommand, SigningKey, Timestamp, UnsignedCommand,
+    Authorities, AuthorityKey, Refusal, SignedCommand, SigningKey, Timestamp,
     Verifier,
 };
 
@@ -59,18 +59,8 @@ fuzz_target!(|data: &[u8]| {
 
     // The same fields, signed by the enrolled key: the signature holds
     // after a JSON round trip, whatever the strings hold.
-    let mut unsigned = UnsignedCommand::new(
-        command.body.command_id.clone(),
-        command.body.command_type.clone(),
-        "wa_fuzz",
-        command.body.issued_at,
-        command.body.reason.clone(),
-    );
-    unsigned.expires_at = command.body.expires_at;
-    unsigned.target_agent_id = command.body.target_agent_id.clone();
-    unsigned.target_tree_path = command.body.target_tree_path.clone();
-    unsigned.command = command.body.command.clone();
-    unsigned.args = command.body.args.clone();
+    let mut unsigned = command.body.clone();
+    unsigned.wa_id = "wa_fuzz".into();
     let Ok(signed) = unsigned.sign(&fixed.key) else {
         return;
     };

@@ -14,7 +14,7 @@ use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use vigil_auth::{GeneratedIdentity, TrustStore};
 use vigil_command::{
-    Authorities, AuthorityKey, ReplayGuard, SignedCommand, SigningKey, Timestamp, UnsignedCommand,
+    Authorities, AuthorityKey, ReplayGuard, SignedCommand, SigningKey, Timestamp,
 };
 use vigil_server::{Authority, HttpConfig, HttpServer, Relay, Server, ServerConfig};
 
@@ -100,17 +100,10 @@ fn request(line: &str, body: &[u8], token: bool) -> Vec<u8> {
 fn signed(body: &[u8]) -> Option<Vec<u8>> {
     let command = SignedCommand::from_json(body).ok()?;
     let now = Timestamp::from_system_time(SystemTime::now()).ok()?;
-    let mut unsigned = UnsignedCommand::new(
-        command.body.command_id,
-        command.body.command_type,
-        "wa_fuzz",
-        now,
-        command.body.reason,
-    );
-    unsigned.target_agent_id = command.body.target_agent_id;
-    unsigned.target_tree_path = command.body.target_tree_path;
-    unsigned.command = command.body.command;
-    unsigned.args = command.body.args;
+    let mut unsigned = command.body;
+    unsigned.wa_id = "wa_fuzz".into();
+    unsigned.issued_at = now;
+    unsigned.expires_at = None;
     let json = unsigned.sign(&api().operator).ok()?.to_json();
     Some(request("POST /v1/commands", json.as_bytes(), true))
 }

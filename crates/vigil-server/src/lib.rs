@@ -97,5 +97,7 @@ pub enum ServerError {
     NoAuditLog,
     /// The audit log could not record the action, so it was not taken.
     #[error("the audit log cannot record this, so it was not done: {0}")]
-    Audit(#[source] vigil_audit::AuditError),
+    // Its text is in the message (REST answers show it), so it is not a
+    // `source` as well: a printed chain would say it twice.
+    Audit(vigil_audit::AuditError),
 }

@@ -291,7 +291,7 @@ impl ReplayGuard {
         if let Some(store) = &mut inner.store {
             let written = store
                 .file
-                .write_all(plan.lines.as_bytes())
+                .write_all(plan.lines(entries).as_bytes())
                 .map_err(|source| (source, "append to"))
                 .and_then(|()| store.file.sync_data().map_err(|source| (source, "fsync")));
             if let Err((source, op)) = written {

@@ -42,8 +42,8 @@ struct Seen {
 
 /// The live command ids, each until when and whose share it takes, and the
 /// per-owner capacity (see [`ReplayGuard`](super::ReplayGuard) for the
-/// rules). Sans-IO: [`ReplaySet::check`] decides and returns the lines to
-/// persist; the caller makes them durable and then calls
+/// rules). Sans-IO: [`ReplaySet::check`] decides and its plan gives the lines
+/// to persist; the caller makes them durable and then calls
 /// [`ReplaySet::commit`]. Nothing is remembered until it is committed.
 #[derive(Debug)]
 pub struct ReplaySet {
@@ -55,8 +55,8 @@ pub struct ReplaySet {
     next_prune_us: i64,
 }
 
-/// What [`ReplaySet::check`] decided: one answer per entry, in order, and
-/// the file lines that record the accepted ones.
+/// What [`ReplaySet::check`] decided: one answer per entry, in order; its
+/// [`lines`](ReplayPlan::lines) record the accepted ones in a file.
 #[derive(Debug)]
 #[must_use = "accepted ids are remembered only once the plan is committed"]
 pub struct ReplayPlan {
@@ -64,15 +64,32 @@ pub struct ReplayPlan {
     pub answers: Vec<Result<(), ReplayError>>,
     /// The entries accepted, by index.
     accepted: Vec<usize>,
-    /// One JSON line (with its newline) per accepted entry: what to append
-    /// to the file before committing.
-    pub lines: String,
 }
 
 impl ReplayPlan {
     /// How many entries were accepted.
     pub fn accepted(&self) -> usize {
         self.accepted.len()
+    }
+
+    /// One JSON line (with its newline) per accepted entry: what a store
+    /// appends before committing. `entries` must be those given to
+    /// [`ReplaySet::check`]. A set kept in memory only never asks.
+    pub fn lines(&self, entries: &[ReplayEntry<'_>]) -> String {
+        let mut lines = String::new();
+        for e in self.accepted.iter().filter_map(|&i| entries.get(i)) {
+            let record = Record {
+                id: e.command_id.to_owned(),
+                forget_after_us: micros_ceil(e.forget_after),
+                owner: e.owner.to_owned(),
+            };
+            // A struct of strings and an integer always serialises.
+            if let Ok(line) = serde_json::to_string(&record) {
+                lines.push_str(&line);
+                lines.push('\n');
+            }
+        }
+        lines
     }
 }
 
@@ -188,8 +205,8 @@ impl ReplaySet {
     /// Decides each entry: refused if its id is too long, live, earlier in
     /// the same call, or its owner's share is full (unless uncapped);
     /// accepted otherwise. Expired ids may be forgotten first. Returns the
-    /// answers and the lines that record the accepted entries; they are
-    /// remembered only by [`commit`](Self::commit).
+    /// answers; the accepted entries are remembered only by
+    /// [`commit`](Self::commit).
     pub fn check(&mut self, entries: &[ReplayEntry<'_>], now: SystemTime) -> ReplayPlan {
         let now_us = micros_floor(now);
         if now_us >= self.next_prune_us {
@@ -236,24 +253,7 @@ impl ReplaySet {
             accepted.push(i);
             answers.push(Ok(()));
         }
-        let mut lines = String::new();
-        for e in accepted.iter().map(|&i| &entries[i]) {
-            let record = Record {
-                id: e.command_id.to_owned(),
-                forget_after_us: micros_ceil(e.forget_after),
-                owner: e.owner.to_owned(),
-            };
-            // A struct of strings and an integer always serialises.
-            if let Ok(line) = serde_json::to_string(&record) {
-                lines.push_str(&line);
-                lines.push('\n');
-            }
-        }
-        ReplayPlan {
-            answers,
-            accepted,
-            lines,
-        }
+        ReplayPlan { answers, accepted }
     }
 
     /// Remembers the entries `plan` accepted (after its lines were made
@@ -346,7 +346,7 @@ mod tests {
         let plan = set.check(&entries, at(0));
         assert_eq!(plan.accepted(), 2);
         assert!(matches!(plan.answers[2], Err(ReplayError::Replayed { .. })));
-        assert_eq!(plan.lines.lines().count(), 2);
+        assert_eq!(plan.lines(&entries).lines().count(), 2);
         assert!(!set.contains("a", at(0)), "checked, not committed");
         set.commit(&entries, &plan);
         assert!(set.contains("a", at(0)) && set.contains("b", at(100)));

@@ -120,21 +120,7 @@ fn the_fixture_key_is_the_documented_seed() {
         if cmd.wa_public_key != f.public_key {
             continue;
         }
-        let mut fields = vigil_command::UnsignedCommand::new(
-            cmd.body.command_id.clone(),
-            cmd.body.command_type.clone(),
-            cmd.body.wa_id.clone(),
-            cmd.body.issued_at,
-            cmd.body.reason.clone(),
-        );
-        fields.expires_at = cmd.body.expires_at;
-        fields.target_agent_id = cmd.body.target_agent_id.clone();
-        fields.target_tree_path = cmd.body.target_tree_path.clone();
-        fields.parent_command_id = cmd.body.parent_command_id.clone();
-        fields.relay_chain = cmd.body.relay_chain.clone();
-        fields.command = cmd.body.command.clone();
-        fields.args = cmd.body.args.clone();
-        let ours = SignedCommand::sign(fields, &key).expect("sign");
+        let ours = SignedCommand::sign(cmd.body.clone(), &key).expect("sign");
         assert_eq!(ours.signature, cmd.signature, "{}", case.name);
     }
 }
