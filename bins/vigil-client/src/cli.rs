@@ -78,8 +78,15 @@ pub(crate) struct Cli {
     /// refused. Told to the server, which routes scoped commands by it.
     #[arg(long, env = "VIGIL_TREE_PATH", value_name = "PATH", global = true)]
     pub(crate) tree_path: Option<String>,
-    /// Directory for state that must survive a restart (the replay guard)
-    /// [default: vigil-client-state].
+    /// Module keys file (JSON, as the server's --module-keys): with it, a
+    /// module is trusted, and may run, only if its signed manifest verifies
+    /// for the bytes the server sent, names it, is within its window, and
+    /// is not of a version below the highest trusted before (kept in the
+    /// state directory, module-versions.json).
+    #[arg(long, env = "VIGIL_MODULE_KEYS", value_name = "FILE", global = true)]
+    pub(crate) module_keys: Option<PathBuf>,
+    /// Directory for state that must survive a restart (the replay guard,
+    /// the module version marks) [default: vigil-client-state].
     #[arg(long, env = "VIGIL_STATE_DIR", value_name = "DIR", global = true)]
     pub(crate) state_dir: Option<PathBuf>,
     /// Seconds without a verified heartbeat or command before the failsafe

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use serde::Deserialize;
 use vigil_auth::{Fingerprint, Identity};
 use vigil_client::{BreakCommand, ClientConfig, CommandSettings, ProgramHandler, ProgramSpec};
-use vigil_command::{Authorities, ReplayGuard, Verifier};
+use vigil_command::{Authorities, ModuleKeys, ModuleTrust, ReplayGuard, Verifier, VersionStore};
 
 use crate::cli::Cli;
 
@@ -22,6 +22,7 @@ struct FileConfig {
     key: Option<PathBuf>,
     server_fingerprint: Option<String>,
     authorities: Option<PathBuf>,
+    module_keys: Option<PathBuf>,
     heartbeat_key: Option<String>,
     agent_id: Option<String>,
     tree_path: Option<Vec<String>>,
@@ -95,6 +96,42 @@ pub(crate) fn resolve(cli: &Cli) -> anyhow::Result<ClientConfig> {
 
     let tree_path = vigil_proto::tree_path_of(cli.tree_path.as_deref(), file.tree_path.clone())
         .map_err(anyhow::Error::msg)?;
+    // Made (mode 0700) only when something keeps state in it.
+    let state_dir_path = cli
+        .state_dir
+        .clone()
+        .or(from_file(file.state_dir.clone()))
+        .unwrap_or_else(|| "vigil-client-state".into());
+    let state_dir = || -> anyhow::Result<PathBuf> {
+        vigil_auth::create_private_dir(&state_dir_path)
+            .context("cannot create the state directory")?;
+        vigil_auth::check_permissions(&state_dir_path, "state directory")?;
+        Ok(state_dir_path.clone())
+    };
+    if let Some(path) = cli
+        .module_keys
+        .clone()
+        .or(from_file(file.module_keys.clone()))
+    {
+        vigil_auth::check_permissions(&path, "module keys file")?;
+        let keys = ModuleKeys::load(&path)
+            .with_context(|| format!("cannot load the module keys {}", path.display()))?;
+        let versions_path = state_dir()?.join("module-versions.json");
+        let versions = VersionStore::open(&versions_path).with_context(|| {
+            format!(
+                "cannot open the module version marks {}",
+                versions_path.display()
+            )
+        })?;
+        tracing::info!(
+            keys = keys.len(),
+            "module manifests required: a module is trusted only with a manifest signed by a module key"
+        );
+        config.module_trust = Some(ModuleTrust {
+            keys,
+            versions: Arc::new(versions),
+        });
+    }
     let authorities = cli.authorities.clone().or(from_file(file.authorities));
     if let Some(path) = authorities {
         vigil_auth::check_permissions(&path, "authorities file")?;
@@ -111,14 +148,7 @@ pub(crate) fn resolve(cli: &Cli) -> anyhow::Result<ClientConfig> {
             .clone()
             .or(file.agent_id)
             .unwrap_or_else(|| config.identity.fingerprint().to_hex());
-        let state_dir = cli
-            .state_dir
-            .clone()
-            .or(from_file(file.state_dir))
-            .unwrap_or_else(|| "vigil-client-state".into());
-        vigil_auth::create_private_dir(&state_dir).context("cannot create the state directory")?;
-        vigil_auth::check_permissions(&state_dir, "state directory")?;
-        let replay_path = state_dir.join("replay.log");
+        let replay_path = state_dir()?.join("replay.log");
         let guard = ReplayGuard::open(&replay_path, std::time::SystemTime::now())
             .with_context(|| format!("cannot open the replay guard {}", replay_path.display()))?;
         let mut verifier = Verifier::new(authorities)

@@ -86,13 +86,6 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     process::init_logging();
     process::raise_fd_limit();
-    let deployment = match settings(cli).and_then(Deployment::build) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("vigil-server: {}", report(&e));
-            return ExitCode::from(2);
-        }
-    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -100,8 +93,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Inside the runtime: the module registry starts its hosts' supervisors.
+    let entered = runtime.enter();
+    let deployment = match settings(cli).and_then(Deployment::build) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("vigil-server: {}", report(&e));
+            return ExitCode::from(2);
+        }
+    };
+    drop(entered);
     let result = runtime.block_on(serve(deployment));
-    // A module run that hangs cannot be stopped; do not wait for it.
+    // Blocking work still under way (a module host starting) is not
+    // waited for.
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -196,6 +196,14 @@ pub(crate) enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Offline module keys and signed module manifests: `keygen` makes a
+    /// module key, `sign` writes FILE.manifest beside a module. A server or
+    /// client given the module keys (--module-keys) loads or trusts only
+    /// modules whose manifest verifies. See docs/modules.md.
+    Module {
+        #[command(subcommand)]
+        command: ModuleCommand,
+    },
     /// Measure `POST /send` against a running server with one or more
     /// clients connected: N keep-alive connections send as fast as
     /// answers come back; prints requests/s and latency percentiles. See
@@ -257,6 +265,46 @@ pub(crate) struct EmergencyArgs {
     /// Base URL of the server's REST API (plain HTTP).
     #[arg(long, env = "VIGIL_API", default_value = api::DEFAULT_API, value_name = "URL")]
     pub(crate) api: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ModuleCommand {
+    /// Make a new Ed25519 module key: write it (base64 of its seed, mode
+    /// 0600) and print its key id (the hex SHA-256 of its public key) and a
+    /// module keys file that lists it.
+    ///
+    /// A module key is not a command key: keep it offline, away from the
+    /// server, and list only its public key in the module keys file that
+    /// the server and the clients are given (--module-keys).
+    #[command(
+        after_help = "Example:\n  vigilctl module keygen --out module.key --keys-file module-keys.json"
+    )]
+    Keygen {
+        /// Where to write the key.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Also add its public key to this module keys file (made if
+        /// missing; the keys already listed stay).
+        #[arg(long, value_name = "FILE")]
+        keys_file: Option<PathBuf>,
+        /// Replace an existing key file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Sign a module: write FILE.manifest beside it, naming the module, its
+    /// version, its SHA-256 and size, its target and ABI, the window in
+    /// which it is valid, and the key id, signed with the module key.
+    ///
+    /// Deploy the module and its manifest into the mods directory as NAME
+    /// and NAME.manifest. A server with --module-keys loads it only if the
+    /// manifest verifies for its bytes and the version is not below one it
+    /// loaded before; a client with module keys trusts it only on the same
+    /// terms. Sign again, with a higher --version, for every new build, and
+    /// before --expires comes.
+    #[command(
+        after_help = "Example:\n  cp target/release/libhello.so dist/hello.so\n  vigilctl module sign --key module.key --version 3 --expires 90d dist/hello.so\n  # dist/hello.so.manifest is written; deploy both files to mods/"
+    )]
+    Sign(crate::module::SignArgs),
 }
 
 #[derive(Debug, Subcommand)]

@@ -66,11 +66,25 @@ pub(crate) async fn run() -> anyhow::Result<()> {
         init::TRUST
     ));
 
+    steps.step("Make an offline module key");
+    let module_key = d.join(MODULE_KEY);
+    let module_keys = d.join(MODULE_KEYS);
+    crate::init::write_signing_key(&module_key, &vigil_command::generate_signing_key()?, false)?;
+    let key = crate::sign::load_key(&module_key)?;
+    let keys = vigil_command::ModuleKeys::from_keys([key.verifying_key()])?;
+    std::fs::write(&module_keys, keys.to_json())?;
+    say(format_args!(
+        "module key id {} (the SHA-256 of its public key), listed in {MODULE_KEYS}",
+        vigil_command::key_id(&key.verifying_key())
+    ));
+    say("the server loads, and the client trusts, only modules whose manifest this key signed");
+
     steps.step("Start the server");
     let trust_path = d.join(init::TRUST);
     // The server.toml `vigilctl init` wrote, with quicker heartbeats.
     let mut settings = Settings::default();
     settings.heartbeat_interval = Some(HEARTBEAT.as_secs_f64());
+    settings.module_keys = Some(module_keys.clone());
     let settings = settings.or(Settings::from_file(&d.join(init::SERVER_TOML))?);
     let running = Deployment::build(settings.clone())?.start().await?;
     let listen = running.local_addr();
@@ -112,7 +126,13 @@ pub(crate) async fn run() -> anyhow::Result<()> {
     drop(conn);
 
     steps.step("Start an agent that takes signed commands");
-    let agent_config = agent_config(&config, &written, d)?;
+    let mut agent_config = agent_config(&config, &written, d)?;
+    agent_config.module_trust = Some(vigil_command::ModuleTrust {
+        keys,
+        versions: Arc::new(vigil_command::VersionStore::open(
+            d.join(init::STATE).join("module-versions.json"),
+        )?),
+    });
     let agent = Arc::new(Client::new(agent_config));
     let mut events = agent.subscribe();
     let stop = tokio_util::sync::CancellationToken::new();
@@ -129,6 +149,9 @@ pub(crate) async fn run() -> anyhow::Result<()> {
         init::AUTHORITIES
     ));
     say(format_args!(
+        "it pins the module keys ({MODULE_KEYS}) and keeps the highest module versions it trusted"
+    ));
+    say(format_args!(
         "its failsafe fires after {} s without a verified heartbeat or command",
         FAILSAFE.as_secs()
     ));
@@ -138,7 +161,10 @@ pub(crate) async fn run() -> anyhow::Result<()> {
         &agent,
         &mut events,
         &config,
+        &handle,
         &d.join(init::MODS),
+        &module_key,
+        &d.join(init::SERVER_DATA).join("audit.jsonl"),
     )
     .await?;
 
@@ -350,6 +376,10 @@ pub(crate) async fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The demo's offline module key, and the module keys file that lists it.
+const MODULE_KEY: &str = "module.key";
+const MODULE_KEYS: &str = "module-keys.json";
+
 /// How often the demo server signs a heartbeat.
 const HEARTBEAT: Duration = Duration::from_millis(500);
 /// The demo agent's failsafe timeout (15 s by default; short to watch it).
@@ -464,6 +494,9 @@ fn build_hello() -> Result<(std::path::PathBuf, std::path::PathBuf), String> {
     if !manifest.exists() {
         return Err(format!("{} not found", manifest.display()));
     }
+    // The server runs each module in a host process, which `cargo run
+    // --bin vigilctl` does not build.
+    dev::ensure_host_beside_me(&root).map_err(|e| e.to_string())?;
     let target = root.join("target/demo-modules");
     let build = |features: &[&str], sub: &str| {
         dev::cargo_build_module(&manifest, &target.join(sub), features, true)
@@ -506,13 +539,53 @@ async fn trusted(
     }
 }
 
-/// The module steps: load, verify, run, replace, re-verify, run, unload.
+/// Signs `file` as `hello.so`, version `version`, as `vigilctl module
+/// sign` does, and writes the manifest into `mods` (a temporary name, then
+/// a rename).
+fn sign_into(
+    file: &std::path::Path,
+    key: &std::path::Path,
+    version: u64,
+    mods: &std::path::Path,
+) -> anyhow::Result<vigil_command::SignedManifest> {
+    let args = crate::module::SignArgs {
+        key: key.to_owned(),
+        version,
+        expires: "30d".into(),
+        not_before: None,
+        name: Some("hello.so".into()),
+        target: None,
+        abi: None,
+        file: file.to_owned(),
+    };
+    let signed = crate::module::manifest_for(&args, std::time::SystemTime::now())?;
+    let tmp = mods.join(".hello.so.manifest.tmp");
+    std::fs::write(&tmp, signed.to_json())?;
+    std::fs::rename(&tmp, mods.join("hello.so.manifest"))?;
+    Ok(signed)
+}
+
+/// The version a trusted module's manifest names.
+fn version_of(info: &vigil_proto::ModuleInfo) -> String {
+    info.manifest
+        .as_ref()
+        .and_then(|m| m.get("version"))
+        .map(ToString::to_string)
+        .unwrap_or_else(|| "none".into())
+}
+
+/// The module steps: sign, load, verify, run, replace, re-verify, run, a
+/// refused rollback, unload.
+#[allow(clippy::too_many_arguments)]
 async fn module_steps(
     steps: &mut Steps,
     agent: &Client,
     events: &mut tokio::sync::broadcast::Receiver<ClientEvent>,
     config: &ClientConfig,
+    handle: &vigil_server::ServerHandle,
     mods: &std::path::Path,
+    module_key: &std::path::Path,
+    audit: &std::path::Path,
 ) -> anyhow::Result<()> {
     steps.step("Build the example module `hello` (two versions)");
     let (plain, formal) = match tokio::task::spawn_blocking(build_hello).await? {
@@ -524,29 +597,56 @@ async fn module_steps(
     };
     say("built mods/hello, and mods/hello with --features formal, in target/demo-modules");
 
-    steps.step("Deploy hello.so: the server loads it and tells every client");
+    steps.step(
+        "Sign hello.so (version 1) and deploy it: the server loads it and tells every client",
+    );
+    let signed = sign_into(&plain, module_key, 1, mods)?;
+    say(format_args!(
+        "vigilctl module sign: hello.so.manifest, version 1, sha256 {}, valid until {}",
+        signed.manifest().sha256,
+        signed.manifest().expires
+    ));
     dev::deploy(&plain, mods, "hello.so")?;
-    say("copied to a temporary name in mods/, then renamed to hello.so");
+    say("the manifest, then the module: each copied to a temporary name in mods/ and renamed");
     let first = trusted(events, "hello.so").await?;
     say(format_args!(
-        "server broadcast modload; the client fetched the bytes and checked them:"
+        "server checked the manifest, loaded it and broadcast modload; the client fetched the bytes"
     ));
     say(format_args!(
-        "sha256 {} ({} bytes): trusted",
-        first.sum, first.size
+        "and checked them and the manifest (signature, sum, name, window, version): sha256 {} \
+         ({} bytes), version {}: trusted",
+        first.sum,
+        first.size,
+        version_of(&first)
     ));
     let out = agent.exec("hello.so", "operator").await?;
     say(format_args!(
         "exec hello.so \"operator\" with that sum -> {out}"
     ));
+    if let Some((_, host)) = handle
+        .module_health()
+        .into_iter()
+        .find(|(name, _)| name == "hello.so")
+    {
+        say(format_args!(
+            "it ran in its own sandboxed process (pid {}, {}), never in the server",
+            host.pid.map_or_else(|| "?".to_owned(), |p| p.to_string()),
+            host.confinement
+        ));
+    }
 
-    steps.step("Replace hello.so with a build that answers differently");
+    steps.step("Replace hello.so with a build that answers differently (version 2)");
+    // The module first, then its manifest: the server refuses the new
+    // bytes under the old manifest (manifest_mismatch) and keeps serving
+    // version 1 until the new manifest arrives.
     dev::deploy(&formal, mods, "hello.so")?;
+    sign_into(&formal, module_key, 2, mods)?;
     let second = trusted(events, "hello.so").await?;
     ensure!(second.sum != first.sum, "the replacement has the same sum");
     say(format_args!(
-        "server broadcast modreload; the client re-verified: sha256 {}",
-        second.sum
+        "server broadcast modreload; the client re-verified: sha256 {}, version {}",
+        second.sum,
+        version_of(&second)
     ));
     let out = agent.exec("hello.so", "operator").await?;
     say(format_args!("exec hello.so \"operator\" -> {out}"));
@@ -558,6 +658,30 @@ async fn module_steps(
         Err(e) => bail!("stale exec failed for the wrong reason: {e}"),
         Ok(_) => bail!("an exec with the old sum ran"),
     }
+
+    steps.step("Roll back: rename version 1, validly signed, back in");
+    let rejected = handle.stats().module_rejected.get();
+    sign_into(&plain, module_key, 1, mods)?;
+    dev::deploy(&plain, mods, "hello.so")?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // Refused, and audited with its code.
+    while handle.stats().module_rejected.get() <= rejected
+        || !std::fs::read_to_string(audit)
+            .unwrap_or_default()
+            .contains("\"manifest_rollback\"")
+    {
+        ensure!(Instant::now() < deadline, "the rollback was not refused");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let listed = conn.sync().await?;
+    ensure!(
+        listed.iter().any(|m| m.sum == second.sum),
+        "the server no longer serves version 2: {listed:?}"
+    );
+    say("refused and audited as manifest_rollback: version 1 is below version 2, already loaded");
+    say(
+        "(remembered across restarts in server-data/module-versions.json); version 2 keeps serving",
+    );
 
     steps.step("Remove hello.so");
     std::fs::remove_file(mods.join("hello.so"))?;

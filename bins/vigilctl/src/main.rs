@@ -9,6 +9,7 @@ mod cli;
 mod demo;
 mod init;
 mod keygen;
+mod module;
 mod ops;
 mod sign;
 
@@ -18,7 +19,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use vigil_auth::{Fingerprint, certs_from_pem};
 
-use crate::cli::{AuditCommand, Cli, Command};
+use crate::cli::{AuditCommand, Cli, Command, ModuleCommand};
 use crate::sign::CommandFlags;
 
 fn fingerprint(path: &std::path::Path) -> anyhow::Result<Fingerprint> {
@@ -103,6 +104,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             commands,
             force,
         } => keygen::run(&out, id, &commands, force)?,
+        Command::Module { command } => match command {
+            ModuleCommand::Keygen {
+                out,
+                keys_file,
+                force,
+            } => module::keygen(&out, keys_file.as_deref(), force)?,
+            ModuleCommand::Sign(args) => module::sign(&args)?,
+        },
         Command::BenchSend {
             connections,
             warmup,

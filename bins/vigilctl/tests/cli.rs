@@ -49,6 +49,7 @@ fn help_explains_every_binary() {
                 "modules",
                 "command",
                 "keygen",
+                "module",
                 "VIGIL_API",
                 "api-token",
             ][..],
@@ -334,6 +335,110 @@ fn openssl_made_server_certificate_works_like_a_vigilctl_one() {
         .args(["--server-fingerprint", &fp, "sync"]));
     assert!(out.status.success());
     drop(server);
+}
+
+/// `vigilctl module keygen` and `module sign`: a key and its keys file, a
+/// manifest beside the module that verifies for its bytes, and clear
+/// refusals for what a receiver would refuse anyway.
+#[test]
+fn module_keygen_and_sign_write_a_manifest_that_verifies() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let vigilctl = || Command::new(bin("vigilctl"));
+    let out = run(vigilctl()
+        .args(["module", "keygen", "--out"])
+        .arg(d.join("module.key"))
+        .arg("--keys-file")
+        .arg(d.join("module-keys.json")));
+    assert!(out.status.success());
+    let printed = String::from_utf8_lossy(&out.stdout).to_string();
+    let keys = vigil_command::ModuleKeys::load(&d.join("module-keys.json")).expect("keys file");
+    let id = keys.key_ids().next().expect("one key").to_owned();
+    assert!(printed.contains(&id), "{printed}");
+    // A second key joins the file; the first is not replaced.
+    let again = run(vigilctl()
+        .args(["module", "keygen", "--out"])
+        .arg(d.join("module.key")));
+    assert!(!again.status.success(), "replaced a key without --force");
+    let second = run(vigilctl()
+        .args(["module", "keygen", "--out"])
+        .arg(d.join("second.key"))
+        .arg("--keys-file")
+        .arg(d.join("module-keys.json")));
+    assert!(second.status.success());
+    let keys = vigil_command::ModuleKeys::load(&d.join("module-keys.json")).expect("keys file");
+    assert_eq!(keys.len(), 2);
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let built = vigil_modules::dev::build_once(
+        &root.join("mods/hello"),
+        &[],
+        Path::new(env!("CARGO_TARGET_TMPDIR")),
+    )
+    .expect("hello builds");
+    let module = d.join("hello.so");
+    std::fs::copy(&built, &module).expect("copy");
+    let sign = |extra: &[&str]| {
+        run(vigilctl()
+            .args(["module", "sign", "--key"])
+            .arg(d.join("module.key"))
+            .args(extra)
+            .arg(&module))
+    };
+    let out = sign(&["--version", "7", "--expires", "30d"]);
+    assert!(out.status.success());
+    let text = std::fs::read(d.join("hello.so.manifest")).expect("manifest beside it");
+    let manifest = vigil_command::SignedManifest::from_json(&text).expect("parses");
+    assert_eq!(manifest.key_id(), id);
+    assert_eq!(manifest.manifest().name, "hello.so");
+    assert_eq!(manifest.manifest().version, 7);
+    let bytes = std::fs::read(&module).expect("module");
+    let sum = {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(&bytes))
+    };
+    let platform = vigil_command::Platform {
+        target: vigil_modules::host_target(),
+        abi: 1,
+    };
+    keys.verify(
+        &manifest,
+        &vigil_command::ManifestCheck {
+            name: "hello.so",
+            sha256: &sum,
+            size: bytes.len() as u64,
+            platform: Some(&platform),
+            highest: None,
+            now: std::time::SystemTime::now(),
+        },
+    )
+    .expect("the manifest verifies for the module");
+
+    for (args, says) in [
+        (
+            &["--version", "1", "--expires", "2001-01-01T00:00:00Z"][..],
+            "not in the future",
+        ),
+        (
+            &["--version", "1", "--expires", "soon"][..],
+            "neither a duration",
+        ),
+        (
+            &["--version", "1", "--expires", "1d", "--name", "hello"][..],
+            "not a module name",
+        ),
+    ] {
+        let out = sign(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    let missing = sign(&["--version", "1"]);
+    assert_eq!(missing.status.code(), Some(2), "--expires is required");
+    std::fs::write(&module, b"not a module").expect("write");
+    let garbage = sign(&["--version", "8", "--expires", "1d"]);
+    assert_eq!(garbage.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&garbage.stderr).contains("not a module this machine"));
 }
 
 #[test]

@@ -49,6 +49,18 @@ pub enum ClientError {
         /// What did not match.
         detail: String,
     },
+    /// A module's manifest was refused (with module keys configured): the
+    /// module is not trusted and does not run.
+    #[error("module {module:?} refused, {code}: {detail}")]
+    Manifest {
+        /// The module.
+        module: String,
+        /// The refusal's stable code (`manifest_rollback`, ...:
+        /// `vigil_command::ManifestRefusal::code`).
+        code: &'static str,
+        /// Why, for a person.
+        detail: String,
+    },
     /// The module is not in the table of verified modules.
     #[error("module {0:?} is not verified by this client (unknown, or its verification failed)")]
     NotTrusted(String),

@@ -72,7 +72,8 @@ pub use supervisor::{Backoff, Client, ClientEvent, RunOutcome};
 pub use tokio_util::sync::CancellationToken;
 pub use vigil_auth::{Fingerprint, Identity};
 pub use vigil_command::{
-    Authorities, AuthorityKey, ReplayGuard, Verifier, VerifyingKey, decode_public_key,
+    Authorities, AuthorityKey, ModuleKeys, ModuleTrust, ReplayGuard, Verifier, VerifyingKey,
+    VersionStore, decode_public_key,
 };
 use vigil_proto::Limits;
 
@@ -116,6 +117,12 @@ pub struct ClientConfig {
     /// aimed at an agent id or a subtree here. `None`: the server routes
     /// to this client by fingerprint only.
     pub hello: Option<vigil_proto::Hello>,
+    /// Pinned module keys and the version marks: when set, a module is
+    /// trusted (and may run) only if the manifest that comes with its
+    /// bytes verifies for them, names it, is within its window and is not
+    /// of a version below the highest trusted before; the mark is raised
+    /// only then. `None`: modules are checked by their sum alone.
+    pub module_trust: Option<ModuleTrust>,
 }
 
 impl ClientConfig {
@@ -138,6 +145,7 @@ impl ClientConfig {
             backoff: Backoff::default(),
             commands: None,
             hello: None,
+            module_trust: None,
         }
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Commands are authorized by Ed25519 authority keys, never by the channel
 //! they arrive on. This crate holds the model and every check, and does no
-//! network I/O (the [`ReplayGuard`] reads and writes its own file):
+//! network I/O (the [`ReplayGuard`] and the [`VersionStore`] read and write
+//! their own files):
 //!
 //! - [`SignedCommand`]: the CIRIS `WASignedCommand`, plus optional `command`
 //!   and `args` for general commands. Its [signing
@@ -22,6 +23,11 @@
 //!   restart (an `fsync`ed append-only file).
 //! - [`Heartbeat`] and [`HeartbeatVerifier`]: signed server heartbeats,
 //!   checked for signature, freshness and order, to feed a failsafe.
+//! - [`SignedManifest`] and [`ModuleKeys`]: module manifests signed by
+//!   offline module keys (name, version, SHA-256 and size, target and ABI,
+//!   validity window), checked against a module's bytes; [`VersionStore`]
+//!   keeps the highest version trusted per module across restarts (its
+//!   own file, written only after a manifest verified).
 //!
 //! No check reads the clock: the current time is an argument.
 //!
@@ -68,6 +74,7 @@ mod authority;
 mod command;
 mod heartbeat;
 mod keys;
+mod manifest;
 mod pyjson;
 mod refusal;
 mod replay;
@@ -86,6 +93,12 @@ pub use heartbeat::{
 pub use keys::{
     KeyError, decode_public_key, decode_signature, decode_signing_key, encode_public_key,
     encode_signature, encode_signing_key, generate_signing_key,
+};
+pub use manifest::{
+    HighWater, MANIFEST_DOMAIN, MANIFEST_SUFFIX, MAX_MANIFEST_BYTES, MAX_MANIFEST_NAME_LEN,
+    MAX_TARGET_LEN, ManifestCheck, ManifestRefusal, ModuleKeys, ModuleKeysError, ModuleManifest,
+    ModuleTrust, Platform, SignedManifest, VerifiedManifest, VersionStore, VersionStoreError,
+    key_id,
 };
 pub use pyjson::CanonicalJsonError;
 pub use refusal::{Refusal, WindowSide};

@@ -60,16 +60,7 @@ pub fn cargo_build_module(
     if !features.is_empty() {
         cmd.arg("--features").arg(features.join(","));
     }
-    let out = cmd.output().map_err(|source| DevError::Spawn {
-        cargo: cargo.clone(),
-        source,
-    })?;
-    if !out.status.success() {
-        return Err(DevError::Build {
-            manifest: manifest.to_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        });
-    }
+    let out = run(cmd, &cargo, manifest)?;
     // The last artifact that is a dynamic library is the module.
     let suffix = std::env::consts::DLL_SUFFIX;
     let mut found = None;
@@ -88,6 +79,56 @@ pub fn cargo_build_module(
         }
     }
     found.ok_or_else(|| DevError::NoDylib(manifest.to_owned()))
+}
+
+/// Makes sure the module host program is beside the running program
+/// (where the registry looks for it by default), building it with cargo
+/// from the workspace at `workspace` (its root `Cargo.toml`) into the
+/// running program's target directory and profile when it is not there:
+/// `cargo run --bin vigilctl` builds only vigilctl. Returns its path.
+pub fn ensure_host_beside_me(workspace: &Path) -> Result<PathBuf, DevError> {
+    let beside = crate::host::default_host_program();
+    if beside.is_file() {
+        return Ok(beside);
+    }
+    let manifest = workspace.join("Cargo.toml");
+    let exe = std::env::current_exe().map_err(|source| DevError::Spawn {
+        cargo: "(cannot find the running program)".into(),
+        source,
+    })?;
+    // target/<profile>/<program>
+    let profile_dir = exe.parent().unwrap_or(Path::new("."));
+    let release = profile_dir.file_name().is_some_and(|n| n == "release");
+    let target_dir = profile_dir.parent().unwrap_or(Path::new("."));
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(&cargo);
+    cmd.arg("build")
+        .arg("--quiet")
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(target_dir)
+        .args(["-p", "vigil-modules", "--bin", crate::host::HOST_PROGRAM]);
+    if release {
+        cmd.arg("--release");
+    }
+    run(cmd, &cargo, &manifest)?;
+    Ok(profile_dir.join(crate::host::HOST_PROGRAM))
+}
+
+/// Runs a cargo command; its output if it succeeded.
+fn run(mut cmd: Command, cargo: &str, manifest: &Path) -> Result<std::process::Output, DevError> {
+    let out = cmd.output().map_err(|source| DevError::Spawn {
+        cargo: cargo.to_owned(),
+        source,
+    })?;
+    if !out.status.success() {
+        return Err(DevError::Build {
+            manifest: manifest.to_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    Ok(out)
 }
 
 /// Deploys `src` into `dir` as `name` the way a watched directory wants

@@ -4,7 +4,9 @@
 //! into the directory, and when it is removed or renamed away; creation and
 //! partial writes are ignored, so a file that is still being copied is not
 //! loaded half-written. Events for one name are coalesced for a short
-//! settle time, then the registry reconciles that name with the disk.
+//! settle time, then the registry reconciles that name with the disk. An
+//! event on a manifest (`hello.so.manifest`) reconciles its module
+//! (`hello.so`): a manifest that arrives after its module makes it load.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -115,7 +117,15 @@ fn relevant(event: &notify::Event) -> Option<Vec<String>> {
         | EventKind::Remove(_)
         | EventKind::Modify(ModifyKind::Name(
             RenameMode::To | RenameMode::From | RenameMode::Both | RenameMode::Any,
-        )) => paths.iter().filter_map(|p| name_of(p)).collect(),
+        )) => paths
+            .iter()
+            .filter_map(|p| name_of(p))
+            // A manifest's change is its module's: reconcile that.
+            .map(|n| match crate::module_of_manifest(&n) {
+                Some(module) => module.to_owned(),
+                None => n,
+            })
+            .collect(),
         _ => Vec::new(),
     };
     Some(names)

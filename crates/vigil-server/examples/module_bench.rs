@@ -8,6 +8,8 @@
 //!    client has fetched the new bytes, hashed them and trusted the module.
 //! 2. Exec round trips on one connection: sequential (one in flight) and
 //!    pipelined (32 in flight), with latency percentiles.
+//! 3. The module's host process: its memory, and the time from killing it
+//!    (SIGKILL, as a crash would end it) to the module answering again.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -211,6 +213,43 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "pipelined ({window} in flight): {:.0} execs/s",
         (per_task * window) as f64 / total.as_secs_f64()
     );
+
+    println!("== the module's host process");
+    let pid_of = || registry.get("hello.so").and_then(|m| m.health().pid);
+    if let Some(pid) = pid_of() {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .map(|l| l.trim_start_matches(name).trim().to_owned())
+                .unwrap_or_default()
+        };
+        println!(
+            "host pid {pid}: VmRSS {}, VmHWM {}, RssAnon {}",
+            field("VmRSS:"),
+            field("VmHWM:"),
+            field("RssAnon:")
+        );
+    }
+    // The first failure within a minute is followed by an immediate
+    // restart; the later ones wait the backoff (250 ms, doubling).
+    for trial in 1..=3 {
+        let Some(pid) = pid_of() else { break };
+        let start = Instant::now();
+        std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()?;
+        // The first call may be the one that finds the host dead.
+        let mut failed = 0;
+        while conn.exec("hello.so", "again", &sum).await.is_err() {
+            failed += 1;
+        }
+        println!(
+            "host killed -> module answering again (failure {trial} within a minute): {} ({failed} calls failed meanwhile)",
+            ms(start.elapsed())
+        );
+    }
     handle.shutdown();
     Ok(())
 }

@@ -9,6 +9,7 @@ pub const BINARIES: &[(&str, &str)] = &[
     ("vigil-server", "vigil-server-bin"),
     ("vigil-client", "vigil-client-bin"),
     ("vigilctl", "vigilctl"),
+    ("vigil-module-host", "vigil-modules"),
 ];
 
 /// Path of the workspace binary `name`, beside `own`: the path of the

@@ -425,3 +425,123 @@ async fn t07_files_writable_by_others_are_refused() {
     assert!(conn.sync().await.expect("sync").is_empty());
     dep.assert_serving().await;
 }
+
+/// Whether `pid` runs (a zombie waiting to be reaped does not).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit(')')
+                .next()
+                .map(|rest| rest.trim_start().to_owned())
+        })
+        .is_some_and(|rest| !rest.starts_with('Z') && !rest.starts_with('X'))
+}
+
+/// The pid of `module`'s host, from `GET /v1/modules`.
+fn host_pid(dep: &Deployment, module: &str) -> Option<u32> {
+    let (status, body) = dep.http("GET", "/v1/modules", Some(&dep.token), None);
+    assert_eq!(status, 200, "{body}");
+    body["modules"]
+        .as_array()?
+        .iter()
+        .find(|m| m["mod"] == module)?["host"]["pid"]
+        .as_u64()
+        .and_then(|p| u32::try_from(p).ok())
+}
+
+/// M19: a module that dereferences null, aborts, exits, allocates 4 GiB,
+/// opens a socket or spins. Each was fatal to the whole server while
+/// modules ran inside it (a null dereference ended `vigil-server` with
+/// SIGSEGV, exit 139); now each costs its call an error frame with its
+/// code and restarts the module's host. The server, another connection and
+/// another module go on, and the module answers again after.
+#[tokio::test]
+async fn m19_a_module_that_crashes_costs_only_its_call_and_its_host() {
+    let dep = Deployment::start(&["--exec-timeout", "1"]).await;
+    let fixture = std::fs::read(module("crates/vigil-modules/tests/fixture", &[])).expect("fx");
+    deploy(&dep, "fx.so", &fixture);
+    deploy(&dep, "other.so", &fixture);
+    let conn = connect(&dep).await;
+    let bystander = connect(&dep).await;
+    let sum = listed(&conn, "fx.so").await;
+    listed(&conn, "other.so").await;
+    let other_host = host_pid(&dep, "other.so").expect("other.so has a host");
+    for (args, code, needle) in [
+        ("segfault", ErrorCode::ModuleCrashed, "SIGSEGV"),
+        ("abort", ErrorCode::ModuleCrashed, "SIGABRT"),
+        ("exit", ErrorCode::ModuleCrashed, "exit status: 3"),
+        (
+            "alloc",
+            ErrorCode::ModuleLimit,
+            "memory allocation of 4294967296 bytes failed",
+        ),
+        ("socket", ErrorCode::ModuleCrashed, "SIGSYS"),
+        ("spin", ErrorCode::ExecTimeout, "timeout"),
+    ] {
+        let before = host_pid(&dep, "fx.so").expect("fx.so has a host");
+        let error = server_error(conn.exec("fx.so", args, &sum).await);
+        assert_eq!(error.code, code, "{args}: {}", error.message);
+        assert!(error.message.contains(needle), "{args}: {}", error.message);
+        // Its host is gone (a spinning one was killed: its CPU is back),
+        // and the module answers again from a new one.
+        eventually(&format!("{args}: the old host is gone"), || !alive(before)).await;
+        assert_eq!(
+            conn.exec("fx.so", "again", &sum)
+                .await
+                .expect("answers again"),
+            "v1: again"
+        );
+        assert_eq!(
+            bystander
+                .exec("other.so", &format!("after {args}"), &sum)
+                .await
+                .expect("the other module"),
+            format!("v1: after {args}")
+        );
+    }
+    assert_eq!(host_pid(&dep, "other.so"), Some(other_host));
+    let (_, body) = dep.http("GET", "/v1/modules", Some(&dep.token), None);
+    let fx = body["modules"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["mod"] == "fx.so"))
+        .cloned()
+        .expect("fx.so listed");
+    assert_eq!(fx["host"]["state"], "failing", "{fx}");
+    assert_eq!(fx["host"]["crashes"], 5, "{fx}");
+    assert_eq!(fx["host"]["timeouts"], 1, "{fx}");
+    assert_eq!(dep.metric("vigil_module_failing{module=\"fx.so\"}"), 1);
+    assert_eq!(dep.metric("vigil_module_failing{module=\"other.so\"}"), 0);
+    assert_eq!(
+        dep.metric("vigil_module_host_crashes_total{module=\"fx.so\"}"),
+        5
+    );
+    assert!(
+        dep.server
+            .logged("module output: memory allocation of 4294967296 bytes failed")
+    );
+    dep.assert_serving().await;
+}
+
+/// F13: the server killed with SIGKILL (no chance to stop anything): its
+/// module hosts die with it (`PR_SET_PDEATHSIG`) rather than linger.
+#[tokio::test]
+async fn f13_module_hosts_die_with_a_killed_server() {
+    let dep = Deployment::start(&[]).await;
+    let fixture = std::fs::read(module("crates/vigil-modules/tests/fixture", &[])).expect("fx");
+    deploy(&dep, "fx.so", &fixture);
+    deploy(&dep, "other.so", &fixture);
+    let conn = connect(&dep).await;
+    listed(&conn, "fx.so").await;
+    listed(&conn, "other.so").await;
+    let hosts = [
+        host_pid(&dep, "fx.so").expect("host"),
+        host_pid(&dep, "other.so").expect("host"),
+    ];
+    assert!(hosts.iter().all(|p| alive(*p)));
+    dep.server.signal(rustix::process::Signal::KILL);
+    eventually("the module hosts die with their server", || {
+        hosts.iter().all(|p| !alive(*p))
+    })
+    .await;
+}

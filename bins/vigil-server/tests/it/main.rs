@@ -11,6 +11,7 @@
 mod commands;
 mod faults;
 mod files;
+mod manifests;
 mod rest;
 mod rogue;
 mod support;

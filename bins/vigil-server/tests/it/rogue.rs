@@ -235,3 +235,82 @@ impl Peer {
         }
     }
 }
+
+/// A module the rogue serves: its name, its bytes and the manifest it
+/// sends with them (any JSON object, or none).
+pub(crate) struct Served {
+    pub(crate) name: String,
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) manifest: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl Peer {
+    /// Serves `modules` as a server would (`mod:sync`, `mod:verify`, and
+    /// `mod:exec`, answered as if the module ran) until the client hangs
+    /// up; the names of the modules the client asked to run.
+    pub(crate) async fn serve_modules(&mut self, modules: &[Served]) -> Vec<String> {
+        use sha2::Digest as _;
+        use vigil_proto::{ModuleInfo, ServerMessage};
+        let sum = |b: &[u8]| hex::encode(sha2::Sha256::digest(b));
+        let mut ran = Vec::new();
+        loop {
+            while let Some(end) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=end).collect();
+                let Ok(frame) = Frame::parse(&line[..end]) else {
+                    continue;
+                };
+                let reply = match ClientRequest::from_frame(&frame) {
+                    Ok(ClientRequest::Ping) => ServerMessage::Pong,
+                    Ok(ClientRequest::Hello(_)) => ServerMessage::HelloOk,
+                    Ok(ClientRequest::Sync) => ServerMessage::SyncResp {
+                        modules: modules
+                            .iter()
+                            .map(|m| ModuleInfo {
+                                name: m.name.clone(),
+                                sum: sum(&m.bytes),
+                                size: m.bytes.len() as u64,
+                                desc: String::new(),
+                                manifest: m.manifest.clone(),
+                                state: None,
+                            })
+                            .collect(),
+                    },
+                    Ok(ClientRequest::Verify { module }) => {
+                        let Some(m) = modules.iter().find(|m| m.name == module) else {
+                            continue;
+                        };
+                        ServerMessage::VerifyResp {
+                            module,
+                            content: m.bytes.clone(),
+                            sum: sum(&m.bytes),
+                            desc: String::new(),
+                            manifest: m.manifest.clone(),
+                        }
+                    }
+                    Ok(ClientRequest::Exec { module, sum, .. }) => {
+                        ran.push(module.clone());
+                        ServerMessage::ExecResp {
+                            module,
+                            sum,
+                            result: "ran".into(),
+                        }
+                    }
+                    _ => continue,
+                };
+                let bytes = reply.to_frame(frame.reference()).to_bytes();
+                // Flushed: TLS may keep the tail of a large frame buffered
+                // until the next write otherwise.
+                if self.stream.write_all(&bytes).await.is_err()
+                    || self.stream.flush().await.is_err()
+                {
+                    return ran;
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout(WAIT, self.stream.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return ran,
+                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+}

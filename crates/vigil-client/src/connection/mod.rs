@@ -123,6 +123,7 @@ pub struct Connection {
     server: Fingerprint,
     peer: SocketAddr,
     request_timeout: Duration,
+    module_trust: Option<vigil_command::ModuleTrust>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -221,6 +222,7 @@ impl Connection {
             server: config.server_fingerprint,
             peer,
             request_timeout: config.request_timeout,
+            module_trust: config.module_trust.clone(),
         };
         // The first read tells whether the server admitted us.
         match conn.request(ClientRequest::Ping).await? {
@@ -357,7 +359,11 @@ impl Connection {
 
     /// Fetches a module's bytes and checks them: their SHA-256 must equal
     /// the sum in the response and, if given, `expected` (the sum from the
-    /// listing or the broadcast). Returns what was verified.
+    /// listing or the broadcast). With module keys
+    /// ([`ClientConfig::module_trust`]), the manifest that came with the
+    /// bytes must verify for them too ([`ClientError::Manifest`] otherwise),
+    /// and the module's version mark is raised once it does. Returns what
+    /// was verified.
     pub async fn verify(
         &self,
         module: &str,
@@ -373,6 +379,7 @@ impl Connection {
             content,
             sum,
             desc,
+            manifest,
         } = reply
         else {
             return Err(ClientError::Protocol(format!(
@@ -400,11 +407,18 @@ impl Connection {
                 "received bytes hash to {computed}, the announced sum was {expected}"
             )));
         }
+        let size = content.len() as u64;
+        drop(content);
+        if let Some(trust) = &self.module_trust {
+            check_manifest(trust, &name, manifest.as_ref(), &computed, size).await?;
+        }
         Ok(ModuleInfo {
             name,
             sum: computed,
-            size: content.len() as u64,
+            size,
             desc,
+            manifest,
+            state: None,
         })
     }
 
@@ -449,6 +463,42 @@ impl Connection {
         self.inner
             .close(ClientError::Disconnected("closed by this client".into()));
     }
+}
+
+/// Checks a module's manifest for the bytes just verified (their sum and
+/// size), then raises its version mark (a file write, off the async
+/// threads). Nothing is recorded for a manifest that does not verify.
+async fn check_manifest(
+    trust: &vigil_command::ModuleTrust,
+    module: &str,
+    manifest: Option<&Map<String, Value>>,
+    sum: &str,
+    size: u64,
+) -> Result<(), ClientError> {
+    let refused = |r: vigil_command::ManifestRefusal| ClientError::Manifest {
+        module: module.to_owned(),
+        code: r.code(),
+        detail: r.to_string(),
+    };
+    let verified = trust
+        .check_map(manifest, module, sum, size, std::time::SystemTime::now())
+        .map_err(refused)?;
+    let versions = trust.versions.clone();
+    let version = verified.version();
+    tokio::task::spawn_blocking(move || versions.record(&verified))
+        .await
+        .map_err(|e| ClientError::Manifest {
+            module: module.to_owned(),
+            code: "manifest_store_unavailable",
+            detail: format!("the version mark could not be recorded: {e}"),
+        })?
+        .map_err(refused)?;
+    tracing::debug!(
+        module,
+        version,
+        "module manifest verified; version mark recorded"
+    );
+    Ok(())
 }
 
 mod io;

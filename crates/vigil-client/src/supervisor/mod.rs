@@ -190,7 +190,14 @@ impl Client {
                 self.emit(ClientEvent::ModuleTrusted(info));
             }
             Err(reason) => {
-                tracing::error!(module, error = %reason, "module failed verification; it will not run");
+                match &reason {
+                    ClientError::Manifest { code, .. } => {
+                        tracing::error!(module, code, error = %reason, "module manifest refused; the module is not trusted and will not run")
+                    }
+                    _ => {
+                        tracing::error!(module, error = %reason, "module failed verification; it will not run")
+                    }
+                }
                 self.emit(ClientEvent::ModuleRejected {
                     module: module.to_owned(),
                     reason,

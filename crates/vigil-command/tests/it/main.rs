@@ -1,6 +1,7 @@
 //! Integration tests for vigil-command: Python-signed fixtures, the order of
 //! the checks, forgeries, and the replay guard on real files.
 
+mod manifest;
 mod props;
 mod python;
 mod replay;

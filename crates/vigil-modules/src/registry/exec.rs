@@ -1,27 +1,23 @@
-//! Running modules: a batch of calls on one blocking thread, answered in
-//! order, each within the registry's timeout.
+//! Running modules: a batch of calls sent to the modules' host processes,
+//! answered in order.
 //!
-//! A connection that pipelines many small runs would pay a thread hand-off
-//! per run if each went to its own blocking task; a batch pays one per
-//! batch. The calls of a batch run one after another, so a call that hangs
-//! holds up the rest of its batch: the caller gets [`ExecError::Timeout`]
-//! for it and [`ExecError::Abandoned`] for every call after it, which are
-//! then never started.
+//! A connection that pipelines many small runs would pay a round trip to
+//! the host per run if each were sent alone; the calls of a batch that go
+//! to one module are sent in one write, and the host answers them in one
+//! write when it has run them. The host runs them one after another, so a
+//! call that hangs holds up the rest of its batch: the caller gets
+//! [`ExecError::Timeout`] for it and [`ExecError::Abandoned`] for every
+//! call after it, which are then never started.
 
 use std::collections::VecDeque;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use tokio::time::{Instant, Sleep};
+use tokio::sync::mpsc;
 
 use super::Module;
-use crate::loader::Outcome;
-use crate::{ExecError, ExecOutput};
+use crate::ExecError;
+use crate::host::Answer as HostAnswer;
 
 /// One call of a batch: which module, with which argument, and the sum
 /// the caller verified.
@@ -36,97 +32,82 @@ pub struct ExecCall {
     pub sum: String,
 }
 
-type Acquire = Pin<Box<dyn Future<Output = Option<OwnedSemaphorePermit>> + Send>>;
-
 /// A call's tag with its answer.
-type Answer<T> = (T, Result<ExecOutput, ExecError>);
+type Answer<T> = (T, HostAnswer);
 
-/// The calls of a batch that passed their checks, waiting to run.
-struct Runs<T> {
-    tags: Vec<T>,
-    runs: Vec<(Arc<Module>, Vec<u8>)>,
-}
+/// Consecutive calls of a batch for one module, before they are sent:
+/// the module, the calls' tags and their arguments.
+type Pending<T> = (Arc<Module>, Vec<T>, Vec<Vec<u8>>);
 
-enum State<T> {
-    /// Waiting for a run slot.
-    Acquiring {
-        acquire: Acquire,
-        deadline: Pin<Box<Sleep>>,
-        runs: Runs<T>,
-    },
-    /// Runs in progress on a blocking thread; answers arrive in order.
-    Running {
-        tags: VecDeque<T>,
-        answers: mpsc::UnboundedReceiver<Result<ExecOutput, ExecError>>,
-        /// Set once the caller stops waiting: calls not started yet are
-        /// skipped.
-        abandoned: Arc<AtomicBool>,
-        /// When the current call's time started: the batch's start, then
-        /// each answer.
-        since: Instant,
-        /// Woken at `since + timeout` (reset lazily, when it fires).
-        timer: Option<Pin<Box<Sleep>>>,
-    },
-    Done,
+/// Consecutive calls of a batch for one module, sent to its host together.
+struct Segment<T> {
+    tags: VecDeque<T>,
+    answers: mpsc::UnboundedReceiver<HostAnswer>,
 }
 
 /// Module runs on their way: [`ExecBatch::poll_next`] yields each call's
 /// tag with its result, every call exactly once.
 ///
 /// Made by [`ModuleRegistry::exec_batch`](crate::ModuleRegistry::exec_batch).
-/// Dropping it stops waiting: calls not started are skipped, and a call
-/// that is running finishes on its thread, keeping its slot until then.
+/// Dropping it stops waiting; calls already sent to a host still run there.
 pub struct ExecBatch<T> {
-    timeout: Duration,
-    /// Answers known without running (unknown module, stale sum, busy,
-    /// timed out).
+    /// Answers known without running (unknown module, stale sum).
     ready: VecDeque<Answer<T>>,
-    state: State<T>,
+    segments: VecDeque<Segment<T>>,
 }
 
 impl<T> std::fmt::Debug for ExecBatch<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let state = match &self.state {
-            State::Acquiring { .. } => "acquiring",
-            State::Running { .. } => "running",
-            State::Done => "done",
-        };
         f.debug_struct("ExecBatch")
-            .field("state", &state)
             .field("ready", &self.ready.len())
+            .field("segments", &self.segments.len())
             .finish_non_exhaustive()
     }
 }
 
 impl<T: Send + 'static> ExecBatch<T> {
-    /// Checks `calls` with `lookup` and starts the ones that pass.
+    /// Checks `calls` with `lookup` and sends the ones that pass.
     pub(crate) fn new(
-        timeout: Duration,
-        slots: &Arc<Semaphore>,
         calls: Vec<(T, ExecCall)>,
         lookup: impl Fn(&str) -> Option<Arc<Module>>,
     ) -> ExecBatch<T> {
-        let (ready, runs) = prepare(calls, lookup);
-        let state = if runs.runs.is_empty() {
-            State::Done
-        } else {
-            match slots.clone().try_acquire_owned() {
-                Ok(permit) => start(permit, runs),
-                Err(_) => {
-                    let slots = slots.clone();
-                    State::Acquiring {
-                        acquire: Box::pin(async move { slots.acquire_owned().await.ok() }),
-                        deadline: Box::pin(tokio::time::sleep(timeout)),
-                        runs,
+        let mut ready = VecDeque::new();
+        let mut segments = VecDeque::new();
+        let mut current: Option<Pending<T>> = None;
+        for (tag, call) in calls {
+            let Some(module) = lookup(&call.module) else {
+                ready.push_back((tag, Err(ExecError::UnknownModule(call.module))));
+                continue;
+            };
+            if module.summary().sum != call.sum {
+                let current = module.summary().sum.clone();
+                ready.push_back((
+                    tag,
+                    Err(ExecError::StaleSum {
+                        name: call.module,
+                        given: call.sum,
+                        current,
+                    }),
+                ));
+                continue;
+            }
+            match &mut current {
+                Some((m, tags, args)) if Arc::ptr_eq(m, &module) => {
+                    tags.push(tag);
+                    args.push(call.args);
+                }
+                _ => {
+                    if let Some(done) = current.take() {
+                        segments.push_back(send(done));
                     }
+                    current = Some((module, vec![tag], vec![call.args]));
                 }
             }
-        };
-        ExecBatch {
-            timeout,
-            ready,
-            state,
         }
+        if let Some(done) = current.take() {
+            segments.push_back(send(done));
+        }
+        ExecBatch { ready, segments }
     }
 
     /// The next answer, or `None` once every call was answered.
@@ -141,183 +122,35 @@ impl<T: Send + 'static> ExecBatch<T> {
             if let Some(answer) = self.ready.pop_front() {
                 return Poll::Ready(Some(answer));
             }
-            match &mut self.state {
-                State::Done => return Poll::Ready(None),
-                State::Acquiring {
-                    acquire,
-                    deadline,
-                    runs,
-                } => {
-                    let permit = match acquire.as_mut().poll(cx) {
-                        Poll::Ready(permit) => permit,
-                        Poll::Pending => match deadline.as_mut().poll(cx) {
-                            Poll::Ready(()) => None,
-                            Poll::Pending => return Poll::Pending,
-                        },
-                    };
-                    let runs = std::mem::replace(
-                        runs,
-                        Runs {
-                            tags: Vec::new(),
-                            runs: Vec::new(),
-                        },
-                    );
-                    self.state = match permit {
-                        Some(permit) => start(permit, runs),
-                        None => {
-                            self.ready
-                                .extend(runs.tags.into_iter().map(|t| (t, Err(ExecError::Busy))));
-                            State::Done
-                        }
-                    };
-                }
-                State::Running {
-                    tags,
-                    answers,
-                    abandoned,
-                    since,
-                    timer,
-                } => {
-                    if tags.is_empty() {
-                        self.state = State::Done;
-                        continue;
-                    }
-                    match answers.poll_recv(cx) {
-                        Poll::Ready(Some(answer)) => {
-                            *since = Instant::now();
-                            if let Some(tag) = tags.pop_front() {
-                                return Poll::Ready(Some((tag, answer)));
-                            }
-                        }
-                        Poll::Ready(None) => {
-                            // The thread ended without answering the rest
-                            // (it cannot panic past the module's shim, but
-                            // say so if it does).
-                            let rest = tags.drain(..).map(|t| {
-                                (
-                                    t,
-                                    Err(ExecError::Panicked(
-                                        "the run ended without a result".into(),
-                                    )),
-                                )
-                            });
-                            self.ready.extend(rest);
-                            self.state = State::Done;
-                        }
-                        Poll::Pending => {
-                            // The timer is moved only when it fires early
-                            // (answers arrived meanwhile), not per answer.
-                            let due = *since + self.timeout;
-                            let timer = timer
-                                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
-                            if timer.as_mut().poll(cx).is_pending() {
-                                return Poll::Pending;
-                            }
-                            if Instant::now() < due {
-                                timer.as_mut().reset(due);
-                                continue;
-                            }
-                            // The current call ran past the timeout: it may
-                            // never return. The calls after it are not
-                            // started.
-                            abandoned.store(true, Ordering::SeqCst);
-                            let mut rest = tags.drain(..);
-                            if let Some(first) = rest.next() {
-                                self.ready
-                                    .push_back((first, Err(ExecError::Timeout(self.timeout))));
-                            }
-                            let skipped: Vec<_> = rest
-                                .map(|t| (t, Err(ExecError::Abandoned(self.timeout))))
-                                .collect();
-                            self.ready.extend(skipped);
-                            self.state = State::Done;
-                        }
+            let Some(segment) = self.segments.front_mut() else {
+                return Poll::Ready(None);
+            };
+            if segment.tags.is_empty() {
+                self.segments.pop_front();
+                continue;
+            }
+            match segment.answers.poll_recv(cx) {
+                Poll::Ready(Some(answer)) => {
+                    if let Some(tag) = segment.tags.pop_front() {
+                        return Poll::Ready(Some((tag, answer)));
                     }
                 }
+                Poll::Ready(None) => {
+                    // The host's supervisor ended without answering: say
+                    // so for every call left.
+                    let rest = segment.tags.drain(..).map(|t| (t, Err(ExecError::NotRun)));
+                    self.ready.extend(rest);
+                    self.segments.pop_front();
+                }
+                Poll::Pending => return Poll::Pending,
             }
         }
     }
 }
 
-impl<T> Drop for ExecBatch<T> {
-    fn drop(&mut self) {
-        if let State::Running { abandoned, .. } = &self.state {
-            abandoned.store(true, Ordering::SeqCst);
-        }
+fn send<T>((module, tags, args): Pending<T>) -> Segment<T> {
+    Segment {
+        tags: tags.into(),
+        answers: module.host().submit(args),
     }
-}
-
-/// Hands the runs to a blocking thread, which keeps the slot until the
-/// last run returns.
-fn start<T>(permit: OwnedSemaphorePermit, runs: Runs<T>) -> State<T> {
-    let (tx, answers) = mpsc::unbounded_channel();
-    let abandoned = Arc::new(AtomicBool::new(false));
-    let stop = abandoned.clone();
-    let work = runs.runs;
-    tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        for (module, args) in work {
-            if stop.load(Ordering::SeqCst) {
-                break;
-            }
-            let answer = run(&module, &args);
-            if tx.send(answer).is_err() {
-                break;
-            }
-        }
-    });
-    State::Running {
-        tags: runs.tags.into(),
-        answers,
-        abandoned,
-        since: Instant::now(),
-        timer: None,
-    }
-}
-
-/// Runs one call on the current (blocking) thread.
-fn run(module: &Module, args: &[u8]) -> Result<ExecOutput, ExecError> {
-    let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
-    match module.library().execute(args) {
-        Outcome::Ok(b) => Ok(ExecOutput {
-            result: text(b),
-            sum: module.summary().sum.clone(),
-        }),
-        Outcome::Err(b) => Err(ExecError::Failed(text(b))),
-        Outcome::Panicked(b) => Err(ExecError::Panicked(text(b))),
-    }
-}
-
-/// Checks each call against the loaded modules: the ones that pass are
-/// runs, the others are answered at once.
-fn prepare<T>(
-    calls: Vec<(T, ExecCall)>,
-    lookup: impl Fn(&str) -> Option<Arc<Module>>,
-) -> (VecDeque<Answer<T>>, Runs<T>) {
-    let mut ready = VecDeque::new();
-    let mut runs = Runs {
-        tags: Vec::with_capacity(calls.len()),
-        runs: Vec::with_capacity(calls.len()),
-    };
-    for (tag, call) in calls {
-        let Some(module) = lookup(&call.module) else {
-            ready.push_back((tag, Err(ExecError::UnknownModule(call.module))));
-            continue;
-        };
-        if module.summary().sum != call.sum {
-            let current = module.summary().sum.clone();
-            ready.push_back((
-                tag,
-                Err(ExecError::StaleSum {
-                    name: call.module,
-                    given: call.sum,
-                    current,
-                }),
-            ));
-            continue;
-        }
-        runs.tags.push(tag);
-        runs.runs.push((module, call.args));
-    }
-    (ready, runs)
 }

@@ -3,23 +3,23 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use tokio::sync::{Semaphore, broadcast};
+use tokio::sync::broadcast;
 
 mod exec;
 
-use crate::loader::Library;
+use crate::host::{HostHealth, HostOptions, HostSpec, ModuleHost, SandboxPolicy};
 use crate::{ExecError, ModuleError, elf};
 pub use exec::{ExecBatch, ExecCall};
 
 /// Default time a module may run before its caller gets a timeout.
 pub const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default number of module runs at once (hung runs count until they end).
-pub const DEFAULT_MAX_CONCURRENT: usize = 64;
+/// Default number of calls queued for one module's host before more are
+/// answered busy.
+pub const DEFAULT_MAX_CONCURRENT: usize = 4096;
 /// Default largest module file accepted.
 pub const DEFAULT_MAX_MODULE_SIZE: u64 = 32 * 1024 * 1024;
 
@@ -29,12 +29,24 @@ pub const DEFAULT_MAX_MODULE_SIZE: u64 = 32 * 1024 * 1024;
 pub struct RegistryConfig {
     /// The watched directory.
     pub dir: PathBuf,
-    /// Time a run may take before the caller gets [`ExecError::Timeout`].
+    /// Time a run may take before the caller gets [`ExecError::Timeout`]
+    /// and the module's host is killed.
     pub exec_timeout: Duration,
-    /// Runs at once; a run that hangs keeps its slot until it returns.
+    /// Calls queued for one module's host (each host runs its calls one
+    /// after another) before more are answered [`ExecError::Busy`].
     pub max_concurrent: usize,
     /// Largest module file accepted, in bytes.
     pub max_module_size: u64,
+    /// The module host program [default: `vigil-module-host` beside the
+    /// running program, see [`default_host_program`](crate::host::default_host_program)].
+    pub host_program: Option<PathBuf>,
+    /// What a module's host may do, unless [`RegistryConfig::sandboxes`]
+    /// names the module.
+    pub sandbox: SandboxPolicy,
+    /// What the named modules' hosts may do instead (by file name).
+    pub sandboxes: BTreeMap<String, SandboxPolicy>,
+    /// With module keys: load only modules whose manifest verifies.
+    pub manifests: Option<vigil_command::ModuleTrust>,
 }
 
 impl RegistryConfig {
@@ -45,7 +57,16 @@ impl RegistryConfig {
             exec_timeout: DEFAULT_EXEC_TIMEOUT,
             max_concurrent: DEFAULT_MAX_CONCURRENT,
             max_module_size: DEFAULT_MAX_MODULE_SIZE,
+            host_program: None,
+            sandbox: SandboxPolicy::default(),
+            sandboxes: BTreeMap::new(),
+            manifests: None,
         }
+    }
+
+    /// The sandbox of module `name`.
+    pub fn sandbox_for(&self, name: &str) -> &SandboxPolicy {
+        self.sandboxes.get(name).unwrap_or(&self.sandbox)
     }
 }
 
@@ -60,14 +81,17 @@ pub struct ModuleSummary {
     pub size: u64,
     /// The module's own description.
     pub description: String,
+    /// The signed manifest it was loaded with (with module keys only).
+    pub manifest: Option<vigil_command::SignedManifest>,
 }
 
-/// A loaded module: its bytes, their sum, and the open library.
+/// A loaded module: its bytes, their sum, and the host process that runs
+/// them.
 #[derive(Debug)]
 pub struct Module {
     summary: ModuleSummary,
     bytes: Arc<[u8]>,
-    library: Library,
+    host: ModuleHost,
 }
 
 impl Module {
@@ -83,11 +107,16 @@ impl Module {
 
     /// The name the module gives itself (its file name is the key).
     pub fn declared_name(&self) -> &str {
-        self.library.name()
+        &self.host.declared_name
     }
 
-    pub(crate) fn library(&self) -> &Library {
-        &self.library
+    /// How the module's host process is doing.
+    pub fn health(&self) -> HostHealth {
+        self.host.health()
+    }
+
+    pub(crate) fn host(&self) -> &ModuleHost {
+        &self.host
     }
 }
 
@@ -115,6 +144,8 @@ pub enum RegistryEvent {
     Rejected {
         /// File name.
         name: String,
+        /// Why, as a stable code (`module_invalid`, `manifest_rollback`...).
+        code: &'static str,
         /// Why, for a person.
         reason: String,
         /// Sum of the previous version, which keeps serving, if any.
@@ -135,9 +166,7 @@ struct Inner {
     config: RegistryConfig,
     modules: RwLock<BTreeMap<String, Arc<Module>>>,
     events: broadcast::Sender<RegistryEvent>,
-    slots: Arc<Semaphore>,
-    shadow: tempfile::TempDir,
-    next_shadow: AtomicU64,
+    host: HostOptions,
     /// Serialises reconciliations so that two events for one file cannot
     /// race each other's swap.
     reconcile: Mutex<()>,
@@ -188,19 +217,18 @@ impl ModuleRegistry {
                 source: std::io::Error::other("not a directory"),
             });
         }
-        let shadow = tempfile::Builder::new()
-            .prefix("vigil-modules-")
-            .tempdir()
-            .map_err(ModuleError::Shadow)?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| ModuleError::NoRuntime)?;
         let (events, _) = broadcast::channel(4096);
         let registry = ModuleRegistry {
             inner: Arc::new(Inner {
-                slots: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
+                host: HostOptions {
+                    timeout: config.exec_timeout,
+                    max_pending: config.max_concurrent,
+                    runtime,
+                },
                 config,
                 modules: RwLock::new(BTreeMap::new()),
                 events,
-                shadow,
-                next_shadow: AtomicU64::new(0),
                 reconcile: Mutex::new(()),
             }),
         };
@@ -237,6 +265,14 @@ impl ModuleRegistry {
         self.modules().values().map(|m| m.summary.clone()).collect()
     }
 
+    /// How each loaded module's host is doing, by module name.
+    pub fn health(&self) -> Vec<(String, HostHealth)> {
+        self.modules()
+            .iter()
+            .map(|(name, m)| (name.clone(), m.health()))
+            .collect()
+    }
+
     /// A loaded module.
     pub fn get(&self, name: &str) -> Option<Arc<Module>> {
         self.modules().get(name).cloned()
@@ -257,12 +293,8 @@ impl ModuleRegistry {
             RegistryEvent::Unloaded { name, sum } => {
                 tracing::info!(module = %name, sum = %sum, "module unloaded")
             }
-            RegistryEvent::Rejected { name, reason, kept } => match kept {
-                Some(sum) => {
-                    tracing::warn!(module = %name, %reason, kept = %sum, "module rejected; the previous version keeps serving")
-                }
-                None => tracing::warn!(module = %name, %reason, "module rejected"),
-            },
+            // Logged by `reject`.
+            RegistryEvent::Rejected { .. } => {}
         }
         let _ = self.inner.events.send(event);
     }
@@ -313,17 +345,24 @@ impl ModuleRegistry {
                 }
                 return;
             }
-            Err(reason) => {
-                self.reject(name, reason, current.as_deref());
-                return;
-            }
+            Err(e) => return self.reject(name, "module_unreadable", e, current.as_deref()),
         };
         let sum = hex_sha256(&bytes);
-        if current.as_ref().is_some_and(|m| m.summary.sum == sum) {
+        let config = &self.inner.config;
+        let verified = match crate::manifest::gate(config, name, &sum, bytes.len() as u64) {
+            Ok(verified) => verified,
+            Err(r) => return self.reject(name, r.code, r.reason, current.as_deref()),
+        };
+        let manifest = verified.as_ref().map(|v| v.signed().clone());
+        if crate::manifest::unchanged(current.as_deref(), &sum, manifest.as_ref()) {
             return;
         }
         match self.load(name, bytes, sum) {
-            Ok(module) => {
+            Ok(mut module) => {
+                if let Err(r) = crate::manifest::record(config, verified.as_ref()) {
+                    return self.reject(name, r.code, r.reason, current.as_deref());
+                }
+                module.summary.manifest = manifest;
                 let summary = module.summary.clone();
                 let previous = self.modules_mut().insert(name.to_owned(), Arc::new(module));
                 match previous {
@@ -334,54 +373,61 @@ impl ModuleRegistry {
                     None => self.emit(RegistryEvent::Loaded(summary)),
                 }
             }
-            Err(reason) => self.reject(name, reason, current.as_deref()),
+            Err(reason) => self.reject(name, "module_invalid", reason, current.as_deref()),
         }
     }
 
-    fn reject(&self, name: &str, reason: String, current: Option<&Module>) {
+    fn reject(&self, name: &str, code: &'static str, reason: String, current: Option<&Module>) {
+        let kept = current.map(|m| m.summary.sum.clone());
+        match &kept {
+            Some(sum) => tracing::warn!(module = %name, code, %reason, kept = %sum,
+                "module rejected; the previous version keeps serving"),
+            None => tracing::warn!(module = %name, code, %reason, "module rejected"),
+        }
         self.emit(RegistryEvent::Rejected {
             name: name.to_owned(),
+            code,
             reason,
-            kept: current.map(|m| m.summary.sum.clone()),
+            kept,
         });
     }
 
-    /// Validates the bytes, writes them to a fresh shadow path, loads that
-    /// copy and unlinks it.
+    /// Validates the bytes and starts a host process for them, which
+    /// loads exactly these bytes; the old version's host keeps serving
+    /// until this one is ready and swapped in.
     fn load(&self, name: &str, bytes: Vec<u8>, sum: String) -> Result<Module, String> {
         elf::validate(&bytes).map_err(|e| e.to_string())?;
-        // A unique path per load: dlopen caches by path, so reusing one
-        // would hand back the old code.
-        let n = self.inner.next_shadow.fetch_add(1, Ordering::Relaxed);
-        let shadow = self
-            .inner
-            .shadow
-            .path()
-            .join(format!("{n}-{}", sanitize(name)));
-        write_shadow(&shadow, &bytes)
-            .map_err(|e| format!("cannot write shadow copy {}: {e}", shadow.display()))?;
-        let opened = Library::open(&shadow);
-        // The mapping stays valid after unlinking; nothing else may open it.
-        let _ = std::fs::remove_file(&shadow);
-        let library = opened.map_err(|e| e.to_string())?;
+        let bytes: Arc<[u8]> = Arc::from(bytes);
+        let config = &self.inner.config;
+        let spec = HostSpec {
+            program: config
+                .host_program
+                .clone()
+                .unwrap_or_else(crate::host::default_host_program),
+            name: name.to_owned(),
+            sum: sum.clone(),
+            bytes: bytes.clone(),
+            policy: config.sandbox_for(name).clone(),
+        };
+        let host = ModuleHost::start(spec, &self.inner.host)?;
         Ok(Module {
             summary: ModuleSummary {
                 name: name.to_owned(),
                 sum,
                 size: bytes.len() as u64,
-                description: library.description().to_owned(),
+                description: host.description.clone(),
+                manifest: None,
             },
-            bytes: Arc::from(bytes),
-            library,
+            bytes,
+            host,
         })
     }
 
     /// Runs a module, if `expected_sum` is the sum of the loaded version.
     ///
-    /// The run happens on a blocking thread, at most
-    /// [`RegistryConfig::max_concurrent`] at once, and the caller gets
-    /// [`ExecError::Timeout`] after [`RegistryConfig::exec_timeout`]. A run
-    /// that hangs cannot be stopped: it keeps its slot until it returns.
+    /// The run happens in the module's host process; the caller gets
+    /// [`ExecError::Timeout`] after [`RegistryConfig::exec_timeout`], and
+    /// the host is then killed and started again.
     pub async fn exec(
         &self,
         name: &str,
@@ -395,27 +441,21 @@ impl ModuleRegistry {
         };
         match self.exec_batch(vec![((), call)]).next().await {
             Some(((), answer)) => answer,
-            None => Err(ExecError::Panicked("the run ended without a result".into())),
+            None => Err(ExecError::NotRun),
         }
     }
 
-    /// Runs several calls one after another on one blocking thread, which
-    /// holds one of the [`RegistryConfig::max_concurrent`] slots; each
-    /// call's `tag` comes back with its answer.
+    /// Sends several calls to their modules' hosts at once; each call's
+    /// `tag` comes back with its answer, in the order of the calls.
     ///
     /// Each call is checked first (module loaded, sum current) and
-    /// answered at once if it fails. Waiting for a slot longer than the
-    /// timeout answers [`ExecError::Busy`]; a call running past the timeout
-    /// answers [`ExecError::Timeout`], and the calls after it
-    /// [`ExecError::Abandoned`] without running. One batch costs one thread
-    /// hand-off, however many calls it holds.
+    /// answered at once if it fails. The calls for one module go to its
+    /// host in one write and run one after another there; a call running
+    /// past the timeout answers [`ExecError::Timeout`] (its host is killed),
+    /// and the calls after it in the batch [`ExecError::Abandoned`]
+    /// without running.
     pub fn exec_batch<T: Send + 'static>(&self, calls: Vec<(T, ExecCall)>) -> ExecBatch<T> {
-        ExecBatch::new(
-            self.inner.config.exec_timeout,
-            &self.inner.slots,
-            calls,
-            |name| self.get(name),
-        )
+        ExecBatch::new(calls, |name| self.get(name))
     }
 }
 
@@ -426,7 +466,7 @@ impl ModuleRegistry {
 /// `open` for reading would wait for a writer forever), a device or a
 /// link is refused before a byte is read, and what is checked is what is
 /// read.
-fn read_module(path: &Path, max: u64) -> Result<Option<Vec<u8>>, String> {
+pub(crate) fn read_module(path: &Path, max: u64) -> Result<Option<Vec<u8>>, String> {
     use std::io::Read as _;
     let mut options = std::fs::OpenOptions::new();
     options.read(true);
@@ -474,29 +514,6 @@ fn read_module(path: &Path, max: u64) -> Result<Option<Vec<u8>>, String> {
         return Err(format!("larger than the {max}-byte limit"));
     }
     Ok(Some(bytes))
-}
-
-fn sanitize(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
-fn write_shadow(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o500);
-    let mut file = options.open(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
 }
 
 #[cfg(test)]

@@ -34,6 +34,11 @@ pub enum ErrorCode {
     ExecFailed,
     /// The module did not return within the server's time limit.
     ExecTimeout,
+    /// The module's host process died during the run (the message names
+    /// the signal or exit status); the module is started again.
+    ModuleCrashed,
+    /// The run went past a limit of the module's sandbox (memory).
+    ModuleLimit,
     /// The server is at a limit; try again later.
     Busy,
     /// The server failed in a way that is not the request's fault.
@@ -57,6 +62,8 @@ impl ErrorCode {
             ErrorCode::StaleSum => "stale_sum",
             ErrorCode::ExecFailed => "exec_failed",
             ErrorCode::ExecTimeout => "exec_timeout",
+            ErrorCode::ModuleCrashed => "module_crashed",
+            ErrorCode::ModuleLimit => "module_limit",
             ErrorCode::Busy => "busy",
             ErrorCode::Internal => "internal",
             ErrorCode::Other(s) => s,
@@ -77,6 +84,8 @@ impl ErrorCode {
             "stale_sum" => ErrorCode::StaleSum,
             "exec_failed" => ErrorCode::ExecFailed,
             "exec_timeout" => ErrorCode::ExecTimeout,
+            "module_crashed" => ErrorCode::ModuleCrashed,
+            "module_limit" => ErrorCode::ModuleLimit,
             "busy" => ErrorCode::Busy,
             "internal" => ErrorCode::Internal,
             other => ErrorCode::Other(other.to_owned()),
@@ -97,6 +106,9 @@ pub struct ErrorBody {
     pub code: ErrorCode,
     /// What happened, for a person.
     pub message: String,
+    /// For `module_crashed`: the signal that ended the module's host, by
+    /// name (`SIGSEGV`), when a signal did; sent as the payload's `signal`.
+    pub signal: Option<String>,
 }
 
 impl ErrorBody {
@@ -105,7 +117,14 @@ impl ErrorBody {
         ErrorBody {
             code,
             message: message.into(),
+            signal: None,
         }
+    }
+
+    /// This error, naming the signal that ended a module's host.
+    pub fn with_signal(mut self, signal: Option<String>) -> Self {
+        self.signal = signal;
+        self
     }
 
     /// The `err:<code>:<ref>` frame for this error.
@@ -113,6 +132,9 @@ impl ErrorBody {
         let mut payload = Map::new();
         payload.insert("code".into(), Value::String(self.code.as_str().into()));
         payload.insert("message".into(), Value::String(self.message.clone()));
+        if let Some(signal) = &self.signal {
+            payload.insert("signal".into(), Value::String(signal.clone()));
+        }
         let code = self.code.as_str();
         // Error codes are tokens; an `Other` code from an embedder that is
         // not one travels in the payload only.

@@ -22,6 +22,15 @@ pub struct ModuleInfo {
     /// The module's own description.
     #[serde(default)]
     pub desc: String,
+    /// The module's signed manifest (a JSON object, checked by the client
+    /// with `vigil-command`), when the server has one; left out of the
+    /// frame otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<Map<String, Value>>,
+    /// `"failing"` in `mod:sync_resp` for a module whose host process
+    /// failed repeatedly within the last minute; left out otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -38,6 +47,8 @@ struct VerifyBody {
     sum: String,
     #[serde(default)]
     desc: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    manifest: Option<Map<String, Value>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -67,6 +78,8 @@ pub enum ServerMessage {
         sum: String,
         /// The module's description.
         desc: String,
+        /// The module's signed manifest, if the server has one.
+        manifest: Option<Map<String, Value>>,
     },
     /// `mod:exec_resp`: what a module returned.
     ExecResp {
@@ -117,6 +130,7 @@ impl ServerMessage {
                 content,
                 sum,
                 desc,
+                manifest,
             } => (
                 api::MOD,
                 "verify_resp",
@@ -126,6 +140,7 @@ impl ServerMessage {
                     encoding: "base64".into(),
                     sum: sum.clone(),
                     desc: desc.clone(),
+                    manifest: manifest.clone(),
                 }),
             ),
             ServerMessage::ExecResp {
@@ -188,6 +203,7 @@ impl ServerMessage {
                     content,
                     sum: b.sum,
                     desc: b.desc,
+                    manifest: b.manifest,
                 })
             }
             (api::MOD, "exec_resp") => {
@@ -225,10 +241,14 @@ impl ServerMessage {
                     .get("message")
                     .and_then(Value::as_str)
                     .unwrap_or("");
-                Ok(ServerMessage::Error(ErrorBody::new(
-                    ErrorCode::parse(code),
-                    message,
-                )))
+                let signal = frame
+                    .payload()
+                    .get("signal")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+                Ok(ServerMessage::Error(
+                    ErrorBody::new(ErrorCode::parse(code), message).with_signal(signal),
+                ))
             }
             (other, _) => Err(MessageError::UnknownApi(other.to_owned())),
         }
@@ -266,6 +286,14 @@ mod tests {
             sum: "ab".repeat(32),
             size: 12,
             desc: "says hello".into(),
+            manifest: None,
+            state: None,
+        };
+        let mut manifest = Map::new();
+        manifest.insert("format".into(), Value::String("x".into()));
+        let signed = ModuleInfo {
+            manifest: Some(manifest.clone()),
+            ..info.clone()
         };
         round_trip_server(ServerMessage::SyncResp {
             modules: vec![info.clone()],
@@ -275,6 +303,18 @@ mod tests {
             content: vec![0, 1, 2, 255],
             sum: "cd".repeat(32),
             desc: String::new(),
+            manifest: None,
+        });
+        round_trip_server(ServerMessage::VerifyResp {
+            module: "hello.so".into(),
+            content: vec![3],
+            sum: "cd".repeat(32),
+            desc: String::new(),
+            manifest: Some(manifest),
+        });
+        round_trip_server(ServerMessage::ModLoad(signed.clone()));
+        round_trip_server(ServerMessage::SyncResp {
+            modules: vec![signed],
         });
         round_trip_server(ServerMessage::ModLoad(info.clone()));
         round_trip_server(ServerMessage::ModReload(info));
@@ -286,9 +326,29 @@ mod tests {
         body.insert("command_id".into(), Value::String("c1".into()));
         round_trip_server(ServerMessage::Command(body.clone()));
         round_trip_server(ServerMessage::Heartbeat(body));
+        round_trip_server(ServerMessage::Error(
+            ErrorBody::new(ErrorCode::ModuleCrashed, "module crashed: SIGSEGV")
+                .with_signal(Some("SIGSEGV".into())),
+        ));
         round_trip_server(ServerMessage::Error(ErrorBody::new(
             ErrorCode::UnknownModule,
             "no module \"x\"",
         )));
+    }
+
+    #[test]
+    fn without_a_manifest_the_frames_are_the_seeds() {
+        let info = ModuleInfo {
+            name: "hello.so".into(),
+            sum: "ab".repeat(32),
+            size: 12,
+            desc: "d".into(),
+            manifest: None,
+            state: None,
+        };
+        let frame = ServerMessage::ModLoad(info).to_frame("m1").to_bytes();
+        let text = String::from_utf8(frame).unwrap_or_default();
+        assert!(!text.contains("manifest"), "{text}");
+        assert!(text.starts_with("modload:modload:m1 {"), "{text}");
     }
 }

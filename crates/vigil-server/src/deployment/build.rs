@@ -17,6 +17,8 @@ const DEFAULT_KEY: &str = "server.key";
 const DEFAULT_TRUST: &str = "trusted-keys.json";
 const DEFAULT_MODS: &str = "mods";
 const DEFAULT_DATA_DIR: &str = "vigil-data";
+/// The module version marks, in the data directory.
+const MODULE_VERSIONS: &str = "module-versions.json";
 const LOOPBACK: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
 pub(super) fn build(s: Settings) -> Result<Deployment, DeploymentError> {
@@ -42,9 +44,38 @@ pub(super) fn build(s: Settings) -> Result<Deployment, DeploymentError> {
     };
     vigil_auth::check_permissions(&mods, "mods directory")
         .map_err(|e| DeploymentError::file(&mods, "mods directory", e))?;
+
+    // State: token, audit log, replay guard, module version marks. Made
+    // before the registry opens, which reads the marks.
+    let data_dir = s.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into());
+    vigil_auth::create_private_dir(&data_dir)
+        .map_err(|e| DeploymentError::context("cannot create the data directory", e))?;
+    vigil_auth::check_permissions(&data_dir, "data directory")
+        .map_err(|e| DeploymentError::file(&data_dir, "data directory", e))?;
+
     let mut registry_config = RegistryConfig::new(&mods);
+    if let Some(path) = &s.module_keys {
+        registry_config.manifests = Some(load_module_trust(path, &data_dir.join(MODULE_VERSIONS))?);
+    }
     if let Some(secs) = s.exec_timeout {
         registry_config.exec_timeout = seconds("exec_timeout", secs)?;
+    }
+    registry_config.host_program = s.module_host.clone();
+    if let Some(mib) = s.module_memory_mib {
+        if mib < 16 {
+            return Err(DeploymentError::Invalid(format!(
+                "module_memory_mib must be at least 16 (MiB), got {mib}: a module host needs room to load"
+            )));
+        }
+        registry_config.sandbox.memory_mib = mib;
+    }
+    for (name, policy) in s.sandbox.clone().unwrap_or_default() {
+        if !vigil_modules::is_module_name(&name) {
+            return Err(DeploymentError::Invalid(format!(
+                "[sandbox.{name:?}]: not a module file name (like hello.so)"
+            )));
+        }
+        registry_config.sandboxes.insert(name, policy);
     }
     let registry = ModuleRegistry::open(registry_config).map_err(|e| {
         DeploymentError::context(
@@ -112,12 +143,6 @@ pub(super) fn build(s: Settings) -> Result<Deployment, DeploymentError> {
         config.agent_id = id;
     }
 
-    // State: token, audit log, replay guard.
-    let data_dir = s.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into());
-    vigil_auth::create_private_dir(&data_dir)
-        .map_err(|e| DeploymentError::context("cannot create the data directory", e))?;
-    vigil_auth::check_permissions(&data_dir, "data directory")
-        .map_err(|e| DeploymentError::file(&data_dir, "data directory", e))?;
     let token = match s.api_token {
         Some(token) => token,
         None => load_or_make_token(&data_dir.join("api-token"))?,
@@ -198,6 +223,30 @@ fn load_relay(path: &Path, replay_path: &Path) -> Result<Relay, DeploymentError>
     let guard = vigil_command::ReplayGuard::open(replay_path, SystemTime::now())
         .map_err(|e| DeploymentError::file(replay_path, "cannot open the replay guard", e))?;
     Ok(Relay::new(authorities, Arc::new(guard)))
+}
+
+/// The module keys, and the version marks (highest version loaded per
+/// module, kept across restarts).
+fn load_module_trust(
+    keys: &Path,
+    versions: &Path,
+) -> Result<vigil_command::ModuleTrust, DeploymentError> {
+    vigil_auth::check_permissions(keys, "module keys file")
+        .map_err(|e| DeploymentError::file(keys, "module keys file", e))?;
+    let module_keys = vigil_command::ModuleKeys::load(keys)
+        .map_err(|e| DeploymentError::file(keys, "cannot load the module keys", e))?;
+    let store = vigil_command::VersionStore::open(versions)
+        .map_err(|e| DeploymentError::file(versions, "cannot open the module version marks", e))?;
+    tracing::info!(
+        keys = module_keys.len(),
+        key_ids = ?module_keys.key_ids().collect::<Vec<_>>(),
+        marks = store.all().len(),
+        "module manifests required: a module loads only with a manifest signed by a module key"
+    );
+    Ok(vigil_command::ModuleTrust {
+        keys: module_keys,
+        versions: Arc::new(store),
+    })
 }
 
 /// Reads the REST API token, or makes one (32 random bytes, hex) readable

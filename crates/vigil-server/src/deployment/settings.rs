@@ -41,6 +41,36 @@ pub struct Settings {
     /// Directory of module dylibs (*.so), watched for changes [default: mods].
     #[cfg_attr(feature = "cli", arg(long, env = "VIGIL_MODS", value_name = "DIR"))]
     pub mods: Option<PathBuf>,
+    /// Module keys file (JSON, `{"module_keys": [...]}`, see docs/modules.md):
+    /// with it, a module is loaded only if its signed manifest
+    /// (`<module>.manifest`, beside it) verifies for its bytes, and never
+    /// in a version below one loaded before (remembered in the data
+    /// directory, module-versions.json) [default: none, manifests are not
+    /// read].
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "VIGIL_MODULE_KEYS", value_name = "FILE")
+    )]
+    pub module_keys: Option<PathBuf>,
+    /// The module host program, which runs each module in a sandboxed
+    /// process [default: vigil-module-host beside this program].
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "VIGIL_MODULE_HOST", value_name = "FILE")
+    )]
+    pub module_host: Option<PathBuf>,
+    /// MiB of address space each module's host may use, unless its
+    /// `[sandbox."<module>"]` table says otherwise [default: 1024].
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "VIGIL_MODULE_MEMORY_MIB", value_name = "MIB")
+    )]
+    pub module_memory_mib: Option<u64>,
+    /// What named modules may do instead of the default sandbox (TOML
+    /// only: `[sandbox."hello.so"]` with `memory_mib`, `open_files`,
+    /// `network`, `write_paths`; see docs/modules.md).
+    #[cfg_attr(feature = "cli", arg(skip))]
+    pub sandbox: Option<std::collections::BTreeMap<String, vigil_modules::SandboxPolicy>>,
     /// Seconds a module run may take before the client gets an error [default: 10].
     #[cfg_attr(
         feature = "cli",
@@ -78,8 +108,8 @@ pub struct Settings {
     #[cfg_attr(feature = "cli", arg(long, env = "VIGIL_HTTP_PORT"))]
     pub http_port: Option<u16>,
     /// Directory for the server's state: the REST API token (made on first
-    /// start, mode 0600), the audit log, the relay replay guard
-    /// [default: vigil-data].
+    /// start, mode 0600), the audit log, the relay replay guard, the module
+    /// version marks [default: vigil-data].
     #[cfg_attr(feature = "cli", arg(long, env = "VIGIL_DATA_DIR", value_name = "DIR"))]
     pub data_dir: Option<PathBuf>,
     /// Bearer token for the REST API, instead of the one in the data dir.
@@ -303,11 +333,16 @@ impl Settings {
             toml::from_str(&text).map_err(|e| DeploymentError::file(path, "config file", e))?;
         let base = path.parent().unwrap_or(Path::new(""));
         for p in
-            paths!(settings: cert, key, trusted_keys, mods, authority_key, data_dir, authorities)
+            paths!(settings: cert, key, trusted_keys, mods, module_keys, module_host, authority_key, data_dir, authorities)
                 .into_iter()
                 .flatten()
         {
             *p = base.join(&*p);
+        }
+        for policy in settings.sandbox.iter_mut().flat_map(|s| s.values_mut()) {
+            for p in &mut policy.write_paths {
+                *p = base.join(&*p);
+            }
         }
         Ok(settings)
     }
@@ -316,7 +351,8 @@ impl Settings {
     pub fn or(self, lower: Settings) -> Settings {
         let upper = self;
         layer!(upper, lower:
-            interface, port, cert, key, trusted_keys, mods, exec_timeout,
+            interface, port, cert, key, trusted_keys, mods, module_keys, module_host,
+            module_memory_mib, sandbox, exec_timeout,
             authority_key, authority_id, heartbeat_interval, http_interface,
             http_port, data_dir, api_token, authorities, agent_id,
             max_connections, handshake_timeout, idle_timeout, max_outbound_kib,

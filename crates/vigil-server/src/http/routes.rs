@@ -145,12 +145,40 @@ fn clients(state: &State) -> Resp {
 }
 
 fn modules(state: &State) -> Resp {
+    let health: std::collections::BTreeMap<String, vigil_modules::HostHealth> =
+        state.server.module_health().into_iter().collect();
     let list: Vec<Value> = state
         .server
         .modules()
         .unwrap_or_default()
         .iter()
-        .map(|m| json!({"mod": m.name, "sum": m.sum, "size": m.size, "desc": m.description}))
+        .map(|m| {
+            let host = health.get(&m.name).map(|h| {
+                json!({
+                    "state": h.state.as_str(),
+                    "pid": h.pid,
+                    "crashes": h.crashes,
+                    "timeouts": h.timeouts,
+                    "restarts": h.restarts,
+                    "recent_failures": h.recent_failures,
+                    "pending_calls": h.pending,
+                    "confinement": h.confinement,
+                })
+            });
+            let manifest = m.manifest.as_ref().map(|signed| {
+                let body = signed.manifest();
+                json!({
+                    "version": body.version,
+                    "key_id": signed.key_id(),
+                    "not_before": body.not_before.isoformat(),
+                    "expires": body.expires.isoformat(),
+                })
+            });
+            json!({
+                "mod": m.name, "sum": m.sum, "size": m.size, "desc": m.description,
+                "manifest": manifest, "host": host,
+            })
+        })
         .collect();
     json_response(StatusCode::OK, &json!({ "modules": list }))
 }

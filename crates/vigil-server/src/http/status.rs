@@ -122,6 +122,47 @@ pub(super) fn metrics(state: &State) -> Resp {
             ("event=\"rejected\"", s.module_rejected.get()),
         ],
     );
+    fn borrow(v: &[(String, u64)]) -> Vec<(&str, u64)> {
+        v.iter().map(|(l, n)| (l.as_str(), *n)).collect()
+    }
+    let hosts = state.server.module_health();
+    let label = |name: &str| {
+        format!(
+            "module=\"{}\"",
+            name.replace('\\', "\\\\").replace('"', "\\\"")
+        )
+    };
+    let per_module = |f: &dyn Fn(&vigil_modules::HostHealth) -> u64| -> Vec<(String, u64)> {
+        hosts.iter().map(|(n, h)| (label(n), f(h))).collect()
+    };
+    let crashes = per_module(&|h| h.crashes);
+    let timeouts = per_module(&|h| h.timeouts);
+    let restarts = per_module(&|h| h.restarts);
+    let failing = per_module(&|h| u64::from(h.state == vigil_modules::HostState::Failing));
+    metric(
+        "vigil_module_host_crashes_total",
+        "counter",
+        "Times a module's host process died during a call or at its start (signal, exit, memory limit), by module.",
+        &borrow(&crashes),
+    );
+    metric(
+        "vigil_module_host_timeouts_total",
+        "counter",
+        "Module calls that ran past their timeout, each of which killed its host, by module.",
+        &borrow(&timeouts),
+    );
+    metric(
+        "vigil_module_host_restarts_total",
+        "counter",
+        "Times a module's host process was started again, by module.",
+        &borrow(&restarts),
+    );
+    metric(
+        "vigil_module_failing",
+        "gauge",
+        "1 for a module whose host failed 3 or more times within a minute.",
+        &borrow(&failing),
+    );
     metric(
         "vigil_failsafe_reports_total",
         "counter",

@@ -176,12 +176,18 @@ impl Shared {
     /// bytes in base64), encoded once per version.
     pub(crate) fn verify_body(&self, module: &vigil_modules::Module) -> Bytes {
         let summary = module.summary();
+        // A version is its bytes and its manifest (a module signed again,
+        // with the same bytes, is a new version to its clients).
+        let version = match &summary.manifest {
+            Some(manifest) => format!("{} {}", summary.sum, manifest.signature()),
+            None => summary.sum.clone(),
+        };
         let mut cache = self
             .verify_bodies
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((sum, body)) = cache.get(&summary.name)
-            && *sum == summary.sum
+        if let Some((cached, body)) = cache.get(&summary.name)
+            && *cached == version
         {
             return body.clone();
         }
@@ -190,6 +196,10 @@ impl Shared {
             content: module.bytes().to_vec(),
             sum: summary.sum.clone(),
             desc: summary.description.clone(),
+            manifest: summary
+                .manifest
+                .as_ref()
+                .map(vigil_command::SignedManifest::to_map),
         }
         .to_frame("-")
         .to_bytes();
@@ -198,7 +208,7 @@ impl Shared {
         let start = frame.iter().position(|&b| b == b' ').map_or(0, |i| i + 1);
         let end = frame.len().saturating_sub(1).max(start);
         let body = Bytes::from(frame).slice(start..end);
-        cache.insert(summary.name.clone(), (summary.sum.clone(), body.clone()));
+        cache.insert(summary.name.clone(), (version, body.clone()));
         body
     }
 
@@ -324,6 +334,16 @@ impl ServerHandle {
     /// The loaded modules, if the server serves modules.
     pub fn modules(&self) -> Option<Vec<vigil_modules::ModuleSummary>> {
         self.shared.config.modules.as_ref().map(|r| r.list())
+    }
+
+    /// How each loaded module's host process is doing, by module name.
+    pub fn module_health(&self) -> Vec<(String, vigil_modules::HostHealth)> {
+        self.shared
+            .config
+            .modules
+            .as_ref()
+            .map(|r| r.health())
+            .unwrap_or_default()
     }
 
     /// As [`ServerHandle::audit`], for a record that must be written even

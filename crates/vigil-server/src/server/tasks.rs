@@ -50,23 +50,39 @@ pub(super) async fn module_broadcaster(
             let (kind, details) = match e {
                 RegistryEvent::Loaded(m) => (
                     "module.loaded",
-                    serde_json::json!({"module": m.name, "sum": m.sum, "size": m.size}),
+                    with_manifest(
+                        serde_json::json!({"module": m.name, "sum": m.sum, "size": m.size}),
+                        m,
+                    ),
                 ),
                 RegistryEvent::Reloaded {
                     module,
                     previous_sum,
                 } => (
                     "module.reloaded",
-                    serde_json::json!({"module": module.name, "sum": module.sum, "previous_sum": previous_sum, "size": module.size}),
+                    with_manifest(
+                        serde_json::json!({"module": module.name, "sum": module.sum, "previous_sum": previous_sum, "size": module.size}),
+                        module,
+                    ),
                 ),
                 RegistryEvent::Unloaded { name, sum } => (
                     "module.unloaded",
                     serde_json::json!({"module": name, "sum": sum}),
                 ),
-                RegistryEvent::Rejected { name, reason, kept } => (
-                    "module.rejected",
-                    serde_json::json!({"module": name, "reason": reason, "kept": kept}),
-                ),
+                RegistryEvent::Rejected {
+                    name,
+                    code,
+                    reason,
+                    kept,
+                } => {
+                    // The registry logged it at warn level, with its code;
+                    // here it is recorded, with the code.
+                    tracing::debug!(module = %name, code, "module rejection recorded");
+                    (
+                        "module.rejected",
+                        serde_json::json!({"module": name, "code": code, "reason": reason, "kept": kept}),
+                    )
+                }
                 _ => ("module.event", serde_json::json!({})),
             };
             shared.audit_later(kind, details);
@@ -105,6 +121,16 @@ pub(super) async fn module_broadcaster(
         let sent = handle.broadcast(&msg, &format!("m{seq}")).unwrap_or(0);
         tracing::debug!(clients = sent, frame = %msg.to_frame("-"), "module change broadcast");
     }
+}
+
+/// An audit record's details, with the manifest's key id and version when
+/// the module was loaded with one.
+fn with_manifest(mut details: Value, m: &vigil_modules::ModuleSummary) -> Value {
+    if let (Some(manifest), Value::Object(map)) = (&m.manifest, &mut details) {
+        map.insert("version".into(), manifest.manifest().version.into());
+        map.insert("key_id".into(), manifest.key_id().into());
+    }
+    details
 }
 
 /// Writes a `refusals.summary` record every window (see `refusals.rs`).

@@ -323,3 +323,87 @@ async fn pipelined_execs_and_verifies_each_get_one_answer() {
     }
     assert!(seen.values().all(|n| *n == 1), "{seen:?}");
 }
+
+/// A module with a bug takes down only its own host process: the call
+/// gets an error frame with a stable code, every other session and module
+/// keeps being served, and the module answers again after.
+#[tokio::test]
+async fn a_module_that_crashes_takes_down_only_its_host() {
+    let id = GeneratedIdentity::generate("c").expect("identity");
+    let ms = ModServer::start(&[id.fingerprint], Duration::from_secs(2)).await;
+    let hello = build("mods/hello", &[]);
+    ms.deploy(&hello, "hello.so");
+    let fixture = build("crates/vigil-modules/tests/fixture", &[]);
+    ms.deploy(&fixture, "fx.so");
+    support::eventually(|| ms.registry.list().len() == 2).await;
+    // A bystander: another client, verified and served throughout.
+    let bystander = RunningClient::start(&ms.server, &id).await;
+    support::eventually(|| bystander.client.trusted_modules().len() == 2).await;
+
+    let conn = Connection::connect(&client_config(&ms.server, &id))
+        .await
+        .expect("connect");
+    let sum = sha256_hex(&fixture);
+    async fn host_pid(conn: &Connection, sum: &str) -> u32 {
+        let pid = conn.exec("fx.so", "pid", sum).await.expect("pid");
+        pid.parse::<u32>().expect("a pid")
+    }
+    let mut last = host_pid(&conn, &sum).await;
+    assert_ne!(
+        last,
+        std::process::id(),
+        "the module runs in a process of its own"
+    );
+    for (args, code, needle) in [
+        ("segfault", ErrorCode::ModuleCrashed, "SIGSEGV"),
+        ("abort", ErrorCode::ModuleCrashed, "SIGABRT"),
+        ("exit", ErrorCode::ModuleCrashed, "exit status: 3"),
+        ("alloc", ErrorCode::ModuleLimit, "memory allocation"),
+        ("socket", ErrorCode::ModuleCrashed, "SIGSYS"),
+        ("spin", ErrorCode::ExecTimeout, "timeout"),
+    ] {
+        match conn.exec("fx.so", args, &sum).await {
+            Err(ClientError::Server(body)) => {
+                assert_eq!(body.code, code, "{args}: {}", body.message);
+                assert!(body.message.contains(needle), "{args}: {}", body.message);
+                if needle.starts_with("SIG") {
+                    assert_eq!(body.signal.as_deref(), Some(needle), "{args}");
+                }
+            }
+            other => panic!("{args}: expected an error frame, got {other:?}"),
+        }
+        // The module answers again, from a new host; the old one is gone
+        // (for `spin`: its CPU is given back).
+        let now = host_pid(&conn, &sum).await;
+        assert_ne!(now, last, "{args}");
+        support::eventually(|| !Path::new(&format!("/proc/{last}")).exists()).await;
+        last = now;
+        assert_eq!(
+            bystander
+                .client
+                .exec("hello.so", args)
+                .await
+                .expect("served"),
+            format!("Hello, {args}!")
+        );
+    }
+    // The module list is the same, and says the fixture is failing.
+    let listed: Vec<(String, Option<String>)> = conn
+        .sync()
+        .await
+        .expect("sync")
+        .into_iter()
+        .map(|m| (m.name, m.state))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![
+            ("fx.so".to_owned(), Some("failing".to_owned())),
+            ("hello.so".to_owned(), None)
+        ]
+    );
+    assert_eq!(
+        conn.exec("fx.so", "back", &sum).await.expect("answers"),
+        "v1: back"
+    );
+}

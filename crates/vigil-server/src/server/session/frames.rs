@@ -65,7 +65,7 @@ where
         match request {
             ClientRequest::Sync => {
                 let modules = registry
-                    .map(|r| r.list().iter().map(module_info).collect())
+                    .map(|r| r.list().iter().map(|m| module_info_now(r, m)).collect())
                     .unwrap_or_default();
                 self.reply(&ServerMessage::SyncResp { modules }, reference);
             }
@@ -203,6 +203,26 @@ pub(crate) fn module_info(m: &ModuleSummary) -> ModuleInfo {
         sum: m.sum.clone(),
         size: m.size,
         desc: m.description.clone(),
+        manifest: m
+            .manifest
+            .as_ref()
+            .map(vigil_command::SignedManifest::to_map),
+        state: None,
+    }
+}
+
+/// As [`module_info`], saying whether the module is failing (for
+/// `mod:sync_resp`).
+pub(crate) fn module_info_now(
+    registry: &vigil_modules::ModuleRegistry,
+    m: &ModuleSummary,
+) -> ModuleInfo {
+    let failing = registry
+        .get(&m.name)
+        .is_some_and(|module| module.health().state == vigil_modules::HostState::Failing);
+    ModuleInfo {
+        state: failing.then(|| vigil_modules::HostState::Failing.as_str().to_owned()),
+        ..module_info(m)
     }
 }
 
@@ -223,14 +243,27 @@ fn exec_answer(module: String, answer: Result<ExecOutput, ExecError>, reference:
                 ExecError::StaleSum { .. } => ErrorCode::StaleSum,
                 ExecError::Busy | ExecError::Abandoned(_) => ErrorCode::Busy,
                 ExecError::Timeout(_) => ErrorCode::ExecTimeout,
+                ExecError::Crashed { .. } => ErrorCode::ModuleCrashed,
+                ExecError::Limit(_) => ErrorCode::ModuleLimit,
+                ExecError::NotRun => ErrorCode::Busy,
                 _ => ErrorCode::ExecFailed,
             };
-            if matches!(e, ExecError::Panicked(_) | ExecError::Timeout(_)) {
+            if matches!(
+                e,
+                ExecError::Panicked(_)
+                    | ExecError::Timeout(_)
+                    | ExecError::Crashed { .. }
+                    | ExecError::Limit(_)
+            ) {
                 tracing::warn!(module = %module, error = %e, "module run failed");
             } else {
                 tracing::debug!(module = %module, error = %e, "module run refused or failed");
             }
-            ServerMessage::Error(ErrorBody::new(code, e.to_string()))
+            let signal = match &e {
+                ExecError::Crashed { signal, .. } => signal.clone(),
+                _ => None,
+            };
+            ServerMessage::Error(ErrorBody::new(code, e.to_string()).with_signal(signal))
         }
     };
     encode(&reply, reference)
