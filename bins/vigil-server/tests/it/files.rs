@@ -545,3 +545,29 @@ async fn f13_module_hosts_die_with_a_killed_server() {
     })
     .await;
 }
+
+/// M20: a module that prints 10,000 lines in one call, or returns a
+/// 17 MiB result: the server's log takes a burst of its output and then
+/// counts what it leaves out, and the result is refused with
+/// `module_limit` while the host stays up.
+#[tokio::test]
+async fn m20_module_output_and_results_are_bounded() {
+    let dep = Deployment::start(&[]).await;
+    let fixture = std::fs::read(module("crates/vigil-modules/tests/fixture", &[])).expect("fx");
+    deploy(&dep, "fx.so", &fixture);
+    let conn = connect(&dep).await;
+    let sum = listed(&conn, "fx.so").await;
+    let host = host_pid(&dep, "fx.so");
+    assert_eq!(
+        conn.exec("fx.so", "spam", &sum).await.expect("runs"),
+        "spammed"
+    );
+    let big = server_error(conn.exec("fx.so", "big", &sum).await);
+    assert_eq!(big.code, ErrorCode::ModuleLimit, "{}", big.message);
+    assert_eq!(host_pid(&dep, "fx.so"), host, "the host stays up");
+    dep.server.wait_logged("module output not logged").await;
+    let logged = dep.server.count("module output: spam line");
+    assert!(logged <= 100, "{logged} lines of module output logged");
+    assert!(logged >= 10, "{logged}");
+    dep.assert_serving().await;
+}

@@ -261,6 +261,16 @@ fn serve_calls(
             return Err(HostError::Protocol(format!("unexpected message {tag:#x}")));
         }
         let (tag, out) = match library.execute(&args) {
+            Outcome::Ok(b) | Outcome::Err(b) | Outcome::Panicked(b)
+                if b.len() > wire::MAX_RESULT =>
+            {
+                let limit = format!(
+                    "the module returned {} bytes, more than the {}-byte limit of a result",
+                    b.len(),
+                    wire::MAX_RESULT
+                );
+                (wire::LIMIT, limit.into_bytes())
+            }
             Outcome::Ok(b) => (wire::OK, b),
             Outcome::Err(b) => (wire::FAILED, b),
             Outcome::Panicked(b) => (wire::PANICKED, b),

@@ -24,6 +24,11 @@ use super::{HostSpec, wire};
 const KEPT_LINES: usize = 16;
 /// Longest line of a host's output that is logged whole.
 const MAX_LINE: usize = 1024;
+/// Lines of a host's output logged at once before the rate applies.
+const LOG_BURST: f64 = 50.0;
+/// Lines of a host's output logged per second after a burst; the rest are
+/// counted, so that a module printing in a loop cannot fill the log.
+const LOG_RATE: f64 = 10.0;
 
 /// How a host process ended.
 #[derive(Debug, Clone)]
@@ -316,6 +321,9 @@ fn watch(mut child: Child, output: std::io::PipeReader, name: String, exit: Arc<
             let mut last = VecDeque::with_capacity(KEPT_LINES);
             let mut reader = BufReader::new(output);
             let mut line = Vec::new();
+            let mut tokens = LOG_BURST;
+            let mut refilled = Instant::now();
+            let mut dropped = 0u64;
             loop {
                 line.clear();
                 match (&mut reader)
@@ -326,11 +334,30 @@ fn watch(mut child: Child, output: std::io::PipeReader, name: String, exit: Arc<
                     Ok(_) => {}
                 }
                 let text = String::from_utf8_lossy(&line).trim_end().to_owned();
-                tracing::info!(module = %name, pid, "module output: {text}");
+                let now = Instant::now();
+                tokens = (tokens + now.duration_since(refilled).as_secs_f64() * LOG_RATE)
+                    .min(LOG_BURST);
+                refilled = now;
+                if tokens >= 1.0 {
+                    tokens -= 1.0;
+                    if dropped > 0 {
+                        tracing::warn!(module = %name, pid, dropped, "module output not logged: {dropped} lines");
+                        dropped = 0;
+                    }
+                    tracing::info!(module = %name, pid, "module output: {text}");
+                } else {
+                    if dropped == 0 {
+                        tracing::warn!(module = %name, pid, "module output not logged from here: more than {LOG_RATE} lines per second");
+                    }
+                    dropped += 1;
+                }
                 if last.len() == KEPT_LINES {
                     last.pop_front();
                 }
                 last.push_back(text);
+            }
+            if dropped > 0 {
+                tracing::warn!(module = %name, pid, dropped, "module output not logged: {dropped} lines");
             }
             let status = match child.wait() {
                 Ok(status) => status,

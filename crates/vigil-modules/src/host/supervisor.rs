@@ -115,7 +115,7 @@ impl Supervisor {
         let write = Arc::new(write);
         let backlog = Arc::new(AtomicUsize::new(0));
         let codec = LengthDelimitedCodec::builder()
-            .max_frame_length(wire::MAX_FRAME)
+            .max_frame_length(wire::MAX_ANSWER)
             .new_codec();
         let (writer, mut frames) = mpsc::unbounded_channel::<Bytes>();
         let (w, queued) = (write.clone(), backlog.clone());
@@ -253,6 +253,7 @@ impl Supervisor {
             }),
             wire::FAILED => Err(ExecError::Failed(text(body))),
             wire::PANICKED => Err(ExecError::Panicked(text(body))),
+            wire::LIMIT => Err(ExecError::Limit(text(body))),
             other => Err(ExecError::Failed(format!(
                 "the module host answered an unknown message {other:#x}"
             ))),

@@ -14,6 +14,7 @@
 //! | `O` | host → server | one call's result                                     |
 //! | `F` | host → server | one call's error text                                 |
 //! | `P` | host → server | one call's panic message                              |
+//! | `X` | host → server | one call went past a limit (its result was too large) |
 //!
 //! A host answers calls in the order it read them, one answer per call.
 
@@ -37,6 +38,15 @@ pub(crate) const OK: u8 = b'O';
 pub(crate) const FAILED: u8 = b'F';
 /// A call panicked.
 pub(crate) const PANICKED: u8 = b'P';
+/// A call went past a limit.
+pub(crate) const LIMIT: u8 = b'X';
+
+/// Largest result a call may return: a client takes frames of up to
+/// 48 MiB, and a result travels as a JSON string that escaping can grow.
+pub(crate) const MAX_RESULT: usize = 16 * 1024 * 1024;
+/// Largest answer frame the server reads: a result of [`MAX_RESULT`] and
+/// its tag. Anything larger is a host that broke the protocol.
+pub(crate) const MAX_ANSWER: usize = MAX_RESULT + 1;
 
 /// Largest frame either side accepts: a module of the largest size the
 /// registry takes, with room for the header.

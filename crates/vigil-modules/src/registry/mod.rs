@@ -19,7 +19,7 @@ pub use exec::{ExecBatch, ExecCall};
 pub const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default number of calls queued for one module's host before more are
 /// answered busy.
-pub const DEFAULT_MAX_CONCURRENT: usize = 4096;
+pub const DEFAULT_MAX_CONCURRENT: usize = 1024;
 /// Default largest module file accepted.
 pub const DEFAULT_MAX_MODULE_SIZE: u64 = 32 * 1024 * 1024;
 

@@ -65,6 +65,13 @@ async fn each_crash_is_its_own_error_and_the_module_answers_again() {
         // The other module never noticed.
         assert_eq!(pid(&registry, "other.so", &sum).await, other, "{args}");
     }
+    // A result past the limit is refused; the host stays up.
+    let big = registry.exec("fx.so", b"big", &sum).await;
+    assert!(
+        matches!(&big, Err(ExecError::Limit(m)) if m.contains("17825792 bytes")),
+        "{big:?}"
+    );
+    assert_eq!(pid(&registry, "fx.so", &sum).await, last);
     let health = registry.get("fx.so").expect("loaded").health();
     assert_eq!(health.state, HostState::Failing, "{health:?}");
     assert_eq!(health.crashes, 5, "{health:?}");
