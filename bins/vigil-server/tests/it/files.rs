@@ -571,3 +571,131 @@ async fn m20_module_output_and_results_are_bounded() {
     assert!(logged >= 10, "{logged}");
     dep.assert_serving().await;
 }
+
+/// M21: what a module may do is set per module in `server.toml`: the
+/// module named in `[sandbox."writer.so"]` may write beneath the directory
+/// it lists, the same bytes under another name may not; a table that
+/// names a path that does not exist, or a field that is not a setting,
+/// stops the server at start (exit 2, naming the problem).
+#[tokio::test]
+async fn m21_sandbox_settings_in_the_config_file() {
+    let out_dir = tempfile::tempdir().expect("tempdir");
+    let allowed = out_dir.path().display().to_string();
+    let dep = Deployment::start_after(&[], |dir| {
+        let config = dir.join("server.toml");
+        let mut text = std::fs::read_to_string(&config).expect("server.toml");
+        text.push_str(&format!(
+            "\n[sandbox.\"writer.so\"]\nwrite_paths = [{allowed:?}]\nmemory_mib = 256\n"
+        ));
+        std::fs::write(&config, text).expect("write");
+    })
+    .await;
+    let fixture = std::fs::read(module("crates/vigil-modules/tests/fixture", &[])).expect("fx");
+    deploy(&dep, "fx.so", &fixture);
+    deploy(&dep, "writer.so", &fixture);
+    let conn = connect(&dep).await;
+    let sum = listed(&conn, "fx.so").await;
+    listed(&conn, "writer.so").await;
+    let target = out_dir.path().join("note.txt");
+    let write = format!("write {}", target.display());
+    let denied = server_error(conn.exec("fx.so", &write, &sum).await);
+    assert_eq!(denied.code, ErrorCode::ExecFailed, "{}", denied.message);
+    assert!(
+        denied.message.contains("ermission denied"),
+        "{}",
+        denied.message
+    );
+    assert!(!target.exists());
+    assert_eq!(
+        conn.exec("writer.so", &write, &sum).await.expect("allowed"),
+        "wrote"
+    );
+    assert!(target.exists());
+    // 256 MiB for writer.so: the 4 GiB allocation fails there too.
+    let limit = server_error(conn.exec("writer.so", "alloc", &sum).await);
+    assert_eq!(limit.code, ErrorCode::ModuleLimit, "{}", limit.message);
+    assert!(limit.message.contains("256 MiB"), "{}", limit.message);
+
+    for (table, needle) in [
+        (
+            "[sandbox.\"x.so\"]\nwrite_paths = [\"/no/such/dir\"]\n",
+            "/no/such/dir does not exist",
+        ),
+        (
+            "[sandbox.\"x.so\"]\nnetwork = true\nsockets = 3\n",
+            "sockets",
+        ),
+        (
+            "[sandbox.\"notes.txt\"]\nnetwork = true\n",
+            "not a module file name",
+        ),
+    ] {
+        let config = dep.path("bad-sandbox.toml");
+        let base = std::fs::read_to_string(dep.path("server.toml")).expect("server.toml");
+        std::fs::write(&config, format!("{base}\n{table}")).expect("write");
+        let out = Command::new(bin("vigil-server"))
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{table}: {stderr}");
+        assert!(stderr.contains(needle), "{table}: {stderr}");
+    }
+    dep.assert_serving().await;
+}
+
+/// M22: a module that goes after the server itself: reads its authority
+/// key, makes its trust file writable by all, lowers its open-file limit
+/// (`prlimit64` on the server's pid), stops it (`tgkill`). The read is
+/// refused by Landlock; the others are system calls the allowlist does not
+/// have, which end the host with SIGSYS. The key stays secret, the file
+/// mode and the server's limits are unchanged, and the server serves.
+#[tokio::test]
+async fn m22_a_module_cannot_reach_the_server_or_its_files() {
+    let dep = Deployment::start(&[]).await;
+    let fixture = std::fs::read(module("crates/vigil-modules/tests/fixture", &[])).expect("fx");
+    deploy(&dep, "fx.so", &fixture);
+    let conn = connect(&dep).await;
+    let sum = listed(&conn, "fx.so").await;
+    let limits =
+        || std::fs::read_to_string(format!("/proc/{}/limits", dep.server.pid())).expect("limits");
+    let before = limits();
+    let key = dep.path("authority.key");
+    let read = server_error(
+        conn.exec("fx.so", &format!("read {}", key.display()), &sum)
+            .await,
+    );
+    assert_eq!(read.code, ErrorCode::ExecFailed, "{}", read.message);
+    assert!(
+        read.message.contains("ermission denied"),
+        "{}",
+        read.message
+    );
+    let trust = dep.path("trusted-keys.json");
+    let mode = || {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::metadata(&trust)
+            .expect("stat")
+            .permissions()
+            .mode()
+    };
+    let trust_mode = mode();
+    for args in [
+        format!("chmod {}", trust.display()),
+        "prlimit-parent".to_owned(),
+        "signal-parent".to_owned(),
+    ] {
+        let error = server_error(conn.exec("fx.so", &args, &sum).await);
+        assert_eq!(
+            error.code,
+            ErrorCode::ModuleCrashed,
+            "{args}: {}",
+            error.message
+        );
+        assert_eq!(error.signal.as_deref(), Some("SIGSYS"), "{args}");
+    }
+    assert_eq!(mode(), trust_mode);
+    assert_eq!(limits(), before);
+    dep.assert_serving().await;
+}

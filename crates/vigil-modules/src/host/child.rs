@@ -73,7 +73,7 @@ fn serve_channel() -> Result<(), HostError> {
     let mut reader = BufReader::with_capacity(64 * 1024, chan.try_clone()?);
     let mut writer = BufWriter::with_capacity(64 * 1024, chan);
     let mut body = Vec::new();
-    let tag = wire::read_frame(&mut reader, &mut body)?;
+    let tag = wire::read_frame(&mut reader, &mut body, wire::MAX_FRAME)?;
     if tag != Some(wire::LOAD) {
         return Err(HostError::Protocol(
             "the first message is not a load".into(),
@@ -226,9 +226,9 @@ impl Outbox {
     /// Sends an answer. When nothing is being written and no further call
     /// is waiting (`more` is false), the calling thread writes it itself,
     /// which saves waking the writer for one answer at a time.
-    fn send(&self, tag: u8, body: &[u8], more: bool) {
+    fn send(&self, tag: u8, seq: u64, body: &[u8], more: bool) {
         let mut state = self.lock();
-        wire::frame(&mut state.bytes, tag, body);
+        wire::numbered(&mut state.bytes, tag, seq, body);
         if state.idle && !more {
             // The writer waits for the lock to take anything, so nothing
             // can be written between these bytes.
@@ -254,13 +254,16 @@ fn serve_calls(
 ) -> Result<(), HostError> {
     let mut args = Vec::new();
     loop {
-        let Some(tag) = wire::read_frame(reader, &mut args)? else {
+        let Some(tag) = wire::read_frame(reader, &mut args, wire::MAX_FRAME)? else {
             return Ok(());
         };
         if tag != wire::CALL {
             return Err(HostError::Protocol(format!("unexpected message {tag:#x}")));
         }
-        let (tag, out) = match library.execute(&args) {
+        let Some((seq, call)) = wire::split_seq(&args) else {
+            return Err(HostError::Protocol("a call without its number".into()));
+        };
+        let (tag, out) = match library.execute(call) {
             Outcome::Ok(b) | Outcome::Err(b) | Outcome::Panicked(b)
                 if b.len() > wire::MAX_RESULT =>
             {
@@ -275,6 +278,6 @@ fn serve_calls(
             Outcome::Err(b) => (wire::FAILED, b),
             Outcome::Panicked(b) => (wire::PANICKED, b),
         };
-        outbox.send(tag, &out, !reader.buffer().is_empty());
+        outbox.send(tag, seq, &out, !reader.buffer().is_empty());
     }
 }

@@ -11,6 +11,7 @@
 //! an error with a stable code and the host is started again.
 
 mod child;
+mod idle;
 mod process;
 mod sandbox;
 mod supervisor;
@@ -25,13 +26,18 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 pub use child::serve;
-pub use sandbox::{DEFAULT_MEMORY_MIB, DEFAULT_OPEN_FILES, SandboxPolicy};
+pub use sandbox::{DEFAULT_MEMORY_MIB, DEFAULT_OPEN_FILES, SYSTEM_READ_PATHS, SandboxPolicy};
 pub(crate) use supervisor::{Answer, Job};
 
 use crate::ExecError;
 
 /// File name of the host program.
 pub const HOST_PROGRAM: &str = "vigil-module-host";
+
+/// Time a host has, from its start, to load its module and confine itself.
+/// The registry waits for it (a reload holds the registry's reconcile lock
+/// meanwhile), so it is short: module initialisers should do nothing slow.
+pub(crate) const HANDSHAKE: Duration = Duration::from_secs(10);
 
 /// Failures within this window count towards marking a module failing.
 const FAILURE_WINDOW: Duration = Duration::from_secs(60);
@@ -208,8 +214,7 @@ impl ModuleHost {
     /// Starts a host for `spec` and waits until it is ready. Blocks the
     /// calling thread for as long as the module takes to load.
     pub(crate) fn start(spec: HostSpec, options: &HostOptions) -> Result<ModuleHost, String> {
-        let handshake = options.timeout.max(Duration::from_secs(5));
-        let first = process::start(&spec, handshake)?;
+        let first = process::start(&spec, HANDSHAKE)?;
         let health = Arc::new(Health::default());
         let ready = first.ready.clone();
         *health

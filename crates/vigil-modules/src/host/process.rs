@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 use super::{HostSpec, wire};
+use crate::ExecError;
 
 /// Lines of a host's output kept to explain how it ended.
 const KEPT_LINES: usize = 16;
@@ -52,6 +53,42 @@ impl Exit {
             .rev()
             .find(|l| l.contains("memory allocation of") && l.contains("failed"))
             .map(String::as_str)
+    }
+}
+
+/// The error for the call a host was running when it ended with `exit`
+/// (`None`: its end was not seen); `memory_mib` is its address-space limit.
+pub(crate) fn crash_error(exit: Option<&Exit>, memory_mib: u64) -> ExecError {
+    let Some(exit) = exit else {
+        return ExecError::Crashed {
+            signal: None,
+            detail: "the module host closed its socket".into(),
+        };
+    };
+    if let Some(line) = exit.allocation_failed() {
+        return ExecError::Limit(format!("{line} (the module may use {} MiB)", memory_mib));
+    }
+    match exit.signal() {
+        Some(signal) => {
+            let detail = match signal.as_str() {
+                "SIGSYS" => {
+                    format!("{signal}: it made a system call its sandbox does not allow")
+                }
+                "SIGSEGV" => format!("{signal}: invalid memory access"),
+                "SIGBUS" => format!("{signal}: bus error"),
+                "SIGABRT" => format!("{signal}: it aborted"),
+                "SIGKILL" => format!("{signal}: killed"),
+                _ => signal.clone(),
+            };
+            ExecError::Crashed {
+                signal: Some(signal),
+                detail,
+            }
+        }
+        None => ExecError::Crashed {
+            signal: None,
+            detail: format!("its host exited ({})", exit.status),
+        },
     }
 }
 
@@ -149,12 +186,24 @@ pub(crate) struct Process {
 #[derive(Debug)]
 pub(crate) struct Killer {
     pidfd: Option<OwnedFd>,
+    pid: Option<rustix::process::Pid>,
+    /// Set once the host is reaped: its pid may then name another process.
+    exit: Arc<ExitSlot>,
 }
 
 impl Killer {
     pub(super) fn kill(&self) {
-        if let Some(fd) = &self.pidfd {
-            let _ = rustix::process::pidfd_send_signal(fd, rustix::process::Signal::KILL);
+        use rustix::process::Signal;
+        match (&self.pidfd, self.pid) {
+            (Some(fd), _) => {
+                let _ = rustix::process::pidfd_send_signal(fd, Signal::KILL);
+            }
+            // Without a pidfd (a kernel before 5.3): by pid, while the
+            // host is not reaped, so the pid is still its own.
+            (None, Some(pid)) if self.exit.get().is_none() => {
+                let _ = rustix::process::kill_process(pid, Signal::KILL);
+            }
+            (None, _) => {}
         }
     }
 }
@@ -235,10 +284,15 @@ pub(crate) fn start(spec: &HostSpec, handshake: Duration) -> Result<Process, Str
             )
         })?;
     let pid = child.id();
-    let pidfd = rustix::process::Pid::from_raw(pid as i32)
+    let raw_pid = rustix::process::Pid::from_raw(pid as i32);
+    let pidfd = raw_pid
         .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok());
-    let killer = Arc::new(Killer { pidfd });
     let exit = Arc::new(ExitSlot::default());
+    let killer = Arc::new(Killer {
+        pidfd,
+        pid: raw_pid,
+        exit: exit.clone(),
+    });
     watch(child, output, spec.name.clone(), exit.clone());
     let failed = |reason: String| -> String {
         killer.kill();
@@ -258,11 +312,9 @@ pub(crate) fn start(spec: &HostSpec, handshake: Duration) -> Result<Process, Str
             None => reason,
         }
     };
-    let mut stream = ours;
-    let set = stream
-        .set_read_timeout(Some(handshake))
-        .and_then(|()| stream.set_write_timeout(Some(handshake)));
-    if let Err(e) = set {
+    let stream = ours;
+    let deadline = Instant::now() + handshake;
+    if let Err(e) = stream.set_write_timeout(Some(handshake)) {
         return Err(failed(format!("cannot set up the module host socket: {e}")));
     }
     let load = wire::Load {
@@ -271,12 +323,16 @@ pub(crate) fn start(spec: &HostSpec, handshake: Duration) -> Result<Process, Str
         parent: std::process::id(),
         policy: spec.policy.clone(),
     };
-    if let Err(e) = stream.write_all(&wire::load_frame(&load, &spec.bytes)) {
+    if let Err(e) = (&stream).write_all(&wire::load_frame(&load, &spec.bytes)) {
         return Err(failed(format!("cannot send the module to its host: {e}")));
     }
     let mut body = Vec::new();
-    let mut reader = BufReader::new(&stream);
-    let ready = match wire::read_frame(&mut reader, &mut body) {
+    // One deadline for the whole answer, however it trickles in.
+    let mut reader = BufReader::new(Deadline {
+        stream: &stream,
+        until: deadline,
+    });
+    let ready = match wire::read_frame(&mut reader, &mut body, wire::MAX_READY) {
         Ok(Some(wire::READY)) => serde_json::from_slice::<wire::Ready>(&body)
             .map_err(|e| failed(format!("the module host answered badly: {e}")))?,
         Ok(Some(wire::LOAD_ERROR)) => {
@@ -378,3 +434,21 @@ fn watch(mut child: Child, output: std::io::PipeReader, name: String, exit: Arc<
 }
 
 use std::io::Read as _;
+
+/// Reads from the host's socket until a deadline: each read may wait only
+/// for what is left of it.
+struct Deadline<'a> {
+    stream: &'a UnixStream,
+    until: Instant,
+}
+
+impl std::io::Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        (&mut &*self.stream).read(buf)
+    }
+}

@@ -3,13 +3,17 @@
 //! The host confines itself in steps, each before the code it guards runs:
 //!
 //! 1. at start: it dies with its parent (`PR_SET_PDEATHSIG`), cannot gain
-//!    privileges (`PR_SET_NO_NEW_PRIVS`) and writes no core dump;
-//! 2. before the module's initialisers run: its address space is limited;
-//! 3. after the module is mapped, before any call: few open files, Landlock
-//!    rules (reads anywhere, writes only where the policy allows, no TCP
-//!    unless it allows network, no signals or abstract sockets outside the
-//!    sandbox; best effort by kernel ABI) and a seccomp allowlist (a system
-//!    call outside it kills the host with `SIGSYS`).
+//!    privileges (`PR_SET_NO_NEW_PRIVS`), gives up every capability (also
+//!    when the server runs as root), cannot be dumped or traced by its
+//!    user's other processes and writes no core dump;
+//! 2. before the module is mapped (so its initialisers run confined): its
+//!    address space and open files are limited, Landlock rules apply
+//!    (reads only beneath the system's library directories and what the
+//!    policy names, writes only where it allows, no TCP unless it allows
+//!    network, no signals or abstract sockets outside the sandbox) and a
+//!    seccomp allowlist (a system call outside it kills the host with
+//!    `SIGSYS`). A kernel that cannot enforce all of the Landlock rules
+//!    refuses the module unless its policy says `best_effort`.
 
 use std::path::PathBuf;
 
@@ -21,8 +25,8 @@ pub const DEFAULT_MEMORY_MIB: u64 = 1024;
 pub const DEFAULT_OPEN_FILES: u64 = 64;
 
 /// What one module's host may do. The defaults: 1 GiB of address space,
-/// 64 open files, no network, no file writes, reads anywhere the server's
-/// user may read.
+/// 64 open files, no network, no file writes, reads only beneath
+/// [`SYSTEM_READ_PATHS`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
@@ -35,9 +39,33 @@ pub struct SandboxPolicy {
     /// May open sockets and make TCP connections.
     pub network: bool,
     /// Files and directories (and everything beneath them) the module may
-    /// write, create and remove.
+    /// write, create and remove (and read).
     pub write_paths: Vec<PathBuf>,
+    /// Files and directories (and everything beneath them) the module may
+    /// read, besides [`SYSTEM_READ_PATHS`].
+    pub read_paths: Vec<PathBuf>,
+    /// Run the module even when the kernel cannot enforce every Landlock
+    /// rule (an older kernel); the host's `confinement` says what holds.
+    pub best_effort: bool,
 }
+
+/// What every module may read: the system's libraries (which `dlopen` may
+/// need), its own `/proc` entries, the kernel's identity, and the usual
+/// devices. Not `/etc` (which holds `/etc/shadow`), not the server's
+/// directories (which hold its keys): a module that needs more names it in
+/// [`SandboxPolicy::read_paths`].
+pub const SYSTEM_READ_PATHS: &[&str] = &[
+    "/usr",
+    "/lib",
+    "/lib64",
+    "/etc/ld.so.cache",
+    "/etc/localtime",
+    "/proc/self",
+    "/proc/sys/kernel",
+    "/dev/null",
+    "/dev/zero",
+    "/dev/urandom",
+];
 
 impl Default for SandboxPolicy {
     fn default() -> Self {
@@ -46,6 +74,8 @@ impl Default for SandboxPolicy {
             open_files: DEFAULT_OPEN_FILES,
             network: false,
             write_paths: Vec::new(),
+            read_paths: Vec::new(),
+            best_effort: false,
         }
     }
 }
@@ -64,6 +94,10 @@ pub(crate) enum SandboxError {
     Seccomp(#[from] seccompiler::Error),
     #[error("seccomp: {0}")]
     SeccompBackend(#[from] seccompiler::BackendError),
+    #[error(
+        "the kernel enforces the module's Landlock rules only {0}; the module is not run (set best_effort in its [sandbox] table to run it anyway)"
+    )]
+    NotEnforced(&'static str),
 }
 
 fn os(what: &'static str) -> impl FnOnce(rustix::io::Errno) -> SandboxError {
@@ -83,6 +117,9 @@ pub(crate) fn at_start(parent: u32) -> Result<bool, SandboxError> {
     let alive =
         rustix::process::getppid().is_some_and(|p| p.as_raw_nonzero().get() as u32 == parent);
     rustix::thread::set_no_new_privs(true).map_err(os("PR_SET_NO_NEW_PRIVS"))?;
+    drop_capabilities()?;
+    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+        .map_err(os("PR_SET_DUMPABLE"))?;
     rustix::process::setrlimit(
         Resource::Core,
         Rlimit {
@@ -92,6 +129,31 @@ pub(crate) fn at_start(parent: u32) -> Result<bool, SandboxError> {
     )
     .map_err(os("RLIMIT_CORE"))?;
     Ok(alive)
+}
+
+/// Gives up every capability: the bounding set (where the host may drop
+/// them: it needs `CAP_SETPCAP`, which only a privileged server has), the
+/// ambient set, and the effective, permitted and inheritable sets.
+fn drop_capabilities() -> Result<(), SandboxError> {
+    use rustix::thread::{CapabilitySet, CapabilitySets};
+    for bit in 0..64 {
+        let cap = CapabilitySet::from_bits_retain(1 << bit);
+        if rustix::thread::capability_is_in_bounding_set(cap).unwrap_or(false) {
+            // EPERM without CAP_SETPCAP: such a host has no capabilities.
+            let _ = rustix::thread::remove_capability_from_bounding_set(cap);
+        }
+    }
+    let _ = rustix::thread::clear_ambient_capability_set();
+    let none = CapabilitySet::empty();
+    rustix::thread::set_capabilities(
+        None,
+        CapabilitySets {
+            effective: none,
+            permitted: none,
+            inheritable: none,
+        },
+    )
+    .map_err(os("capset"))
 }
 
 /// Step 2: the address space limit.
@@ -121,7 +183,9 @@ pub(crate) fn confine(policy: &SandboxPolicy) -> Result<String, SandboxError> {
     .map_err(os("RLIMIT_NOFILE"))?;
     let landlock = landlock(policy)?;
     seccomp(policy)?;
-    Ok(format!("seccomp allowlist, landlock {landlock}"))
+    Ok(format!(
+        "no capabilities, seccomp allowlist, landlock {landlock}"
+    ))
 }
 
 fn landlock(policy: &SandboxPolicy) -> Result<&'static str, SandboxError> {
@@ -136,19 +200,28 @@ fn landlock(policy: &SandboxPolicy) -> Result<&'static str, SandboxError> {
     if !policy.network {
         ruleset = ruleset.handle_access(AccessNet::from_all(abi))?;
     }
+    let reads = SYSTEM_READ_PATHS
+        .iter()
+        .map(PathBuf::from)
+        .chain(policy.read_paths.iter().cloned())
+        .filter(|p| p.exists());
     let status = ruleset
         .create()?
-        .add_rules(path_beneath_rules(["/"], AccessFs::from_read(abi)))?
+        .add_rules(path_beneath_rules(reads, AccessFs::from_read(abi)))?
         .add_rules(path_beneath_rules(
             &policy.write_paths,
             AccessFs::from_all(abi),
         ))?
         .restrict_self()?;
-    Ok(match status.ruleset {
-        RulesetStatus::FullyEnforced => "fully enforced",
-        RulesetStatus::PartiallyEnforced => "partly enforced (older kernel ABI)",
-        RulesetStatus::NotEnforced => "not enforced (the kernel has no Landlock)",
-    })
+    let (enforced, text) = match status.ruleset {
+        RulesetStatus::FullyEnforced => (true, "fully enforced"),
+        RulesetStatus::PartiallyEnforced => (false, "partly enforced (older kernel ABI)"),
+        RulesetStatus::NotEnforced => (false, "not enforced (the kernel has no Landlock)"),
+    };
+    if !enforced && !policy.best_effort {
+        return Err(SandboxError::NotEnforced(text));
+    }
+    Ok(text)
 }
 
 /// System calls any module host needs: memory, threads, time, files
@@ -176,16 +249,8 @@ const ALLOWED: &[&str] = &[
     "getdents64",
     "getcwd",
     "fcntl",
-    "flock",
     "fsync",
     "fdatasync",
-    "ftruncate",
-    "mkdirat",
-    "unlinkat",
-    "renameat",
-    "renameat2",
-    "fchmod",
-    "utimensat",
     "mmap",
     "munmap",
     "mprotect",
@@ -215,13 +280,10 @@ const ALLOWED: &[&str] = &[
     "getegid",
     "getrusage",
     "uname",
-    "prlimit64",
     "rt_sigaction",
     "rt_sigprocmask",
     "rt_sigreturn",
     "sigaltstack",
-    "tgkill",
-    "tkill",
     "ppoll",
     "pselect6",
     "eventfd2",
@@ -248,6 +310,11 @@ const ALLOWED: &[&str] = &[
     #[cfg(target_arch = "x86_64")]
     "arch_prctl",
 ];
+
+/// System calls of a module allowed to write files (Landlock says where;
+/// there is no `fchmod`, `fchown` or `utimensat` for any module: Landlock
+/// does not govern those).
+const WRITE: &[&str] = &["ftruncate", "mkdirat", "unlinkat", "renameat", "renameat2"];
 
 /// System calls of a module allowed network.
 const NETWORK: &[&str] = &[
@@ -276,11 +343,31 @@ const ENOSYS: u32 = 38;
 
 fn seccomp(policy: &SandboxPolicy) -> Result<(), SandboxError> {
     use serde_json::json;
+    let writes = !policy.write_paths.is_empty();
     let mut filter: Vec<serde_json::Value> = ALLOWED
         .iter()
         .chain(if policy.network { NETWORK } else { &[] })
+        .chain(if writes { WRITE } else { &[] })
         .map(|name| json!({ "syscall": name }))
         .collect();
+    // Reading its own limits (the C library does at thread start), never
+    // setting them, and never another process's (the server's).
+    filter.push(json!({
+        "syscall": "prlimit64",
+        "args": [
+            { "index": 0, "type": "dword", "op": "eq", "val": 0 },
+            { "index": 2, "type": "qword", "op": "eq", "val": 0 }
+        ]
+    }));
+    // Signals to its own threads only (abort raises SIGABRT this way).
+    let me = rustix::process::getpid()
+        .as_raw_nonzero()
+        .get()
+        .unsigned_abs();
+    filter.push(json!({
+        "syscall": "tgkill",
+        "args": [{ "index": 0, "type": "dword", "op": "eq", "val": me }]
+    }));
     // Threads, not processes: clone only with CLONE_THREAD. clone3 passes
     // the allowlist and is answered ENOSYS by the second filter (when
     // filters are stacked the strictest answer wins).

@@ -24,7 +24,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 
-use super::process::{self, Exit, Killer};
+use super::idle::{IDLE_CHECK, IdleCheck, cpu_ticks};
+use super::process::{self, Killer};
 use super::{Health, HostSpec, wire};
 use crate::{ExecError, ExecOutput};
 
@@ -39,6 +40,8 @@ pub(crate) struct Job {
 
 struct Call {
     job: u64,
+    /// Repeated by the call's answer.
+    seq: u64,
     args: Bytes,
     answers: mpsc::UnboundedSender<Answer>,
 }
@@ -74,6 +77,8 @@ pub(crate) struct Supervisor {
     host: Option<Live>,
     restart_at: Option<Instant>,
     next_job: u64,
+    next_seq: u64,
+    idle_check: IdleCheck,
     closed: bool,
 }
 
@@ -104,6 +109,13 @@ impl Supervisor {
             host: None,
             restart_at: None,
             next_job: 0,
+            next_seq: 0,
+            idle_check: IdleCheck {
+                at: Instant::now() + IDLE_CHECK,
+                ticks: None,
+                idle: false,
+                written: false,
+            },
             closed: false,
         }
     }
@@ -166,21 +178,69 @@ impl Supervisor {
                     None => self.closed = true,
                 },
                 frame = next_frame(&mut self.host) => match frame {
-                    Some(Ok(frame)) => self.answered(&frame),
+                    Some(Ok(frame)) => {
+                        if let Err(wrong) = self.answered(&frame) {
+                            tracing::warn!(module = %self.spec.name, sum = %self.spec.sum, %wrong, "the module host broke the protocol: it is stopped");
+                            self.kill_host();
+                            let error = ExecError::Crashed {
+                                signal: None,
+                                detail: format!("its host broke the protocol ({wrong}) and was stopped"),
+                            };
+                            self.host_died(Some(error)).await;
+                        }
+                    }
                     _ => self.host_died(None).await,
                 },
                 () = tokio::time::sleep_until(deadline), if timing => {
-                    if let Some(host) = &self.host {
-                        host.killer.kill();
-                    }
+                    self.kill_host();
                     self.health.timeouts.fetch_add(1, Ordering::Relaxed);
                     self.host_died(Some(ExecError::Timeout(self.timeout))).await;
                 }
                 () = sleep_until_some(restart_at) => {}
+                () = tokio::time::sleep_until(self.idle_check.at), if self.host.is_some() => {
+                    if self.busy_while_idle() {
+                        tracing::warn!(
+                            module = %self.spec.name, sum = %self.spec.sum,
+                            "the module host kept a core busy with no call running (a thread the module left behind): it is stopped"
+                        );
+                        self.kill_host();
+                        self.host_died(None).await;
+                    }
+                }
             }
         }
         self.host = None;
         self.health.pid.store(0, Ordering::Relaxed);
+    }
+
+    /// Whether the host used more than half a core over the last check's
+    /// window while no call ran in it; then sets up the next window.
+    fn busy_while_idle(&mut self) -> bool {
+        let pid = self.health.pid.load(Ordering::Relaxed);
+        let ticks = cpu_ticks(pid);
+        let idle = self.inflight.is_empty() && !self.idle_check.written;
+        let busy = match (ticks, self.idle_check.ticks) {
+            (Some(now), Some(before)) => {
+                let per_second = rustix::param::clock_ticks_per_second().max(1);
+                let window = IDLE_CHECK.as_secs_f64();
+                (now.saturating_sub(before) as f64) > per_second as f64 * window / 2.0
+            }
+            _ => false,
+        };
+        let fired = idle && self.idle_check.idle && busy;
+        self.idle_check = IdleCheck {
+            at: Instant::now() + IDLE_CHECK,
+            ticks,
+            idle: self.inflight.is_empty(),
+            written: false,
+        };
+        fired
+    }
+
+    fn kill_host(&self) {
+        if let Some(host) = &self.host {
+            host.killer.kill();
+        }
     }
 
     fn closed_and_idle(&self) -> bool {
@@ -190,12 +250,15 @@ impl Supervisor {
     fn enqueue(&mut self, job: Job) {
         let id = self.next_job;
         self.next_job += 1;
-        let calls = job.calls.into_iter().map(|args| Call {
-            job: id,
-            args: Bytes::from(args),
-            answers: job.answers.clone(),
-        });
-        self.waiting.extend(calls);
+        for args in job.calls {
+            self.next_seq += 1;
+            self.waiting.push_back(Call {
+                job: id,
+                seq: self.next_seq,
+                args: Bytes::from(args),
+                answers: job.answers.clone(),
+            });
+        }
         self.flush_waiting();
     }
 
@@ -209,11 +272,12 @@ impl Supervisor {
         }
         let mut out = Vec::new();
         for call in &self.waiting {
-            wire::frame(&mut out, wire::CALL, &call.args);
+            wire::numbered(&mut out, wire::CALL, call.seq, &call.args);
         }
         if self.inflight.is_empty() {
             self.since = Instant::now();
         }
+        self.idle_check.written = true;
         // Written here while the write task has nothing queued (only this
         // task queues, so it stays that way); what does not fit at once
         // goes to the write task. A failed write means the host is gone:
@@ -235,18 +299,21 @@ impl Supervisor {
         self.inflight.extend(self.waiting.drain(..));
     }
 
-    fn answered(&mut self, frame: &BytesMut) {
-        self.since = Instant::now();
-        let Some(call) = self.inflight.pop_front() else {
-            tracing::warn!(module = %self.spec.name, "the module host answered a call it was not sent");
-            return;
-        };
+    /// Matches an answer to the oldest call. An answer that is not one
+    /// (no call waits, another call's number, an unknown kind) means module
+    /// code wrote to the socket: the host is not to be believed any more.
+    fn answered(&mut self, frame: &BytesMut) -> Result<(), String> {
+        let (tag, body) = frame.split_first().ok_or("an empty frame")?;
+        let (seq, body) = wire::split_seq(body).ok_or("an answer without its number")?;
+        let front = self.inflight.front().map(|c| c.seq);
+        if front != Some(seq) {
+            return Err(format!(
+                "an answer numbered {seq} where {} was due",
+                front.map_or_else(|| "none".to_owned(), |f| f.to_string())
+            ));
+        }
         let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-        let (tag, body) = match frame.split_first() {
-            Some((tag, body)) => (*tag, body),
-            None => (0, &[][..]),
-        };
-        let answer = match tag {
+        let answer = match *tag {
             wire::OK => Ok(ExecOutput {
                 result: text(body),
                 sum: self.spec.sum.clone(),
@@ -254,11 +321,13 @@ impl Supervisor {
             wire::FAILED => Err(ExecError::Failed(text(body))),
             wire::PANICKED => Err(ExecError::Panicked(text(body))),
             wire::LIMIT => Err(ExecError::Limit(text(body))),
-            other => Err(ExecError::Failed(format!(
-                "the module host answered an unknown message {other:#x}"
-            ))),
+            other => return Err(format!("an answer of unknown kind {other:#x}")),
         };
-        self.reply(call, answer);
+        self.since = Instant::now();
+        if let Some(call) = self.inflight.pop_front() {
+            self.reply(call, answer);
+        }
+        Ok(())
     }
 
     /// Sends a call's answer; its caller may have stopped waiting.
@@ -279,7 +348,7 @@ impl Supervisor {
         let exit = exit.wait(Duration::from_secs(2)).await;
         let error = match reason {
             Some(e) => e,
-            None => self.crash_error(exit.as_ref()),
+            None => process::crash_error(exit.as_ref(), self.spec.policy.memory_mib),
         };
         match &error {
             ExecError::Timeout(_) => tracing::warn!(
@@ -319,50 +388,13 @@ impl Supervisor {
         self.waiting = again;
     }
 
-    fn crash_error(&self, exit: Option<&Exit>) -> ExecError {
-        let Some(exit) = exit else {
-            return ExecError::Crashed {
-                signal: None,
-                detail: "the module host closed its socket".into(),
-            };
-        };
-        if let Some(line) = exit.allocation_failed() {
-            return ExecError::Limit(format!(
-                "{line} (the module may use {} MiB)",
-                self.spec.policy.memory_mib
-            ));
-        }
-        match exit.signal() {
-            Some(signal) => {
-                let detail = match signal.as_str() {
-                    "SIGSYS" => {
-                        format!("{signal}: it made a system call its sandbox does not allow")
-                    }
-                    "SIGSEGV" => format!("{signal}: invalid memory access"),
-                    "SIGBUS" => format!("{signal}: bus error"),
-                    "SIGABRT" => format!("{signal}: it aborted"),
-                    "SIGKILL" => format!("{signal}: killed"),
-                    _ => signal.clone(),
-                };
-                ExecError::Crashed {
-                    signal: Some(signal),
-                    detail,
-                }
-            }
-            None => ExecError::Crashed {
-                signal: None,
-                detail: format!("its host exited ({})", exit.status),
-            },
-        }
-    }
-
     /// Starts the host again; on failure every waiting call gets the
     /// reason and the next try is later.
     async fn restart(&mut self) {
         self.restart_at = None;
         let spec = self.spec.clone();
-        let handshake = self.timeout.max(Duration::from_secs(5));
-        let started = tokio::task::spawn_blocking(move || process::start(&spec, handshake)).await;
+        let started =
+            tokio::task::spawn_blocking(move || process::start(&spec, super::HANDSHAKE)).await;
         let started = match started {
             Ok(result) => result,
             Err(e) => Err(format!("the start of the module host failed: {e}")),

@@ -16,7 +16,12 @@
 //! | `P` | host → server | one call's panic message                              |
 //! | `X` | host → server | one call went past a limit (its result was too large) |
 //!
-//! A host answers calls in the order it read them, one answer per call.
+//! A call (`C`) and each answer (`O`, `F`, `P`, `X`) start with the call's
+//! 8-byte big-endian sequence number, which the answer repeats: a host
+//! answers calls in the order it read them, one answer per call, and an
+//! answer whose number is not the oldest call's (module code can write to
+//! the socket: it runs in the same process) ends the host. The handshake's
+//! frames are read against one deadline and a size cap of [`MAX_READY`].
 
 use std::io::{self, Read, Write};
 
@@ -41,16 +46,37 @@ pub(crate) const PANICKED: u8 = b'P';
 /// A call went past a limit.
 pub(crate) const LIMIT: u8 = b'X';
 
-/// Largest result a call may return: a client takes frames of up to
-/// 48 MiB, and a result travels as a JSON string that escaping can grow.
-pub(crate) const MAX_RESULT: usize = 16 * 1024 * 1024;
-/// Largest answer frame the server reads: a result of [`MAX_RESULT`] and
-/// its tag. Anything larger is a host that broke the protocol.
-pub(crate) const MAX_ANSWER: usize = MAX_RESULT + 1;
+/// Largest result a call may return. A result travels to the client as a
+/// JSON string, which escaping can make six times larger (`\u0001`), and
+/// a client takes frames of up to 48 MiB; answers also wait in the
+/// server's memory until their session writes them.
+pub(crate) const MAX_RESULT: usize = 1024 * 1024;
+/// Largest answer frame the server reads: a result of [`MAX_RESULT`], its
+/// tag and sequence number. Anything larger is a host that broke the
+/// protocol.
+pub(crate) const MAX_ANSWER: usize = MAX_RESULT + 9;
 
-/// Largest frame either side accepts: a module of the largest size the
+/// Appends a frame with `tag`, the sequence number `seq` and `body`.
+pub(crate) fn numbered(out: &mut Vec<u8>, tag: u8, seq: u64, body: &[u8]) {
+    let len = u32::try_from(body.len() + 9).unwrap_or(u32::MAX);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.push(tag);
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(body);
+}
+
+/// Splits a numbered frame's body (after its tag) into its sequence
+/// number and the rest.
+pub(crate) fn split_seq(body: &[u8]) -> Option<(u64, &[u8])> {
+    let (seq, rest) = body.split_first_chunk::<8>()?;
+    Some((u64::from_be_bytes(*seq), rest))
+}
+
+/// Largest frame the host accepts: a module of the largest size the
 /// registry takes, with room for the header.
 pub(crate) const MAX_FRAME: usize = 256 * 1024 * 1024;
+/// Largest `R` or `E` frame the server reads during the handshake.
+pub(crate) const MAX_READY: usize = 64 * 1024;
 
 /// What the host needs to load a module, besides its bytes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -114,7 +140,11 @@ pub(crate) fn parse_load(body: &[u8]) -> Result<(Load, &[u8]), String> {
 
 /// Reads one frame: its tag and its body. `Ok(None)` at a clean end of
 /// input (before a frame starts).
-pub(crate) fn read_frame(r: &mut impl Read, body: &mut Vec<u8>) -> io::Result<Option<u8>> {
+pub(crate) fn read_frame(
+    r: &mut impl Read,
+    body: &mut Vec<u8>,
+    max: usize,
+) -> io::Result<Option<u8>> {
     let mut len = [0u8; 4];
     match r.read_exact(&mut len) {
         Ok(()) => {}
@@ -122,7 +152,7 @@ pub(crate) fn read_frame(r: &mut impl Read, body: &mut Vec<u8>) -> io::Result<Op
         Err(e) => return Err(e),
     }
     let len = u32::from_be_bytes(len) as usize;
-    if len == 0 || len > MAX_FRAME {
+    if len == 0 || len > max {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!("frame of {len} bytes"),
@@ -165,23 +195,42 @@ mod tests {
         out.extend(load_frame(&load, b"\x7fELF"));
         let mut r = &out[..];
         let mut body = Vec::new();
-        assert_eq!(read_frame(&mut r, &mut body).expect("read"), Some(CALL));
+        assert_eq!(
+            read_frame(&mut r, &mut body, MAX_FRAME).expect("read"),
+            Some(CALL)
+        );
         assert_eq!(body, b"hello");
-        assert_eq!(read_frame(&mut r, &mut body).expect("read"), Some(CALL));
+        assert_eq!(
+            read_frame(&mut r, &mut body, MAX_FRAME).expect("read"),
+            Some(CALL)
+        );
         assert!(body.is_empty());
-        assert_eq!(read_frame(&mut r, &mut body).expect("read"), Some(LOAD));
+        assert_eq!(
+            read_frame(&mut r, &mut body, MAX_FRAME).expect("read"),
+            Some(LOAD)
+        );
         let (back, bytes) = parse_load(&body).expect("parse");
         assert_eq!((back.name.as_str(), back.parent), ("m.so", 7));
         assert_eq!(bytes, b"\x7fELF");
-        assert_eq!(read_frame(&mut r, &mut body).expect("end"), None);
+        assert_eq!(read_frame(&mut r, &mut body, MAX_FRAME).expect("end"), None);
     }
 
     #[test]
     fn bad_frames_are_errors() {
         let mut body = Vec::new();
-        assert!(read_frame(&mut &[0u8, 0, 0, 0][..], &mut body).is_err());
-        assert!(read_frame(&mut &[0u8, 0, 0, 5, b'C', 1][..], &mut body).is_err());
-        assert!(read_frame(&mut &[0xffu8, 0xff, 0xff, 0xff][..], &mut body).is_err());
+        assert!(read_frame(&mut &[0u8, 0, 0, 0][..], &mut body, MAX_FRAME).is_err());
+        assert!(read_frame(&mut &[0u8, 0, 0, 5, b'C', 1][..], &mut body, MAX_FRAME).is_err());
+        assert!(read_frame(&mut &[0xffu8, 0xff, 0xff, 0xff][..], &mut body, MAX_FRAME).is_err());
         assert!(parse_load(&[0, 0, 0, 9, b'{']).is_err());
+        assert!(split_seq(&[1, 2, 3]).is_none());
+        let mut out = Vec::new();
+        numbered(&mut out, OK, 7, b"hi");
+        let mut body = Vec::new();
+        assert_eq!(
+            read_frame(&mut &out[..], &mut body, MAX_READY).expect("read"),
+            Some(OK)
+        );
+        assert_eq!(split_seq(&body), Some((7, &b"hi"[..])));
+        assert!(read_frame(&mut &out[..], &mut body, 4).is_err());
     }
 }

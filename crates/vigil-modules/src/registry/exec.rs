@@ -110,6 +110,11 @@ impl<T: Send + 'static> ExecBatch<T> {
         ExecBatch { ready, segments }
     }
 
+    /// Calls not answered yet.
+    pub fn pending(&self) -> usize {
+        self.ready.len() + self.segments.iter().map(|s| s.tags.len()).sum::<usize>()
+    }
+
     /// The next answer, or `None` once every call was answered.
     pub async fn next(&mut self) -> Option<Answer<T>> {
         std::future::poll_fn(|cx| self.poll_next(cx)).await

@@ -83,6 +83,55 @@ async fn each_crash_is_its_own_error_and_the_module_answers_again() {
 }
 
 #[tokio::test]
+async fn a_thread_left_spinning_after_its_call_is_stopped() {
+    let mods = Mods::new();
+    mods.deploy(&fixture(&[]), "fx.so");
+    let registry = mods.registry();
+    let sum = registry.list()[0].sum.clone();
+    let spinner = pid(&registry, "fx.so", &sum).await;
+    let left = registry.exec("fx.so", b"leave-spinning", &sum).await;
+    assert_eq!(left.expect("returns").result, "left a thread spinning");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while alive(spinner) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !alive(spinner),
+        "a host busy with no call running is stopped"
+    );
+    assert_ne!(pid(&registry, "fx.so", &sum).await, spinner);
+}
+
+#[tokio::test]
+async fn a_forged_answer_stops_the_host_and_reaches_no_caller() {
+    use vigil_modules::ExecCall;
+    let mods = Mods::new();
+    mods.deploy(&fixture(&[]), "fx.so");
+    let registry = mods.registry();
+    let sum = registry.list()[0].sum.clone();
+    let call = |args: &str| ExecCall {
+        module: "fx.so".into(),
+        args: args.as_bytes().to_vec(),
+        sum: sum.clone(),
+    };
+    let before = pid(&registry, "fx.so", &sum).await;
+    // Another caller's call queued behind the forging one.
+    let (mut forging, mut other) = (
+        registry.exec_batch(vec![("forge", call("forge"))]),
+        registry.exec_batch(vec![("b", call("b"))]),
+    );
+    let (_, forged) = forging.next().await.expect("answered");
+    assert!(
+        matches!(&forged, Err(ExecError::Crashed { detail, .. }) if detail.contains("broke the protocol")),
+        "{forged:?}"
+    );
+    // The other call never sees the forged answer: it runs on a new host.
+    let (_, b) = other.next().await.expect("answered");
+    assert_eq!(b.expect("runs").result, "v1: b");
+    assert_ne!(pid(&registry, "fx.so", &sum).await, before);
+}
+
+#[tokio::test]
 async fn a_spinning_call_is_stopped_and_its_cpu_given_back() {
     let mods = Mods::new();
     mods.deploy(&fixture(&[]), "fx.so");
@@ -109,15 +158,24 @@ async fn a_spinning_call_is_stopped_and_its_cpu_given_back() {
 }
 
 #[tokio::test]
-async fn writes_only_where_allowed() {
+async fn reads_and_writes_only_where_allowed() {
     let mods = Mods::new();
     mods.deploy(&fixture(&[]), "fx.so");
     mods.deploy(&fixture(&[]), "writer.so");
+    mods.deploy(&fixture(&[]), "reader.so");
     let out = tempfile::tempdir().expect("tempdir");
+    // A secret beside the server's files: no module may read it unless
+    // its policy names it.
+    let secrets = tempfile::tempdir().expect("tempdir");
+    let secret = secrets.path().join("authority.key");
+    std::fs::write(&secret, "seed").expect("write");
     let mut config = RegistryConfig::new(mods.path());
     let mut writer = SandboxPolicy::default();
     writer.write_paths = vec![out.path().to_owned()];
     config.sandboxes.insert("writer.so".into(), writer);
+    let mut reader = SandboxPolicy::default();
+    reader.read_paths = vec![secrets.path().to_owned()];
+    config.sandboxes.insert("reader.so".into(), reader);
     let registry = ModuleRegistry::open(config).expect("open");
     let sum = registry.list()[0].sum.clone();
     let target = out.path().join("note.txt");
@@ -138,12 +196,46 @@ async fn writes_only_where_allowed() {
         std::fs::read_to_string(&target).expect("written"),
         "written by a module"
     );
-    // Reads and threads are allowed.
     let read = format!("read {}", target.display());
-    let back = registry.exec("fx.so", read.as_bytes(), &sum).await;
+    let back = registry.exec("writer.so", read.as_bytes(), &sum).await;
     assert_eq!(back.expect("reads").result, "written by a module");
+    // Reads: only the system's libraries and what the policy names.
+    let steal = format!("read {}", secret.display());
+    for module in ["fx.so", "writer.so"] {
+        let denied = registry.exec(module, steal.as_bytes(), &sum).await;
+        assert!(
+            matches!(&denied, Err(ExecError::Failed(m)) if m.contains("ermission denied")),
+            "{module}: {denied:?}"
+        );
+    }
+    let allowed = registry.exec("reader.so", steal.as_bytes(), &sum).await;
+    assert_eq!(allowed.expect("reader.so may").result, "seed");
+    let system = registry
+        .exec("fx.so", b"read /proc/sys/kernel/ostype", &sum)
+        .await;
+    assert_eq!(system.expect("kernel identity").result, "Linux\n");
+    // No module may change a file's mode, not even where it may write
+    // (Landlock does not govern chmod; the seccomp allowlist has none).
+    let chmod = format!("chmod {}", target.display());
+    let killed = registry.exec("writer.so", chmod.as_bytes(), &sum).await;
+    assert!(
+        matches!(&killed, Err(ExecError::Crashed { signal: Some(s), .. }) if s == "SIGSYS"),
+        "{killed:?}"
+    );
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&target)
+        .expect("stat")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777 & !0o644, 0, "mode {mode:o}");
+    // Threads are allowed.
     let thread = registry.exec("fx.so", b"thread", &sum).await;
     assert_eq!(thread.expect("threads").result, "thread says 42");
+    let health = registry.get("fx.so").expect("loaded").health();
+    assert!(
+        health.confinement.starts_with("no capabilities"),
+        "{health:?}"
+    );
 }
 
 #[tokio::test]

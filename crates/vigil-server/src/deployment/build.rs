@@ -75,6 +75,19 @@ pub(super) fn build(s: Settings) -> Result<Deployment, DeploymentError> {
                 "[sandbox.{name:?}]: not a module file name (like hello.so)"
             )));
         }
+        if policy.memory_mib < 16 {
+            return Err(DeploymentError::Invalid(format!(
+                "[sandbox.{name:?}] memory_mib must be at least 16 (MiB), got {}",
+                policy.memory_mib
+            )));
+        }
+        // Landlock can only allow what exists when the host starts.
+        if let Some(missing) = policy.write_paths.iter().find(|p| !p.exists()) {
+            return Err(DeploymentError::Invalid(format!(
+                "[sandbox.{name:?}] write_paths: {} does not exist (create it first)",
+                missing.display()
+            )));
+        }
         registry_config.sandboxes.insert(name, policy);
     }
     let registry = ModuleRegistry::open(registry_config).map_err(|e| {

@@ -9,8 +9,16 @@ where
 {
     /// Starts the module calls read so far as one batch, if a run slot of
     /// this session is free.
+    ///
+    /// Not while the session's answers wait unwritten past its outbound
+    /// bound, nor while [`MAX_CALLS_IN_FLIGHT`] calls are unanswered: a
+    /// client that stops reading cannot make module results pile up.
     pub(super) fn start_calls(&mut self) {
-        if self.calls.is_empty() || self.execs.len() >= self.shared.config.max_execs_per_session {
+        if self.calls.is_empty()
+            || self.execs.len() >= self.shared.config.max_execs_per_session
+            || self.out_bytes >= self.shared.config.max_outbound_bytes
+            || self.execs.iter().map(ExecBatch::pending).sum::<usize>() >= MAX_CALLS_IN_FLIGHT
+        {
             return;
         }
         let calls = std::mem::take(&mut self.calls);
