@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt as _;
+use futures_util::{FutureExt as _, StreamExt as _};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -177,20 +177,30 @@ impl Supervisor {
                     Some(job) => self.enqueue(job),
                     None => self.closed = true,
                 },
-                frame = next_frame(&mut self.host) => match frame {
-                    Some(Ok(frame)) => {
-                        if let Err(wrong) = self.answered(&frame) {
-                            tracing::warn!(module = %self.spec.name, sum = %self.spec.sum, %wrong, "the module host broke the protocol: it is stopped");
-                            self.kill_host();
-                            let error = ExecError::Crashed {
-                                signal: None,
-                                detail: format!("its host broke the protocol ({wrong}) and was stopped"),
-                            };
-                            self.host_died(Some(error)).await;
+                frame = next_frame(&mut self.host) => {
+                    // Answers that are already read are taken in the same
+                    // turn: one pass of this loop per batch of answers, not
+                    // per answer.
+                    let mut frame = frame;
+                    loop {
+                        match frame {
+                            Some(Ok(answer)) => {
+                                if let Err(wrong) = self.answered(&answer) {
+                                    self.broke_protocol(&wrong).await;
+                                    break;
+                                }
+                            }
+                            _ => {
+                                self.host_died(None).await;
+                                break;
+                            }
+                        }
+                        match self.host.as_mut().and_then(|h| h.reader.next().now_or_never()) {
+                            Some(next) => frame = next,
+                            None => break,
                         }
                     }
-                    _ => self.host_died(None).await,
-                },
+                }
                 () = tokio::time::sleep_until(deadline), if timing => {
                     self.kill_host();
                     self.health.timeouts.fetch_add(1, Ordering::Relaxed);
@@ -211,6 +221,18 @@ impl Supervisor {
         }
         self.host = None;
         self.health.pid.store(0, Ordering::Relaxed);
+    }
+
+    /// An answer that is not one: the host is stopped and its calls are
+    /// handled as after a crash.
+    async fn broke_protocol(&mut self, wrong: &str) {
+        tracing::warn!(module = %self.spec.name, sum = %self.spec.sum, %wrong, "the module host broke the protocol: it is stopped");
+        self.kill_host();
+        let error = ExecError::Crashed {
+            signal: None,
+            detail: format!("its host broke the protocol ({wrong}) and was stopped"),
+        };
+        self.host_died(Some(error)).await;
     }
 
     /// Whether the host used more than half a core over the last check's

@@ -49,7 +49,7 @@ const WRITE_BATCH: usize = 64 * 1024;
 const MAX_BATCH: usize = 64;
 /// Module calls of one session sent and not answered, at most: with the
 /// 1 MiB cap on a module's result, what unwritten answers can hold.
-const MAX_CALLS_IN_FLIGHT: usize = 256;
+const MAX_CALLS_IN_FLIGHT: usize = 1024;
 /// Module bodies (`mod:verify_resp`) waiting to be written, at most;
 /// reading pauses at this many.
 const MAX_BODIES: usize = 2;
