@@ -116,6 +116,12 @@ pub(crate) struct Cli {
     /// Shorter windows and 1,000 clients: about a minute.
     #[arg(long)]
     pub(crate) quick: bool,
+    /// Simulated clients send no nonces, so the server sends them clock
+    /// heartbeats (`vigil-heartbeat-v1`, one signed frame for all) instead
+    /// of nonce heartbeats (one signature over a Merkle root, one frame per
+    /// client).
+    #[arg(long)]
+    pub(crate) clock_heartbeats: bool,
     /// Simulated clients [default: 10000, with --quick 1000].
     #[arg(long, value_name = "N")]
     pub(crate) clients: Option<usize>,

@@ -148,7 +148,30 @@ pub(crate) struct SimClient {
     pub(crate) last_ack_ns: AtomicU64,
     /// Heartbeats received.
     pub(crate) heartbeats: AtomicU64,
+    /// Bytes of the heartbeat frames received.
+    pub(crate) heartbeat_bytes: AtomicU64,
     connected: AtomicBool,
+}
+
+/// Whether simulated clients send nonces (`hb:nonce`, as `vigil-client`
+/// does by default), so that the server sends them nonce heartbeats; set
+/// once from the command line.
+pub(crate) static NONCES: AtomicBool = AtomicBool::new(true);
+
+/// Appends an `hb:nonce` frame to `out`: 32 bytes that differ per client
+/// and per beat (the server only keeps and covers them).
+fn push_nonce(client: &SimClient, out: &mut Vec<u8>) {
+    use base64::Engine as _;
+    let mut nonce = [0u8; 32];
+    nonce[..8].copy_from_slice(&(client.index as u64).to_le_bytes());
+    nonce[8..16].copy_from_slice(&client.heartbeats.load(Ordering::Relaxed).to_le_bytes());
+    out.extend_from_slice(b"hb:nonce:n {\"nonce\":\"");
+    out.extend_from_slice(
+        base64::engine::general_purpose::STANDARD
+            .encode(nonce)
+            .as_bytes(),
+    );
+    out.extend_from_slice(b"\"}\n");
 }
 
 impl SimClient {
@@ -206,6 +229,7 @@ impl Fleet {
                 commands: AtomicU64::new(0),
                 last_ack_ns: AtomicU64::new(0),
                 heartbeats: AtomicU64::new(0),
+                heartbeat_bytes: AtomicU64::new(0),
                 connected: AtomicBool::new(false),
             });
             self.clients.push(client.clone());
@@ -247,6 +271,14 @@ impl Fleet {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Total bytes of heartbeat frames received by the fleet.
+    pub(crate) fn heartbeat_bytes(&self) -> u64 {
+        self.clients
+            .iter()
+            .map(|c| c.heartbeat_bytes.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Total heartbeats received by the fleet.
@@ -356,19 +388,26 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     // One timer, moved only when it fires.
     let idle = tokio::time::sleep_until((last_write + IDLE_PING).into());
     tokio::pin!(idle);
+    if NONCES.load(Ordering::Relaxed) {
+        push_nonce(client, &mut out);
+    }
     loop {
+        let mut acked = false;
         while let Some(end) = buf.iter().position(|&b| b == b'\n') {
             if answer(client, &buf[..end], &mut out) {
                 client.commands.fetch_add(1, Ordering::Relaxed);
+                acked = true;
             }
             buf.advance(end + 1);
         }
         if !out.is_empty() {
             stream.write_all(&out).await?;
             out.clear();
-            client
-                .last_ack_ns
-                .store(nanos_since(shared.epoch), Ordering::Relaxed);
+            if acked {
+                client
+                    .last_ack_ns
+                    .store(nanos_since(shared.epoch), Ordering::Relaxed);
+            }
             last_write = Instant::now();
         }
         tokio::select! {
@@ -391,7 +430,8 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// Appends the acknowledgement of a `cmd:exec` line to `out` and says
-/// so; counts a heartbeat; ignores anything else.
+/// so; counts a heartbeat (and answers it with a new nonce); ignores
+/// anything else.
 fn answer(client: &SimClient, line: &[u8], out: &mut Vec<u8>) -> bool {
     let Some(space) = line.iter().position(|&b| b == b' ') else {
         return false;
@@ -399,6 +439,12 @@ fn answer(client: &SimClient, line: &[u8], out: &mut Vec<u8>) -> bool {
     let (header, payload) = (&line[..space], &line[space + 1..]);
     if header.starts_with(b"hb:beat:") {
         client.heartbeats.fetch_add(1, Ordering::Relaxed);
+        client
+            .heartbeat_bytes
+            .fetch_add(line.len() as u64 + 1, Ordering::Relaxed);
+        if NONCES.load(Ordering::Relaxed) {
+            push_nonce(client, out);
+        }
         return false;
     }
     let Some(reference) = header.strip_prefix(b"cmd:exec:") else {

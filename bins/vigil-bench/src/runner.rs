@@ -32,6 +32,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
          (it is looked for next to vigil-bench), or pass --server-bin PATH",
         bin.display()
     );
+    crate::fleet::NONCES.store(!cli.clock_heartbeats, std::sync::atomic::Ordering::Relaxed);
     let n = cli.clients.unwrap_or(if cli.quick { 1000 } else { 10_000 });
     anyhow::ensure!(n > 0, "--clients must be at least 1");
     let selected: Vec<Scenario> = if cli.scenario.is_empty() {

@@ -505,14 +505,19 @@ pub(crate) async fn held(
         window.as_secs()
     );
     let hb0: u64 = fleets.iter().map(|f| f.heartbeats()).sum();
+    let bytes0: u64 = fleets.iter().map(|f| f.heartbeat_bytes()).sum();
     let cpu = CpuWindow::start(ctx.pid())?;
     tokio::time::sleep(window).await;
     let cpu = cpu.finish()?;
     let hb = fleets.iter().map(|f| f.heartbeats()).sum::<u64>() - hb0;
+    let hb_bytes = fleets.iter().map(|f| f.heartbeat_bytes()).sum::<u64>() - bytes0;
+    let per_beat = hb_bytes as f64 / hb.max(1) as f64;
+    let nonces = crate::fleet::NONCES.load(std::sync::atomic::Ordering::Relaxed);
     let connected: usize = fleets.iter().map(|f| f.connected()).sum();
     eprintln!(
-        "  server CPU {:.2}% of one core, {hb} heartbeats received, {connected} still connected",
-        cpu.percent_of_core
+        "  server CPU {:.2}% of one core, {hb} {} heartbeats received ({per_beat:.0} bytes each), {connected} still connected",
+        cpu.percent_of_core,
+        if nonces { "nonce" } else { "clock" }
     );
     let met = per_conn_kib <= 16.0 && cpu.percent_of_core <= 5.0 && connected == clients;
     Ok(Outcome {
@@ -522,8 +527,9 @@ pub(crate) async fn held(
         ),
         met,
         summary: format!(
-            "{clients} clients: {per_conn_kib:.1} KiB/connection, idle CPU {:.2}% of a core",
-            cpu.percent_of_core
+            "{clients} clients: {per_conn_kib:.1} KiB/connection, idle CPU {:.2}% of a core, {} heartbeats of {per_beat:.0} bytes",
+            cpu.percent_of_core,
+            if nonces { "nonce" } else { "clock" }
         ),
         figures: json!({
             "clients": clients,
@@ -535,6 +541,8 @@ pub(crate) async fn held(
             "idle_window": cpu.json(),
             "heartbeat_interval_s": 5,
             "heartbeats_received": hb,
+            "heartbeat_kind": if nonces { "nonce" } else { "clock" },
+            "bytes_per_heartbeat": round(per_beat, 1),
         }),
     })
 }

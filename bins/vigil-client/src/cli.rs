@@ -98,6 +98,28 @@ pub(crate) struct Cli {
         global = true
     )]
     pub(crate) failsafe_timeout: Option<f64>,
+    /// How a heartbeat is judged fresh: `nonce` (it must cover a nonce this
+    /// client sent recently, on its own monotonic clock: no shared clock is
+    /// needed) or `clock` (its `sent_at` must be within 30 s of this
+    /// machine's clock, for servers older than nonce heartbeats)
+    /// [default: nonce].
+    #[arg(
+        long,
+        env = "VIGIL_HEARTBEAT_FRESHNESS",
+        value_name = "MODE",
+        global = true
+    )]
+    pub(crate) heartbeat_freshness: Option<Freshness>,
+    /// With nonce freshness: the oldest nonce a heartbeat may cover, in
+    /// seconds; more than the server's heartbeat interval plus a round
+    /// trip [default: 15].
+    #[arg(
+        long,
+        env = "VIGIL_HEARTBEAT_MAX_AGE",
+        value_name = "SECS",
+        global = true
+    )]
+    pub(crate) heartbeat_max_age: Option<f64>,
     /// Seconds without sending after which the client pings, so that the
     /// server's idle timeout never closes a live client [default: 30].
     #[arg(long, env = "VIGIL_PING_INTERVAL", value_name = "SECS", global = true)]
@@ -130,4 +152,14 @@ pub(crate) enum Command {
         /// Arguments, joined with spaces into the module's argument string.
         args: Vec<String>,
     },
+}
+
+/// `--heartbeat-freshness`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Freshness {
+    /// The heartbeat covers a nonce this client sent recently.
+    Nonce,
+    /// The heartbeat's wall-clock time is near this machine's.
+    Clock,
 }

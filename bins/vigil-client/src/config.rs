@@ -28,6 +28,8 @@ struct FileConfig {
     tree_path: Option<Vec<String>>,
     state_dir: Option<PathBuf>,
     failsafe_timeout: Option<f64>,
+    heartbeat_freshness: Option<crate::cli::Freshness>,
+    heartbeat_max_age: Option<f64>,
     ping_interval: Option<f64>,
     liveness_timeout: Option<f64>,
     command_timeout: Option<f64>,
@@ -168,6 +170,18 @@ pub(crate) fn resolve(cli: &Cli) -> anyhow::Result<ClientConfig> {
         if let Some(s) = cli.failsafe_timeout.or(file.failsafe_timeout) {
             settings.failsafe_timeout = seconds("failsafe_timeout", s)?;
         }
+        let max_age = match cli.heartbeat_max_age.or(file.heartbeat_max_age) {
+            Some(s) => seconds("heartbeat_max_age", s)?,
+            None => vigil_command::NonceVerifier::DEFAULT_MAX_AGE,
+        };
+        settings.heartbeat_freshness = match cli
+            .heartbeat_freshness
+            .or(file.heartbeat_freshness)
+            .unwrap_or(crate::cli::Freshness::Nonce)
+        {
+            crate::cli::Freshness::Nonce => vigil_client::HeartbeatFreshness::Nonce { max_age },
+            crate::cli::Freshness::Clock => vigil_client::HeartbeatFreshness::Clock,
+        };
         if let Some(s) = file.command_timeout {
             settings.command_timeout = seconds("command_timeout", s)?;
         }
@@ -175,6 +189,7 @@ pub(crate) fn resolve(cli: &Cli) -> anyhow::Result<ClientConfig> {
         tracing::info!(
             agent_id,
             failsafe_timeout = ?settings.failsafe_timeout,
+            heartbeat_freshness = ?settings.heartbeat_freshness,
             break_commands = settings.break_commands.len(),
             "signed commands enabled"
         );

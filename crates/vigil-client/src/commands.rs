@@ -5,7 +5,8 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::{Map, Value};
 use vigil_command::{
-    HeartbeatVerifier, Refusal, SignedCommand, SignedHeartbeat, Verifier, VerifyingKey,
+    HeartbeatRefusal, HeartbeatVerifier, NonceHeartbeat, NonceVerifier, Refusal, SignedCommand,
+    SignedHeartbeat, Verifier, VerifyingKey,
 };
 use vigil_proto::{Ack, AckCode, AckStatus};
 
@@ -39,6 +40,46 @@ pub struct CommandSettings {
     /// Run in order when the failsafe fires, and before exiting on
     /// `SHUTDOWN_NOW`.
     pub break_commands: Vec<BreakCommand>,
+    /// How a heartbeat is judged fresh.
+    pub heartbeat_freshness: HeartbeatFreshness,
+}
+
+/// How a client judges that a heartbeat is fresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HeartbeatFreshness {
+    /// The default: the beat must cover a nonce this client sent at most
+    /// `max_age` ago on its monotonic clock (`vigil-heartbeat-v2`). No
+    /// clock is shared with the server; clock-only beats are refused.
+    Nonce {
+        /// The oldest nonce a beat may cover.
+        max_age: Duration,
+    },
+    /// The beat's wall-clock `sent_at` must be within 30 s of this
+    /// client's clock (`vigil-heartbeat-v1`), for servers that send no
+    /// nonce heartbeats. Needs synchronized clocks.
+    Clock,
+}
+
+impl Default for HeartbeatFreshness {
+    fn default() -> Self {
+        HeartbeatFreshness::Nonce {
+            max_age: NonceVerifier::DEFAULT_MAX_AGE,
+        }
+    }
+}
+
+/// The client's heartbeat check, by freshness mode; kept across
+/// connections so that sequence and epoch only move forward.
+#[derive(Debug, Clone)]
+pub(crate) enum BeatCheck {
+    Clock(HeartbeatVerifier),
+    Nonce(NonceVerifier),
+}
+
+/// A heartbeat taken as fresh: the clock offset it measured, if any.
+pub(crate) struct BeatTaken {
+    pub(crate) skew_ms: Option<i64>,
 }
 
 impl CommandSettings {
@@ -67,6 +108,7 @@ impl CommandSettings {
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
             handler,
             break_commands: Vec::new(),
+            heartbeat_freshness: HeartbeatFreshness::default(),
         })
     }
 
@@ -74,6 +116,18 @@ impl CommandSettings {
     /// (the key was replaced by a weak one after [`CommandSettings::new`]).
     pub(crate) fn heartbeat_verifier(&self) -> Result<HeartbeatVerifier, ClientError> {
         HeartbeatVerifier::new(self.heartbeat_key).map_err(|_| ClientError::WeakHeartbeatKey)
+    }
+
+    /// The heartbeat check for [`CommandSettings::heartbeat_freshness`].
+    pub(crate) fn beat_check(&self) -> Result<BeatCheck, ClientError> {
+        Ok(match self.heartbeat_freshness {
+            HeartbeatFreshness::Clock => BeatCheck::Clock(self.heartbeat_verifier()?),
+            HeartbeatFreshness::Nonce { max_age } => BeatCheck::Nonce(
+                NonceVerifier::new(self.heartbeat_key)
+                    .map_err(|_| ClientError::WeakHeartbeatKey)?
+                    .with_max_age(max_age),
+            ),
+        })
     }
 
     /// What stops [`Client::run`](crate::Client::run) from starting with
@@ -185,16 +239,31 @@ pub(crate) fn check_commands(
         .collect()
 }
 
-/// Why a heartbeat was not taken.
+/// Checks a heartbeat; why it was not taken.
 pub(crate) fn check_heartbeat(
-    verifier: &mut HeartbeatVerifier,
+    check: &mut BeatCheck,
     body: &Map<String, Value>,
-    now: SystemTime,
-) -> Result<(), String> {
-    let beat: SignedHeartbeat = serde_json::from_value(Value::Object(body.clone()))
-        .map_err(|e| format!("malformed heartbeat: {e}"))?;
-    verifier
-        .verify(&beat, now)
-        .map(|_| ())
-        .map_err(|e| format!("{} ({})", e, e.code()))
+    now: Duration,
+    wall: SystemTime,
+) -> Result<BeatTaken, String> {
+    let refused = |e: HeartbeatRefusal| format!("{} ({})", e, e.code());
+    match check {
+        BeatCheck::Clock(verifier) => {
+            let beat: SignedHeartbeat = serde_json::from_value(Value::Object(body.clone()))
+                .map_err(|e| format!("malformed heartbeat: {e}"))?;
+            verifier.verify(&beat, wall).map_err(refused)?;
+            Ok(BeatTaken { skew_ms: None })
+        }
+        BeatCheck::Nonce(verifier) => {
+            if !body.contains_key("nonce") {
+                return Err(refused(HeartbeatRefusal::NoNonce));
+            }
+            let beat: NonceHeartbeat = serde_json::from_value(Value::Object(body.clone()))
+                .map_err(|e| format!("malformed heartbeat: {e}"))?;
+            let fresh = verifier.verify(&beat, now, wall).map_err(refused)?;
+            Ok(BeatTaken {
+                skew_ms: Some(fresh.skew_ms),
+            })
+        }
+    }
 }

@@ -26,7 +26,11 @@
 //! A client that takes signed commands runs them through a
 //! [`CommandHandler`]; [`handler_fn`] makes one from a closure, and what it
 //! needs is re-exported here. The failsafe fires when verified heartbeats
-//! or commands stop for its timeout. `cargo run -p vigil-server --example
+//! or commands stop for its timeout. A heartbeat counts when it covers a
+//! nonce this client sent recently, timed on its monotonic clock
+//! ([`HeartbeatFreshness`]), so the failsafe does not depend on the
+//! client's clock agreeing with the server's; the offset it measures is
+//! logged and reported. `cargo run -p vigil-server --example
 //! embedded` runs this against an embedded server.
 //!
 //! ```no_run
@@ -59,7 +63,9 @@ mod supervisor;
 
 use std::time::Duration;
 
-pub use commands::{CommandSettings, DEFAULT_COMMAND_TIMEOUT, RUN, SHUTDOWN_NOW};
+pub use commands::{
+    CommandSettings, DEFAULT_COMMAND_TIMEOUT, HeartbeatFreshness, RUN, SHUTDOWN_NOW,
+};
 pub use connection::{COMMAND_QUEUE, Connection, Pushed, PushedBody};
 pub use error::ClientError;
 pub use handler::{

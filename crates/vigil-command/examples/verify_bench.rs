@@ -17,8 +17,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use ed25519_dalek::Signer as _;
 use vigil_command::{
-    Authorities, AuthorityKey, Heartbeat, HeartbeatVerifier, ReplayGuard, SignedCommand,
-    SigningKey, Timestamp, UnsignedCommand, Verifier, decode_signature,
+    Authorities, AuthorityKey, Heartbeat, HeartbeatVerifier, NonceVerifier, ReplayGuard,
+    SignedBatch, SignedCommand, SigningKey, Timestamp, UnsignedCommand, Verifier, decode_signature,
 };
 
 /// Runs `f` repeatedly for about `budget` and returns (calls, elapsed).
@@ -162,6 +162,65 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     report(
         "HeartbeatVerifier::verify",
+        (i as u64, start.elapsed()),
+        None,
+    );
+
+    // Nonce heartbeats: the server's batch (tree, one signature, one
+    // frame per client) at fleet sizes, and the client's check.
+    for clients in [10_000usize, 19_000] {
+        let nonces: Vec<[u8; 32]> = (0..clients)
+            .map(|i| {
+                let mut n = [0u8; 32];
+                n[..8].copy_from_slice(&(i as u64).to_le_bytes());
+                n
+            })
+            .collect();
+        let start = Instant::now();
+        let batch = SignedBatch::sign(&key, 1, 1, issued, nonces).ok_or("no batch")?;
+        let signed = start.elapsed();
+        let start = Instant::now();
+        let mut bytes = 0usize;
+        for leaf in 0..clients {
+            let beat = batch.for_leaf(leaf).ok_or("no leaf")?;
+            bytes += serde_json::to_string(&beat)?.len();
+        }
+        let framed = start.elapsed();
+        println!(
+            "SignedBatch for {clients} clients: tree and signature {:.2} ms, {clients} frames {:.2} ms ({:.2} µs and {} bytes of JSON each)",
+            signed.as_secs_f64() * 1e3,
+            framed.as_secs_f64() * 1e3,
+            framed.as_secs_f64() * 1e6 / clients as f64,
+            bytes / clients
+        );
+    }
+    let mut client = NonceVerifier::new(public)?.with_max_age(Duration::from_secs(3_600));
+    let origin = Instant::now();
+    let mine = [9u8; 32];
+    client.issue(mine, origin.elapsed());
+    let mut nonces: Vec<[u8; 32]> = (0..19_000u64)
+        .map(|i| {
+            let mut n = [1u8; 32];
+            n[..8].copy_from_slice(&i.to_le_bytes());
+            n
+        })
+        .collect();
+    nonces[4_321] = mine;
+    let beats: Vec<_> = (1..=300u64)
+        .map(|seq| {
+            SignedBatch::sign(&key, 1, seq, issued, nonces.clone())
+                .and_then(|b| b.for_leaf(4_321))
+                .ok_or("no beat")
+        })
+        .collect::<Result<_, _>>()?;
+    let mut i = 0usize;
+    let start = Instant::now();
+    while i < beats.len() && start.elapsed() < budget {
+        black_box(client.verify(&beats[i], origin.elapsed(), now).ok());
+        i += 1;
+    }
+    report(
+        "NonceVerifier::verify (19,000 leaves)",
         (i as u64, start.elapsed()),
         None,
     );

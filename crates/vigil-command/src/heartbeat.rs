@@ -139,6 +139,28 @@ pub enum HeartbeatRefusal {
         /// This beat's.
         seq: u64,
     },
+    /// A clock heartbeat (no nonce) where nonce heartbeats are expected.
+    #[error(
+        "heartbeat carries no nonce: this client checks freshness by nonce, the server sends clock-only heartbeats (upgrade the server, or set the client's heartbeat freshness to `clock`)"
+    )]
+    NoNonce,
+    /// The nonce it covers is not one this client sent recently.
+    #[error(
+        "heartbeat covers a nonce this client did not send (or forgot): a replay or another client's beat"
+    )]
+    UnknownNonce,
+    /// The nonce it covers was sent too long ago on the client's
+    /// monotonic clock.
+    #[error("heartbeat is stale: its nonce was sent {age:?} ago, limit {limit:?}")]
+    StaleNonce {
+        /// How long ago the nonce was sent.
+        age: Duration,
+        /// The limit.
+        limit: Duration,
+    },
+    /// The nonce it covers is older than the last fresh beat's.
+    #[error("heartbeat covers a nonce older than the last fresh beat's")]
+    NonceNotNewer,
     /// A different epoch, but not sent after the last accepted beat.
     #[error(
         "heartbeat epoch {epoch} is not newer than the last accepted beat (epoch {last_epoch})"
@@ -161,6 +183,10 @@ impl HeartbeatRefusal {
             HeartbeatRefusal::FromFuture { .. } => "from_future",
             HeartbeatRefusal::SequenceNotIncreasing { .. } => "sequence_not_increasing",
             HeartbeatRefusal::EpochNotNewer { .. } => "epoch_not_newer",
+            HeartbeatRefusal::NoNonce => "no_nonce",
+            HeartbeatRefusal::UnknownNonce => "unknown_nonce",
+            HeartbeatRefusal::StaleNonce { .. } => "stale_nonce",
+            HeartbeatRefusal::NonceNotNewer => "nonce_not_newer",
         }
     }
 }

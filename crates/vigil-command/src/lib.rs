@@ -22,7 +22,12 @@
 //! - [`ReplayGuard`]: each command id is accepted once, also across a
 //!   restart (an `fsync`ed append-only file).
 //! - [`Heartbeat`] and [`HeartbeatVerifier`]: signed server heartbeats,
-//!   checked for signature, freshness and order, to feed a failsafe.
+//!   checked for signature, wall-clock freshness and order (the
+//!   `vigil-heartbeat-v1` protocol).
+//! - [`SignedBatch`] and [`NonceVerifier`]: heartbeats whose freshness
+//!   needs no shared clock: one signature over a Merkle root of every
+//!   client's nonce, checked by each client against the nonces it sent, on
+//!   its monotonic clock, to feed a failsafe.
 //! - [`SignedManifest`] and [`ModuleKeys`]: module manifests signed by
 //!   offline module keys (name, version, SHA-256 and size, target and ABI,
 //!   validity window), checked against a module's bytes; [`VersionStore`]
@@ -71,6 +76,7 @@
 #![deny(missing_docs)]
 
 mod authority;
+mod beacon;
 mod command;
 mod heartbeat;
 mod keys;
@@ -82,6 +88,10 @@ mod timestamp;
 mod verify;
 
 pub use authority::{Authorities, AuthorityError, AuthorityKey};
+pub use beacon::{
+    BatchBeat, FreshBeat, NONCE_HEARTBEAT_DOMAIN, NONCE_LEN, Nonce, NonceHeartbeat, NonceVerifier,
+    SignedBatch, decode_nonce, encode_nonce, merkle,
+};
 pub use command::{
     CommandParseError, MAX_COMMAND_BYTES, MAX_ID_LEN, MAX_LIST_LEN, MAX_REASON_LEN, MAX_TYPE_LEN,
     SignError, SignedCommand, UnsignedCommand,

@@ -37,8 +37,8 @@ pub use codec::{
 pub use frame::{BuildError, Frame, FrameError};
 pub use message::{
     Ack, AckCode, AckStatus, BreakOutcome, ClientRequest, ErrorBody, ErrorCode, FailsafeReport,
-    Hello, MAX_HELLO_ID_LEN, MAX_HELLO_PATH_LEN, MessageError, ModuleInfo, ServerMessage, api,
-    tree_path_of,
+    Hello, MAX_HELLO_ID_LEN, MAX_HELLO_PATH_LEN, MessageError, ModuleInfo, NonceBody,
+    ServerMessage, api, tree_path_of,
 };
 
 /// Whether `s` can be an API or TYPE token.

@@ -144,9 +144,12 @@ mod tests {
                 peer: std::net::SocketAddr::from(([127, 0, 0, 1], 4000)),
                 connected_at: SystemTime::UNIX_EPOCH,
                 place: None,
+                clock_skew_ms: None,
+                nonce_heartbeats: false,
             },
             out: Arc::new(Outbound::new(1024)),
             place: Arc::new(place),
+            beat: Default::default(),
         }
     }
 

@@ -267,7 +267,9 @@ async fn c01_to_c12_bad_commands_are_refused_by_the_client_and_nothing_runs() {
 
 /// C13: forged, stale and replayed heartbeats do not feed the failsafe: it
 /// fires at its timeout while they keep coming, and runs the break
-/// commands.
+/// commands. Clock heartbeats (no nonce, even well signed and on time),
+/// nonce heartbeats replayed, signed by a stranger or over a nonce the
+/// client never sent are all refused.
 #[tokio::test]
 async fn c13_bad_heartbeats_do_not_feed_the_failsafe() {
     let dep = Deployment::start(&[]).await;
@@ -299,10 +301,20 @@ async fn c13_bad_heartbeats_do_not_feed_the_failsafe() {
     };
     // One good beat, then for 3 s (past the 2 s timeout) only bad ones:
     // the good one replayed, forged ones, stale ones.
-    let good = beat(&server_key, 7, 1, now());
+    let nonce = peer.nonce.clone().expect("the client sent a nonce");
+    let good = crate::rogue::nonce_beat(&server_key, 7, 1, &nonce);
     peer.send(good.as_bytes()).await;
+    let never_sent = vigil_command::encode_nonce(&[42; 32]);
     for i in 0..30u64 {
         peer.send(good.as_bytes()).await;
+        peer.send(crate::rogue::nonce_beat(&stranger, 7, 100 + i, &nonce).as_bytes())
+            .await;
+        peer.send(crate::rogue::nonce_beat(&server_key, 7, 300 + i, &never_sent).as_bytes())
+            .await;
+        // Clock heartbeats, good ones among them: this client checks by
+        // nonce.
+        peer.send(beat(&server_key, 7, 400 + i, now()).as_bytes())
+            .await;
         peer.send(beat(&stranger, 7, 100 + i, now()).as_bytes())
             .await;
         peer.send(beat(&server_key, 7, 200 + i, at(-600)).as_bytes())
@@ -518,18 +530,9 @@ async fn c16_a_flood_of_commands_is_answered_and_cannot_veto_a_shutdown() {
     let seq = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let beat = {
         let key = server_key.clone();
-        move |_: u64| {
+        move |_: u64, nonce: Option<&str>| {
             let seq = seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-            let signed = Heartbeat {
-                epoch: 16,
-                seq,
-                sent_at: now(),
-            }
-            .sign(&key);
-            format!(
-                "hb:beat:hb{seq} {}\n",
-                serde_json::to_string(&signed).expect("json")
-            )
+            nonce.map_or_else(String::new, |n| crate::rogue::nonce_beat(&key, 16, seq, n))
         }
     };
     eprintln!("c16: signed in {:?}", started.elapsed());

@@ -43,6 +43,7 @@ impl Rogue {
         Peer {
             stream,
             buf: Vec::new(),
+            nonce: None,
         }
     }
 }
@@ -50,6 +51,29 @@ impl Rogue {
 pub(crate) struct Peer {
     stream: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
     buf: Vec<u8>,
+    /// The latest nonce the client sent (`hb:nonce`), base64.
+    pub(crate) nonce: Option<String>,
+}
+
+/// A `vigil-heartbeat-v2` beat line signed by `key` covering `nonce`
+/// (base64) among a few other nonces.
+pub(crate) fn nonce_beat(
+    key: &vigil_command::SigningKey,
+    epoch: u64,
+    seq: u64,
+    nonce: &str,
+) -> String {
+    let nonce = vigil_command::decode_nonce(nonce).expect("the client's nonce");
+    let sent_at =
+        vigil_command::Timestamp::from_system_time(std::time::SystemTime::now()).expect("clock");
+    let batch =
+        vigil_command::SignedBatch::sign(key, epoch, seq, sent_at, vec![[1; 32], [2; 32], nonce])
+            .expect("batch");
+    let beat = batch.for_leaf(2).expect("leaf");
+    format!(
+        "hb:beat:hb{seq} {}\n",
+        serde_json::to_string(&beat).expect("json")
+    )
 }
 
 impl Peer {
@@ -62,6 +86,9 @@ impl Peer {
                 let Ok(frame) = Frame::parse(&line[..end]) else {
                     continue;
                 };
+                if let Ok(ClientRequest::Nonce(n)) = ClientRequest::from_frame(&frame) {
+                    self.nonce = Some(n.nonce);
+                }
                 let reply = match (frame.api(), frame.kind()) {
                     ("sys", "ping") => Some(("sys:pong", "{}")),
                     ("sys", "hello") => Some(("sys:hello_ok", "{}")),
@@ -130,14 +157,14 @@ pub(crate) struct Flood {
 impl Peer {
     /// Sends `frames` (each a `cmd:exec` line whose REF is its index, as
     /// `{prefix}{i}`), as fast as the client takes them or, with `window`,
-    /// with at most that many unacknowledged; `heartbeat(n)` is sent every
+    /// with at most that many unacknowledged; `heartbeat(n, latest nonce)` is sent every
     /// 500 ms meanwhile. Reads the client's answers at the same time, until
     /// every frame is acknowledged or nothing arrives for 10 s.
     pub(crate) async fn flood(
         &mut self,
         frames: &[String],
         window: Option<usize>,
-        mut heartbeat: impl FnMut(u64) -> String,
+        mut heartbeat: impl FnMut(u64, Option<&str>) -> String,
     ) -> Flood {
         use std::cell::{Cell, RefCell};
         use std::time::{Duration, Instant};
@@ -149,6 +176,7 @@ impl Peer {
         let reports = RefCell::new(Vec::new());
         let (mut rd, mut wr) = tokio::io::split(&mut self.stream);
         let leftover = std::mem::take(&mut self.buf);
+        let latest = RefCell::new(self.nonce.clone());
         let writer = async {
             let mut beats = 0u64;
             let mut last_beat = Instant::now();
@@ -157,7 +185,8 @@ impl Peer {
             while !done.get() {
                 if last_beat.elapsed() >= Duration::from_millis(500) {
                     beats += 1;
-                    out.extend_from_slice(heartbeat(beats).as_bytes());
+                    let nonce = latest.borrow().clone();
+                    out.extend_from_slice(heartbeat(beats, nonce.as_deref()).as_bytes());
                     last_beat = Instant::now();
                 }
                 out.append(&mut pongs.borrow_mut());
@@ -206,6 +235,7 @@ impl Peer {
                                 format!("fs:report_ok:{} {{}}\n", frame.reference()).as_bytes(),
                             );
                         }
+                        Ok(ClientRequest::Nonce(n)) => *latest.borrow_mut() = Some(n.nonce),
                         Ok(ClientRequest::Ping) => pongs.borrow_mut().extend_from_slice(
                             format!("sys:pong:{} {{}}\n", frame.reference()).as_bytes(),
                         ),
@@ -229,6 +259,7 @@ impl Peer {
             done.set(true);
         };
         tokio::join!(writer, reader);
+        self.nonce = latest.into_inner();
         Flood {
             acks: acks.into_inner(),
             reports: reports.into_inner(),

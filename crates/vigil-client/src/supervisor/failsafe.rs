@@ -1,5 +1,5 @@
-//! What the client does when its failsafe fires or re-arms, when a
-//! heartbeat arrives, and with an urgent `SHUTDOWN_NOW`.
+//! What the client does when its failsafe fires or re-arms, and with an
+//! urgent `SHUTDOWN_NOW`.
 
 use super::*;
 
@@ -31,6 +31,7 @@ impl Client {
                     at: now_rfc3339(),
                     silent_ms: millis(silent_for),
                     break_commands: outcomes,
+                    clock_skew_ms: self.state().skew_ms,
                 }
             }
             vigil_failsafe::FailsafeEvent::Rearmed { outage } => {
@@ -41,6 +42,7 @@ impl Client {
                     at: now_rfc3339(),
                     silent_ms: millis(outage),
                     break_commands: Vec::new(),
+                    clock_skew_ms: self.state().skew_ms,
                 }
             }
         };
@@ -91,30 +93,6 @@ impl Client {
                 }
             }
         });
-    }
-
-    pub(super) fn on_heartbeat(
-        &self,
-        body: &serde_json::Map<String, serde_json::Value>,
-        feed: Option<&FailsafeHandle>,
-    ) {
-        let mut state = self.state();
-        let Some(verifier) = state.heartbeats.as_mut() else {
-            tracing::debug!("heartbeat ignored: no heartbeat key configured");
-            return;
-        };
-        match check_heartbeat(verifier, body, SystemTime::now()) {
-            Ok(()) => {
-                if let Some(feed) = feed {
-                    feed.feed();
-                }
-            }
-            Err(reason) => {
-                drop(state);
-                tracing::warn!(%reason, "heartbeat refused; the failsafe is not fed");
-                self.emit(ClientEvent::HeartbeatRefused { reason });
-            }
-        }
     }
 
     /// Handles one emergency command (`SHUTDOWN_NOW`), which never waits

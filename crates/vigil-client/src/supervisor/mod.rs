@@ -9,11 +9,10 @@ use rand::Rng;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use vigil_auth::Fingerprint;
-use vigil_command::HeartbeatVerifier;
 use vigil_failsafe::FailsafeHandle;
 use vigil_proto::{Ack, AckStatus, ClientRequest, FailsafeReport, ModuleInfo, ServerMessage};
 
-use crate::commands::{Accepted, Refused, check_commands, check_heartbeat};
+use crate::commands::{Accepted, BeatCheck, Refused, check_commands, check_heartbeat};
 use crate::handler::run_break_commands;
 
 use crate::{ClientConfig, ClientError, Connection};
@@ -61,6 +60,12 @@ pub enum ClientEvent {
     },
     /// A verified command ran; this is the acknowledgement sent.
     CommandRan(Ack),
+    /// The clock offset from the server, measured by a fresh nonce
+    /// heartbeat, changed by more than a second (or was measured first).
+    ClockSkew {
+        /// The server's clock minus this client's, in milliseconds.
+        skew_ms: i64,
+    },
     /// A heartbeat failed verification (the failsafe was not fed).
     HeartbeatRefused {
         /// Why.
@@ -104,7 +109,13 @@ struct State {
     trusted: BTreeMap<String, ModuleInfo>,
     /// Checks heartbeats; kept across connections so that sequence and
     /// epoch only move forward.
-    heartbeats: Option<HeartbeatVerifier>,
+    heartbeats: Option<BeatCheck>,
+    /// The last clock offset a fresh beat measured, and the last one that
+    /// was logged.
+    skew_ms: Option<i64>,
+    logged_skew_ms: Option<i64>,
+    /// Nonces sent, for their REFs.
+    nonces_sent: u64,
 }
 
 /// Failsafe transitions the server has not yet confirmed, oldest first.
@@ -134,10 +145,7 @@ impl Client {
     /// A client for `config`; nothing happens until [`Client::run`].
     pub fn new(config: ClientConfig) -> Self {
         let (events, _) = broadcast::channel(1024);
-        let heartbeats = config
-            .commands
-            .as_ref()
-            .and_then(|c| c.heartbeat_verifier().ok());
+        let heartbeats = config.commands.as_ref().and_then(|c| c.beat_check().ok());
         Client {
             config,
             events,
@@ -337,6 +345,10 @@ impl Client {
             peer: conn.peer(),
             server: conn.server_fingerprint(),
         });
+        // The first nonce goes out before the sync, so that the server's
+        // next beat can cover it.
+        let mut nonces = self.nonce_ticker();
+        self.send_nonce(&conn);
         let modules = match conn.sync().await {
             Ok(modules) => modules,
             Err(e) => return SessionEnd::Lost(e),
@@ -382,10 +394,17 @@ impl Client {
                 }
                 Ok(()) = heartbeats.changed() => {
                     let beat = heartbeats.borrow_and_update().clone();
-                    if let Some((_, body)) = beat {
-                        self.on_heartbeat(&body, feed);
+                    if let Some((_, body)) = beat
+                        && self.on_heartbeat(&body, feed)
+                    {
+                        // A fresh nonce for the next beat.
+                        self.send_nonce(&conn);
+                        if let Some(t) = nonces.as_mut() {
+                            t.reset();
+                        }
                     }
                 }
+                _ = tick(&mut nonces) => self.send_nonce(&conn),
                 Some(()) = futures_util::StreamExt::next(&mut verifying), if !verifying.is_empty() => {}
                 Some((reference, msg)) = events.recv() => {
                     match msg {
@@ -481,8 +500,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 mod backoff;
+mod beats;
 mod failsafe;
 mod worker;
 
 pub use backoff::Backoff;
+use beats::tick;
 use worker::{CloseOnDrop, Worker, check, disabled};

@@ -170,6 +170,10 @@ pub struct FailsafeReport {
     /// The break commands run when it fired, with their outcome.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub break_commands: Vec<BreakOutcome>,
+    /// The client's last measured clock offset from the server (server
+    /// minus client, milliseconds), if it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_skew_ms: Option<i64>,
 }
 
 /// One break command's outcome in a [`FailsafeReport`].
@@ -234,8 +238,11 @@ mod tests {
                 ok: true,
                 detail: String::new(),
             }],
+            clock_skew_ms: Some(-45_000),
         });
         let frame = report.to_frame("r1");
+        let text = String::from_utf8_lossy(&frame.to_bytes()).into_owned();
+        assert!(text.contains("\"clock_skew_ms\":-45000"), "{text}");
         assert_eq!(ClientRequest::from_frame(&frame).expect("report"), report);
     }
 }

@@ -44,6 +44,21 @@ pub enum ClientRequest {
     Ack(Ack),
     /// `fs:report`: a failsafe transition. Not answered.
     FailsafeReport(FailsafeReport),
+    /// `hb:nonce`: a fresh nonce for the next heartbeat to cover. Not
+    /// answered (the next `hb:beat` is the answer).
+    Nonce(NonceBody),
+}
+
+/// The payload of `hb:nonce`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NonceBody {
+    /// Base64 of 32 random bytes.
+    pub nonce: String,
+    /// The client's last measured clock offset from the server (server
+    /// minus client, milliseconds), once it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skew_ms: Option<i64>,
 }
 
 impl ClientRequest {
@@ -71,6 +86,7 @@ impl ClientRequest {
             ClientRequest::Hello(hello) => (api::SYS, "hello", object_of(hello)),
             ClientRequest::Ack(ack) => (api::CMD, "ack", object_of(ack)),
             ClientRequest::FailsafeReport(r) => (api::FS, "report", object_of(r)),
+            ClientRequest::Nonce(n) => (api::HB, "nonce", object_of(n)),
         };
         Frame::from_static(api, kind, reference, payload)
     }
@@ -111,6 +127,10 @@ impl ClientRequest {
                 "report" => Ok(ClientRequest::FailsafeReport(payload_of(frame)?)),
                 _ => Err(unknown_type()),
             },
+            api::HB => match frame.kind() {
+                "nonce" => Ok(ClientRequest::Nonce(payload_of(frame)?)),
+                _ => Err(unknown_type()),
+            },
             other => Err(MessageError::UnknownApi(other.to_owned())),
         }
     }
@@ -133,6 +153,12 @@ mod tests {
         check("mod:verify:1 {}", ErrorCode::BadPayload);
         check("mod:verify:1 {\"mod\":3}", ErrorCode::BadPayload);
         check("mod:exec:1 {\"mod\":\"a\"}", ErrorCode::BadPayload);
+        check("hb:nonce:1 {}", ErrorCode::BadPayload);
+        check(
+            "hb:nonce:1 {\"nonce\":\"AA==\",\"x\":1}",
+            ErrorCode::BadPayload,
+        );
+        check("hb:beat:1 {}", ErrorCode::UnknownType);
     }
 
     #[test]

@@ -17,7 +17,7 @@ mod hello;
 mod server;
 
 pub use ack::{Ack, AckCode, AckStatus, BreakOutcome, FailsafeReport};
-pub use client::ClientRequest;
+pub use client::{ClientRequest, NonceBody};
 pub use error::{ErrorBody, ErrorCode, MessageError};
 pub use hello::{Hello, MAX_HELLO_ID_LEN, MAX_HELLO_PATH_LEN, tree_path_of};
 pub use server::{ModuleInfo, ServerMessage};

@@ -138,6 +138,8 @@ fn clients(state: &State) -> Resp {
                 "session": s.id,
                 "peer": s.peer.to_string(),
                 "connected_at": vigil_command::Timestamp::from_system_time(s.connected_at).map(|t| t.isoformat()).unwrap_or_default(),
+                "heartbeat": if s.nonce_heartbeats { "nonce" } else { "clock" },
+                "clock_skew_ms": s.clock_skew_ms,
             })
         })
         .collect();

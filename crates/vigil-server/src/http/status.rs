@@ -78,6 +78,30 @@ pub(super) fn metrics(state: &State) -> Resp {
         "Clients connected now.",
         &[("", state.server.sessions().len() as u64)],
     );
+    let sessions = state.server.sessions();
+    metric(
+        "vigil_clients_clock_skew_max_milliseconds",
+        "gauge",
+        "Largest clock offset from this server that a connected client reported (absolute, milliseconds).",
+        &[(
+            "",
+            sessions
+                .iter()
+                .filter_map(|c| c.clock_skew_ms)
+                .map(i64::unsigned_abs)
+                .max()
+                .unwrap_or(0),
+        )],
+    );
+    metric(
+        "vigil_clients_nonce_heartbeats",
+        "gauge",
+        "Connected clients whose heartbeats are fresh by nonce (vigil-heartbeat-v2).",
+        &[(
+            "",
+            sessions.iter().filter(|c| c.nonce_heartbeats).count() as u64,
+        )],
+    );
     metric(
         "vigil_connections_accepted_total",
         "counter",

@@ -279,6 +279,8 @@ async fn connection(
         peer,
         connected_at: SystemTime::now(),
         place: None,
+        clock_skew_ms: None,
+        nonce_heartbeats: false,
     };
     session::run(shared, tls, info).await;
     drop(ticket);

@@ -28,6 +28,7 @@ pub(crate) use session::SessionHandle;
 pub use session::SessionInfo;
 
 mod accept;
+mod beats;
 mod commands;
 mod fanout;
 pub(crate) mod session;
@@ -38,10 +39,11 @@ mod tests;
 
 pub use accept::Server;
 
+use beats::heartbeats;
 pub use commands::Relay;
 pub(crate) use commands::{Relayed, new_command_id};
 pub use stats::{Counter, ServerStats};
-use tasks::{heartbeats, module_broadcaster, refusal_summaries, revocation_sweeper};
+use tasks::{module_broadcaster, refusal_summaries, revocation_sweeper};
 
 pub(crate) struct Shared {
     pub(crate) config: ServerConfig,

@@ -2,7 +2,6 @@
 //! refusal summaries and heartbeats.
 
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use serde_json::Value;
 use vigil_proto::ServerMessage;
@@ -143,48 +142,5 @@ pub(super) async fn refusal_summaries(shared: Arc<Shared>) {
             () = shared.shutdown.cancelled() => return,
             _ = ticker.tick() => shared.flush_refusals().await,
         }
-    }
-}
-
-/// Signs one heartbeat per interval and sends the same frame to every
-/// client: one signature per beat, whatever the number of clients.
-pub(super) async fn heartbeats(shared: Arc<Shared>, authority: crate::Authority) {
-    // The epoch changes at every start: the time in microseconds, so that
-    // a later start has a larger epoch.
-    let epoch = SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-        .unwrap_or(0);
-    let handle = ServerHandle {
-        shared: shared.clone(),
-    };
-    let mut ticker = tokio::time::interval(shared.config.heartbeat_interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut seq: u64 = 0;
-    tracing::info!(epoch, interval = ?shared.config.heartbeat_interval, "sending signed heartbeats");
-    loop {
-        tokio::select! {
-            () = shared.shutdown.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
-        seq += 1;
-        let Ok(sent_at) = vigil_command::Timestamp::from_system_time(SystemTime::now()) else {
-            tracing::error!("the clock is out of range: heartbeat skipped");
-            continue;
-        };
-        let beat = vigil_command::Heartbeat {
-            epoch,
-            seq,
-            sent_at,
-        }
-        .sign(&authority.key);
-        let body = match serde_json::to_value(&beat) {
-            Ok(Value::Object(map)) => map,
-            _ => continue,
-        };
-        let bytes = session::encode(&ServerMessage::Heartbeat(body), &format!("hb{seq}"));
-        let sent = handle.send_to_all(&bytes);
-        shared.stats.heartbeats.inc();
-        tracing::trace!(seq, clients = sent, "heartbeat");
     }
 }

@@ -32,9 +32,12 @@ async fn server_with_sessions(n: u64, heartbeats: bool) -> (Server, Vec<SharedOu
                 peer: SocketAddr::from(([127, 0, 0, 1], 4000)),
                 connected_at: SystemTime::UNIX_EPOCH,
                 place: None,
+                clock_skew_ms: None,
+                nonce_heartbeats: false,
             },
             out: out.clone(),
             place: Arc::new(OnceLock::new()),
+            beat: Default::default(),
         });
         queues.push(out);
     }

@@ -864,3 +864,67 @@ async fn an_ack_under_another_ref_is_refused_and_the_slot_stays_pending() {
     let (_, record) = api.call("GET", &format!("/v1/commands/{id}"), None).await;
     assert_eq!(record["targets"][&me]["status"], "done", "{record}");
 }
+
+/// A session that sends nonces gets nonce heartbeats that cover its latest
+/// nonce and verify with the server's key; a malformed nonce is refused
+/// with `bad_payload`; the client's reported offset is listed.
+#[tokio::test]
+async fn a_client_that_sends_nonces_gets_beats_covering_them() {
+    use vigil_command::{NonceHeartbeat, NonceVerifier, encode_nonce};
+    let api = Api::start().await;
+    let (mut rd, mut wr) = tokio::io::split(support::raw_tls(&api.server, &api.agent).await);
+    support::eventually(|| api.server.handle.is_connected(&api.agent.fingerprint)).await;
+    let mut buf = bytes::BytesMut::new();
+
+    wr.write_all(b"hb:nonce:n0 {\"nonce\":\"AAAA\"}\n")
+        .await
+        .expect("write");
+    let answer = next_non_heartbeat(&mut rd, &mut buf).await;
+    assert_eq!(
+        (answer.api(), answer.kind(), answer.reference()),
+        ("err", "bad_payload", "n0"),
+        "{answer}"
+    );
+
+    let mut verifier = NonceVerifier::new(api.keys.0.verifying_key()).expect("verifier");
+    let origin = std::time::Instant::now();
+    let nonce = [7u8; 32];
+    verifier.issue(nonce, origin.elapsed());
+    let frame = format!(
+        "hb:nonce:n1 {{\"nonce\":\"{}\",\"skew_ms\":1234}}\n",
+        encode_nonce(&nonce)
+    );
+    wr.write_all(frame.as_bytes()).await.expect("write");
+    let fresh = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let frame = support::read_frame(&mut rd, &mut buf).await.expect("frame");
+            if (frame.api(), frame.kind()) != ("hb", "beat")
+                || !frame.payload().contains_key("nonce")
+            {
+                continue;
+            }
+            let beat: NonceHeartbeat =
+                serde_json::from_value(Value::Object(frame.payload().clone())).expect("beat");
+            break verifier
+                .verify(&beat, origin.elapsed(), SystemTime::now())
+                .expect("a fresh beat");
+        }
+    })
+    .await
+    .expect("a nonce beat in time");
+    assert!(fresh.skew_ms.abs() < 5_000, "{fresh:?}");
+
+    let (status, body) = api.call("GET", "/v1/clients", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["clients"][0]["heartbeat"], "nonce", "{body}");
+    assert_eq!(body["clients"][0]["clock_skew_ms"], 1234, "{body}");
+    let (_, metrics) = api.call("GET", "/metrics", None).await;
+    let text = metrics
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| metrics.to_string());
+    assert!(
+        text.contains("vigil_clients_clock_skew_max_milliseconds 1234"),
+        "{text}"
+    );
+}

@@ -100,6 +100,21 @@ where
             ClientRequest::Ping => self.reply(&ServerMessage::Pong, reference),
             ClientRequest::Hello(hello) => self.hello(hello, reference),
             ClientRequest::Ack(ack) => self.acknowledged(ack, reference),
+            ClientRequest::Nonce(body) => match vigil_command::decode_nonce(&body.nonce) {
+                Some(nonce) => {
+                    let mut beat = super::lock_beat(&self.beat);
+                    beat.nonce = Some(nonce);
+                    beat.skew_ms = body.skew_ms.or(beat.skew_ms);
+                }
+                None => {
+                    self.shared.stats.bad_frames.inc();
+                    self.error_reply(
+                        ErrorCode::BadPayload,
+                        "nonce is not base64 of 32 bytes".to_owned(),
+                        reference,
+                    );
+                }
+            },
             ClientRequest::FailsafeReport(report) => {
                 self.shared.stats.failsafe_reports.inc();
                 self.shared.audit_later(

@@ -36,6 +36,7 @@ use vigil_proto::{
 };
 
 use super::Shared;
+use super::beats::{SharedBeat, lock_beat};
 use crate::delivery::{ACK_AUDIT_DELAY, Awaited, Outcome};
 use crate::outbound::{Item, Outbound, SharedOutbound, Status};
 
@@ -72,6 +73,12 @@ pub struct SessionInfo {
     /// Where the client says it stands (`sys:hello`): its agent id and
     /// tree path, which the server routes by. `None` until it says.
     pub place: Option<vigil_proto::Hello>,
+    /// The client's clock offset from this server (server minus client,
+    /// milliseconds), as the client last measured and said it.
+    pub clock_skew_ms: Option<i64>,
+    /// Whether the client sends nonces (its heartbeats are
+    /// `vigil-heartbeat-v2`, fresh without a shared clock).
+    pub nonce_heartbeats: bool,
 }
 
 /// The registry's handle on a live session.
@@ -82,6 +89,8 @@ pub(crate) struct SessionHandle {
     pub(crate) out: SharedOutbound,
     /// What the client said in `sys:hello`, once it did.
     pub(crate) place: Arc<std::sync::OnceLock<vigil_proto::Hello>>,
+    /// The client's latest nonce and the clock offset it said.
+    pub(crate) beat: SharedBeat,
 }
 
 impl SessionHandle {
@@ -102,6 +111,9 @@ impl SessionHandle {
     pub(crate) fn snapshot(&self) -> SessionInfo {
         let mut info = self.info.clone();
         info.place = self.place.get().cloned();
+        let beat = lock_beat(&self.beat);
+        info.clock_skew_ms = beat.skew_ms;
+        info.nonce_heartbeats = beat.nonce.is_some();
         info
     }
 }
@@ -151,6 +163,7 @@ where
             info: session.info.clone(),
             out: session.queue.clone(),
             place: session.place.clone(),
+            beat: session.beat.clone(),
         });
         // The fingerprint may have been revoked between the handshake and
         // the registration: the revocation sweep may have missed us.
@@ -203,6 +216,8 @@ struct Session<S> {
     awaiting: VecDeque<(Instant, Awaited)>,
     /// What the client said in `sys:hello`.
     place: Arc<std::sync::OnceLock<vigil_proto::Hello>>,
+    /// The client's latest nonce, which the next heartbeat covers.
+    beat: SharedBeat,
     /// Module calls read but not started: they start together.
     calls: Vec<((String, String), ExecCall)>,
     /// Module runs in flight, answered by (REF, module).
@@ -231,6 +246,7 @@ where
             bodies: 0,
             awaiting: VecDeque::new(),
             place: Arc::default(),
+            beat: SharedBeat::default(),
             calls: Vec::new(),
             execs: Vec::new(),
             last_read: Instant::now(),
