@@ -58,7 +58,9 @@ impl Client {
             skew_ms,
         };
         if let Err(e) = conn.notify(ClientRequest::Nonce(body), &reference) {
-            tracing::debug!(error = %e, "nonce not sent: the connection is closing");
+            // The connection is closing, or its request queue is full: the
+            // ticker sends the next one.
+            tracing::debug!(error = %e, "nonce not sent; the next one goes at the next tick");
         }
     }
 

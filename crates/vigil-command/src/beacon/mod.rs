@@ -285,7 +285,7 @@ impl NonceVerifier {
             || self
                 .sent
                 .front()
-                .is_some_and(|(_, at)| now.saturating_sub(*at) > self.max_age * 2)
+                .is_some_and(|(_, at)| now.saturating_sub(*at) > self.max_age.saturating_mul(2))
         {
             self.sent.pop_front();
         }
@@ -357,7 +357,8 @@ impl NonceVerifier {
             epoch: beat.epoch,
             seq: beat.seq,
             nonce_age: age,
-            skew_ms: i64::try_from(skew_ns / 1_000_000).unwrap_or(i64::MAX),
+            skew_ms: i64::try_from((skew_ns / 1_000_000).clamp(i64::MIN.into(), i64::MAX.into()))
+                .unwrap_or(0),
         })
     }
 }

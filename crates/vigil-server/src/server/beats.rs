@@ -48,11 +48,20 @@ struct Target {
 /// Signs one heartbeat per interval and sends it to every client.
 pub(super) async fn heartbeats(shared: Arc<Shared>, authority: crate::Authority) {
     // The epoch changes at every start: the time in microseconds, so that
-    // a later start has a larger epoch.
+    // a later start has a larger epoch (clock clients compare them by
+    // `sent_at`); random if the clock is before 1970, so that two starts
+    // never share one (a nonce client would refuse the second start's
+    // beats until its `seq` passed the first's).
     let epoch = SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-        .unwrap_or(0);
+        .ok()
+        .and_then(|d| u64::try_from(d.as_micros()).ok())
+        .filter(|e| *e != 0)
+        .unwrap_or_else(|| {
+            let mut bytes = [0u8; 8];
+            let _ = getrandom::fill(&mut bytes);
+            u64::from_le_bytes(bytes)
+        });
     let mut ticker = tokio::time::interval(shared.config.heartbeat_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seq: u64 = 0;

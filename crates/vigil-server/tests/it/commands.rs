@@ -630,6 +630,97 @@ async fn the_failsafe_fires_when_a_proxy_silently_stops_forwarding() {
     running.stop().await;
 }
 
+/// A TCP proxy that forwards everything, in order, `delay` late once told
+/// to (the value in the watch; zero forwards at once).
+async fn delaying_proxy(
+    upstream: std::net::SocketAddr,
+) -> (
+    std::net::SocketAddr,
+    Arc<tokio::sync::watch::Sender<Duration>>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (delay_tx, delay_rx) = tokio::sync::watch::channel(Duration::ZERO);
+    tokio::spawn(async move {
+        while let Ok((down, _)) = listener.accept().await {
+            let Ok(up) = TcpStream::connect(upstream).await else {
+                continue;
+            };
+            let (dr, dw) = down.into_split();
+            let (ur, uw) = up.into_split();
+            tokio::spawn(delayed_pump(dr, uw, delay_rx.clone()));
+            tokio::spawn(delayed_pump(ur, dw, delay_rx.clone()));
+        }
+    });
+    (addr, Arc::new(delay_tx))
+}
+
+async fn delayed_pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay: tokio::sync::watch::Receiver<Duration>,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    tokio::spawn(async move {
+        while let Some((due, bytes)) = rx.recv().await {
+            tokio::time::sleep_until(due).await;
+            if to.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let due = tokio::time::Instant::now() + *delay.borrow();
+        if tx.send((due, buf[..n].to_vec())).is_err() {
+            return;
+        }
+    }
+}
+
+/// F17: a path that holds every frame back (here 800 ms each way, with a
+/// nonce allowed to be 1 s old) while heartbeats keep flowing through it:
+/// each beat covers a nonce sent 1.6 s before it arrives, is refused as
+/// `stale_nonce`, and the failsafe fires. With clock freshness those beats
+/// were 0.8 s old by `sent_at` and kept it quiet.
+#[tokio::test]
+async fn the_failsafe_fires_when_a_path_holds_heartbeats_back() {
+    let setup = Setup::new(Some(Duration::from_millis(100))).await;
+    let (proxy, delay) = delaying_proxy(setup.server.addr).await;
+    let recorder = Arc::new(Recorder::default());
+    let mut config = setup.config(recorder.clone(), Duration::from_millis(1500));
+    config.server = proxy.to_string();
+    if let Some(c) = config.commands.as_mut() {
+        c.heartbeat_freshness = vigil_client::HeartbeatFreshness::Nonce {
+            max_age: Duration::from_secs(1),
+        };
+    }
+    let mut running = Running::start(config).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        recorder.ran().is_empty(),
+        "fired while heartbeats flowed through the proxy"
+    );
+    let _ = delay.send(Duration::from_millis(800));
+    let refused = support::next_event(
+        &mut running.events,
+        |e| matches!(e, ClientEvent::HeartbeatRefused { reason } if reason.contains("stale_nonce")),
+    )
+    .await;
+    eprintln!("{refused:?}");
+    support::next_event(&mut running.events, |e| {
+        matches!(e, ClientEvent::FailsafeFired { .. })
+    })
+    .await;
+    assert_eq!(recorder.ran(), vec!["lock", "fail", "wipe"]);
+    running.stop().await;
+}
+
 /// A client cannot be set up to run open: a weak heartbeat key and a
 /// verifier without a replay guard are refused when the settings are
 /// made, and a client whose failsafe cannot be armed does not start.

@@ -104,7 +104,14 @@ where
                 Some(nonce) => {
                     let mut beat = super::lock_beat(&self.beat);
                     beat.nonce = Some(nonce);
-                    beat.skew_ms = body.skew_ms.or(beat.skew_ms);
+                    // The client's word, shown to operators: bounded to
+                    // ±10 years so that one client cannot make the
+                    // fleet-wide gauge meaningless.
+                    const MAX_SKEW_MS: i64 = 10 * 366 * 24 * 3600 * 1000;
+                    beat.skew_ms = body
+                        .skew_ms
+                        .map(|s| s.clamp(-MAX_SKEW_MS, MAX_SKEW_MS))
+                        .or(beat.skew_ms);
                 }
                 None => {
                     self.shared.stats.bad_frames.inc();
