@@ -153,11 +153,6 @@ pub(crate) struct SimClient {
     connected: AtomicBool,
 }
 
-/// Whether simulated clients send nonces (`hb:nonce`, as `vigil-client`
-/// does by default), so that the server sends them nonce heartbeats; set
-/// once from the command line.
-pub(crate) static NONCES: AtomicBool = AtomicBool::new(true);
-
 /// Appends an `hb:nonce` frame to `out`: 32 bytes that differ per client
 /// and per beat (the server only keeps and covers them).
 fn push_nonce(client: &SimClient, out: &mut Vec<u8>) {
@@ -189,6 +184,9 @@ struct FleetShared {
     /// Bounds first connections in flight, so that starting thousands of
     /// clients does not run into the server's handshake timeout.
     ramp: Semaphore,
+    /// Clients send nonces (`hb:nonce`, as `vigil-client` does by
+    /// default), so that the server sends them nonce heartbeats.
+    nonces: bool,
 }
 
 /// Many simulated clients.
@@ -200,13 +198,14 @@ pub(crate) struct Fleet {
 }
 
 impl Fleet {
-    pub(crate) fn new(server: SocketAddr, epoch: Instant, ramp: usize) -> Fleet {
+    pub(crate) fn new(server: SocketAddr, epoch: Instant, ramp: usize, nonces: bool) -> Fleet {
         Fleet {
             shared: Arc::new(FleetShared {
                 epoch,
                 server,
                 stop: CancellationToken::new(),
                 ramp: Semaphore::new(ramp.max(1)),
+                nonces,
             }),
             clients: Vec::new(),
             tasks: tokio::task::JoinSet::new(),
@@ -271,6 +270,11 @@ impl Fleet {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Whether its clients send nonces.
+    pub(crate) fn sends_nonces(&self) -> bool {
+        self.shared.nonces
     }
 
     /// Total bytes of heartbeat frames received by the fleet.
@@ -388,13 +392,13 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     // One timer, moved only when it fires.
     let idle = tokio::time::sleep_until((last_write + IDLE_PING).into());
     tokio::pin!(idle);
-    if NONCES.load(Ordering::Relaxed) {
+    if shared.nonces {
         push_nonce(client, &mut out);
     }
     loop {
         let mut acked = false;
         while let Some(end) = buf.iter().position(|&b| b == b'\n') {
-            if answer(client, &buf[..end], &mut out) {
+            if answer(client, shared.nonces, &buf[..end], &mut out) {
                 client.commands.fetch_add(1, Ordering::Relaxed);
                 acked = true;
             }
@@ -432,7 +436,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
 /// Appends the acknowledgement of a `cmd:exec` line to `out` and says
 /// so; counts a heartbeat (and answers it with a new nonce); ignores
 /// anything else.
-fn answer(client: &SimClient, line: &[u8], out: &mut Vec<u8>) -> bool {
+fn answer(client: &SimClient, nonces: bool, line: &[u8], out: &mut Vec<u8>) -> bool {
     let Some(space) = line.iter().position(|&b| b == b' ') else {
         return false;
     };
@@ -442,7 +446,7 @@ fn answer(client: &SimClient, line: &[u8], out: &mut Vec<u8>) -> bool {
         client
             .heartbeat_bytes
             .fetch_add(line.len() as u64 + 1, Ordering::Relaxed);
-        if NONCES.load(Ordering::Relaxed) {
+        if nonces {
             push_nonce(client, out);
         }
         return false;

@@ -32,7 +32,6 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
          (it is looked for next to vigil-bench), or pass --server-bin PATH",
         bin.display()
     );
-    crate::fleet::NONCES.store(!cli.clock_heartbeats, std::sync::atomic::Ordering::Relaxed);
     let n = cli.clients.unwrap_or(if cli.quick { 1000 } else { 10_000 });
     anyhow::ensure!(n > 0, "--clients must be at least 1");
     let selected: Vec<Scenario> = if cli.scenario.is_empty() {
@@ -100,6 +99,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         server,
         api,
         quick: cli.quick,
+        nonces: !cli.clock_heartbeats,
         epoch,
     };
     let (fleet_ids, spare) = ids.split_at(n);
@@ -176,7 +176,7 @@ async fn fleet_scenarios(
     let rss_empty = procstat::rss_kib(pid)?;
 
     eprintln!("fleet: connecting {first} clients");
-    let mut small = Fleet::new(ctx.setup.addr(), ctx.epoch, 64);
+    let mut small = Fleet::new(ctx.setup.addr(), ctx.epoch, 64, ctx.nonces);
     small.add(&ids[..first]);
     small.wait_connected("fleet", connect_limit).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -190,7 +190,7 @@ async fn fleet_scenarios(
         fanout_met &= met;
         summaries.push(s);
     }
-    let mut rest = Fleet::new(ctx.setup.addr(), ctx.epoch, 64);
+    let mut rest = Fleet::new(ctx.setup.addr(), ctx.epoch, 64, ctx.nonces);
     let rss_before_rest = procstat::rss_kib(pid)?;
     if n > first {
         eprintln!("fleet: connecting {} more clients", n - first);

@@ -49,6 +49,8 @@ pub(crate) struct Ctx {
     pub(crate) server: ServerProcess,
     pub(crate) api: Api,
     pub(crate) quick: bool,
+    /// Simulated clients send nonces (`--clock-heartbeats` turns it off).
+    pub(crate) nonces: bool,
     pub(crate) epoch: Instant,
 }
 
@@ -512,7 +514,7 @@ pub(crate) async fn held(
     let hb = fleets.iter().map(|f| f.heartbeats()).sum::<u64>() - hb0;
     let hb_bytes = fleets.iter().map(|f| f.heartbeat_bytes()).sum::<u64>() - bytes0;
     let per_beat = hb_bytes as f64 / hb.max(1) as f64;
-    let nonces = crate::fleet::NONCES.load(std::sync::atomic::Ordering::Relaxed);
+    let nonces = fleets.iter().any(|f| f.sends_nonces());
     let connected: usize = fleets.iter().map(|f| f.connected()).sum();
     eprintln!(
         "  server CPU {:.2}% of one core, {hb} {} heartbeats received ({per_beat:.0} bytes each), {connected} still connected",

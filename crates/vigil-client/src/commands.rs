@@ -77,11 +77,6 @@ pub(crate) enum BeatCheck {
     Nonce(NonceVerifier),
 }
 
-/// A heartbeat taken as fresh: the clock offset it measured, if any.
-pub(crate) struct BeatTaken {
-    pub(crate) skew_ms: Option<i64>,
-}
-
 impl CommandSettings {
     /// Settings with the FailsafeAPI default timeout (15 s) and no break
     /// commands. The verifier should be set up with the supported types
@@ -239,20 +234,21 @@ pub(crate) fn check_commands(
         .collect()
 }
 
-/// Checks a heartbeat; why it was not taken.
+/// Checks a heartbeat: the clock offset a fresh one measured (nonce
+/// heartbeats only), or why it was not taken.
 pub(crate) fn check_heartbeat(
     check: &mut BeatCheck,
     body: &Map<String, Value>,
     now: Duration,
     wall: SystemTime,
-) -> Result<BeatTaken, String> {
+) -> Result<Option<i64>, String> {
     let refused = |e: HeartbeatRefusal| format!("{} ({})", e, e.code());
     match check {
         BeatCheck::Clock(verifier) => {
             let beat: SignedHeartbeat = serde_json::from_value(Value::Object(body.clone()))
                 .map_err(|e| format!("malformed heartbeat: {e}"))?;
             verifier.verify(&beat, wall).map_err(refused)?;
-            Ok(BeatTaken { skew_ms: None })
+            Ok(None)
         }
         BeatCheck::Nonce(verifier) => {
             if !body.contains_key("nonce") {
@@ -261,9 +257,7 @@ pub(crate) fn check_heartbeat(
             let beat: NonceHeartbeat = serde_json::from_value(Value::Object(body.clone()))
                 .map_err(|e| format!("malformed heartbeat: {e}"))?;
             let fresh = verifier.verify(&beat, now, wall).map_err(refused)?;
-            Ok(BeatTaken {
-                skew_ms: Some(fresh.skew_ms),
-            })
+            Ok(Some(fresh.skew_ms))
         }
     }
 }

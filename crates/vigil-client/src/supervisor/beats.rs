@@ -77,16 +77,16 @@ impl Client {
             return false;
         };
         match check_heartbeat(check, body, monotonic(), SystemTime::now()) {
-            Ok(taken) => {
+            Ok(skew) => {
                 if let Some(feed) = feed {
                     feed.feed();
                 }
-                let changed = taken.skew_ms.filter(|now| {
+                let changed = skew.filter(|now| {
                     state
                         .logged_skew_ms
                         .is_none_or(|before| (now - before).abs() > SKEW_LOG_STEP_MS)
                 });
-                state.skew_ms = taken.skew_ms.or(state.skew_ms);
+                state.skew_ms = skew.or(state.skew_ms);
                 if let Some(skew_ms) = changed {
                     state.logged_skew_ms = Some(skew_ms);
                     drop(state);

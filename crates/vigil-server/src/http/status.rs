@@ -61,6 +61,7 @@ pub(super) fn health(state: &State) -> Resp {
 
 pub(super) fn metrics(state: &State) -> Resp {
     let s = state.server.stats();
+    let sessions = state.server.sessions();
     let mut out = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
@@ -76,9 +77,8 @@ pub(super) fn metrics(state: &State) -> Resp {
         "vigil_connections",
         "gauge",
         "Clients connected now.",
-        &[("", state.server.sessions().len() as u64)],
+        &[("", sessions.len() as u64)],
     );
-    let sessions = state.server.sessions();
     metric(
         "vigil_clients_clock_skew_max_milliseconds",
         "gauge",

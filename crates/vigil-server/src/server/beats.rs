@@ -31,6 +31,22 @@ pub(crate) struct BeatSlot {
     pub(crate) skew_ms: Option<i64>,
 }
 
+/// Offsets a client may report, at most (±10 years): the client's word,
+/// shown to operators, so that one client cannot make the fleet-wide
+/// gauge meaningless.
+const MAX_SKEW_MS: i64 = 10 * 366 * 24 * 3600 * 1000;
+
+impl BeatSlot {
+    /// Takes a client's `hb:nonce`: the nonce the next beats cover, and the
+    /// offset it said, if any (bounded).
+    pub(crate) fn record(&mut self, nonce: Nonce, skew_ms: Option<i64>) {
+        self.nonce = Some(nonce);
+        if let Some(s) = skew_ms {
+            self.skew_ms = Some(s.clamp(-MAX_SKEW_MS, MAX_SKEW_MS));
+        }
+    }
+}
+
 /// A session's [`BeatSlot`], shared by the session and the heartbeat task.
 pub(crate) type SharedBeat = Arc<Mutex<BeatSlot>>;
 

@@ -563,14 +563,15 @@ async fn shutdown_now_from_the_operator_key_runs_break_commands_then_stops_the_c
     drop(running.client);
 }
 
-/// A TCP proxy that can be told to stop forwarding without closing
-/// anything: a silent partition.
-async fn freezable_proxy(
-    upstream: std::net::SocketAddr,
-) -> (std::net::SocketAddr, Arc<tokio::sync::watch::Sender<bool>>) {
+/// A TCP proxy to `upstream` on a free loopback port: each direction of
+/// each connection is copied by `pump(from, to)`.
+async fn proxy<F, Fut>(upstream: std::net::SocketAddr, pump: F) -> std::net::SocketAddr
+where
+    F: Fn(tokio::net::tcp::OwnedReadHalf, tokio::net::tcp::OwnedWriteHalf) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let (frozen_tx, frozen_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         while let Ok((down, _)) = listener.accept().await {
             let Ok(up) = TcpStream::connect(upstream).await else {
@@ -578,10 +579,20 @@ async fn freezable_proxy(
             };
             let (dr, dw) = down.into_split();
             let (ur, uw) = up.into_split();
-            tokio::spawn(pump(dr, uw, frozen_rx.clone()));
-            tokio::spawn(pump(ur, dw, frozen_rx.clone()));
+            tokio::spawn(pump(dr, uw));
+            tokio::spawn(pump(ur, dw));
         }
     });
+    addr
+}
+
+/// A TCP proxy that can be told to stop forwarding without closing
+/// anything: a silent partition.
+async fn freezable_proxy(
+    upstream: std::net::SocketAddr,
+) -> (std::net::SocketAddr, Arc<tokio::sync::watch::Sender<bool>>) {
+    let (frozen_tx, frozen_rx) = tokio::sync::watch::channel(false);
+    let addr = proxy(upstream, move |from, to| pump(from, to, frozen_rx.clone())).await;
     (addr, Arc::new(frozen_tx))
 }
 
@@ -638,20 +649,11 @@ async fn delaying_proxy(
     std::net::SocketAddr,
     Arc<tokio::sync::watch::Sender<Duration>>,
 ) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
     let (delay_tx, delay_rx) = tokio::sync::watch::channel(Duration::ZERO);
-    tokio::spawn(async move {
-        while let Ok((down, _)) = listener.accept().await {
-            let Ok(up) = TcpStream::connect(upstream).await else {
-                continue;
-            };
-            let (dr, dw) = down.into_split();
-            let (ur, uw) = up.into_split();
-            tokio::spawn(delayed_pump(dr, uw, delay_rx.clone()));
-            tokio::spawn(delayed_pump(ur, dw, delay_rx.clone()));
-        }
-    });
+    let addr = proxy(upstream, move |from, to| {
+        delayed_pump(from, to, delay_rx.clone())
+    })
+    .await;
     (addr, Arc::new(delay_tx))
 }
 

@@ -101,18 +101,7 @@ where
             ClientRequest::Hello(hello) => self.hello(hello, reference),
             ClientRequest::Ack(ack) => self.acknowledged(ack, reference),
             ClientRequest::Nonce(body) => match vigil_command::decode_nonce(&body.nonce) {
-                Some(nonce) => {
-                    let mut beat = super::lock_beat(&self.beat);
-                    beat.nonce = Some(nonce);
-                    // The client's word, shown to operators: bounded to
-                    // ±10 years so that one client cannot make the
-                    // fleet-wide gauge meaningless.
-                    const MAX_SKEW_MS: i64 = 10 * 366 * 24 * 3600 * 1000;
-                    beat.skew_ms = body
-                        .skew_ms
-                        .map(|s| s.clamp(-MAX_SKEW_MS, MAX_SKEW_MS))
-                        .or(beat.skew_ms);
-                }
+                Some(nonce) => super::lock_beat(&self.beat).record(nonce, body.skew_ms),
                 None => {
                     self.shared.stats.bad_frames.inc();
                     self.error_reply(
