@@ -113,6 +113,7 @@ fn allowed_internal_deps() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("vigil-failsafe", &[][..]),
         ("vigil-audit", &[][..]),
         ("vigil-log", &[][..]),
+        ("vigil-ws", &[][..]),
         // Test helpers (`support/`): generic, they know the binaries only
         // by name and log line.
         ("vigil-test-support", &[][..]),
@@ -125,6 +126,7 @@ fn allowed_internal_deps() -> BTreeMap<&'static str, &'static [&'static str]> {
                 "vigil-modules",
                 "vigil-failsafe",
                 "vigil-audit",
+                "vigil-ws",
             ][..],
         ),
         (
@@ -136,6 +138,7 @@ fn allowed_internal_deps() -> BTreeMap<&'static str, &'static [&'static str]> {
                 "vigil-modules",
                 "vigil-failsafe",
                 "vigil-audit",
+                "vigil-ws",
             ][..],
         ),
     ])

@@ -23,6 +23,13 @@ or the reason it was refused. Its failsafe runs the [[break_commands]] when
 no verified heartbeat or command arrives for --failsafe-timeout seconds.
 An authorized SHUTDOWN_NOW runs the break commands, then exits 0.
 
+WebSocket: --server wss://HOST:PORT/vigil speaks the same frames as WebSocket
+text messages, inside the same pinned mutual TLS, for networks that pass only
+HTTPS. It goes through an HTTP CONNECT proxy given by --proxy, or else by
+HTTPS_PROXY (unless NO_PROXY names the host); credentials go in the proxy
+address, http://user:password@proxy:3128. The proxy sees where the tunnel goes,
+never what is in it.
+
 Logging: VIGIL_LOG (or RUST_LOG) sets the filter, e.g. VIGIL_LOG=debug.
 
 Exit status: 0 on success, after SIGINT/SIGTERM or SHUTDOWN_NOW, 1 if a one-shot command
@@ -36,9 +43,20 @@ pub(crate) struct Cli {
     /// TOML configuration file.
     #[arg(long, env = "VIGIL_CONFIG", value_name = "FILE", global = true)]
     pub(crate) config: Option<PathBuf>,
-    /// Server address [default: 127.0.0.1:8443].
-    #[arg(long, env = "VIGIL_SERVER", value_name = "HOST:PORT", global = true)]
+    /// Server address: HOST:PORT of its main port, or wss://HOST:PORT/vigil
+    /// for its WebSocket transport [default: 127.0.0.1:8443].
+    #[arg(
+        long,
+        env = "VIGIL_SERVER",
+        value_name = "HOST:PORT|wss://HOST:PORT/vigil",
+        global = true
+    )]
     pub(crate) server: Option<String>,
+    /// HTTP CONNECT proxy for a wss:// server, http://[USER:PASSWORD@]HOST:PORT
+    /// [default: HTTPS_PROXY, unless NO_PROXY names the server; none for a
+    /// HOST:PORT server]. "none" goes straight even if HTTPS_PROXY is set.
+    #[arg(long, env = "VIGIL_PROXY", value_name = "URL", global = true)]
+    pub(crate) proxy: Option<String>,
     /// Client certificate, PEM [default: client.crt].
     #[arg(long, env = "VIGIL_CERT", value_name = "FILE", global = true)]
     pub(crate) cert: Option<PathBuf>,

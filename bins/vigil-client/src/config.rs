@@ -18,6 +18,7 @@ use crate::cli::Cli;
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     server: Option<String>,
+    proxy: Option<String>,
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     server_fingerprint: Option<String>,
@@ -62,12 +63,39 @@ pub(crate) fn resolve(cli: &Cli) -> anyhow::Result<ClientConfig> {
         .clone()
         .or(file.server)
         .unwrap_or_else(|| "127.0.0.1:8443".into());
-    anyhow::ensure!(
-        server
-            .rsplit_once(':')
-            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()),
-        "server address {server:?} is not HOST:PORT"
-    );
+    let websocket = if vigil_ws::WsUrl::is_websocket(&server) {
+        Some(server.parse::<vigil_ws::WsUrl>()?)
+    } else {
+        anyhow::ensure!(
+            server
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()),
+            "server address {server:?} is neither HOST:PORT nor wss://HOST:PORT/vigil"
+        );
+        None
+    };
+    let proxy = match cli.proxy.clone().or(file.proxy) {
+        Some(p) if p.trim().eq_ignore_ascii_case("none") => None,
+        Some(p) => {
+            anyhow::ensure!(
+                websocket.is_some(),
+                "a proxy is for a wss:// server; {server:?} is the main port, reached straight"
+            );
+            Some(p.parse::<vigil_ws::Proxy>()?)
+        }
+        None => match &websocket {
+            Some(url) => {
+                let var = |names: [&str; 2]| names.iter().find_map(|n| std::env::var(n).ok());
+                vigil_ws::Proxy::for_host(
+                    var(["HTTPS_PROXY", "https_proxy"]).as_deref(),
+                    var(["NO_PROXY", "no_proxy"]).as_deref(),
+                    url.host(),
+                )
+                .context("the proxy in HTTPS_PROXY")?
+            }
+            None => None,
+        },
+    };
     let cert = cli
         .cert
         .clone()
@@ -89,6 +117,7 @@ pub(crate) fn resolve(cli: &Cli) -> anyhow::Result<ClientConfig> {
     let pin: Fingerprint = pin.parse().context("bad server fingerprint")?;
     let identity = Identity::load(&cert, &key).context("cannot load the client identity")?;
     let mut config = ClientConfig::new(server, identity, pin);
+    config.proxy = proxy;
     if let Some(s) = cli.ping_interval.or(file.ping_interval) {
         config.ping_interval = seconds("ping_interval", s)?;
     }

@@ -42,6 +42,7 @@ async fn wait_for_signal() {
 async fn run(config: ClientConfig) -> anyhow::Result<()> {
     tracing::info!(
         server = %config.server,
+        proxy = config.proxy.as_ref().map(tracing::field::display),
         pin = %config.server_fingerprint,
         client = %config.identity.fingerprint(),
         "vigil client starting"

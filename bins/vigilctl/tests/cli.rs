@@ -152,14 +152,7 @@ fn init_then_server_and_client_binaries_work_together() {
 
     // A module deployed into the init directory's mods/ runs through
     // `vigil-client exec`, after the client verified its bytes.
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let so = vigil_modules::dev::cargo_build_module(
-        &root.join("mods/hello/Cargo.toml"),
-        &Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-hello"),
-        &[],
-        false,
-    )
-    .expect("hello builds");
+    let so = common::hello_so();
     vigil_modules::dev::deploy(&so, &dir.path().join("mods"), "hello.so").expect("deploy");
     let client_toml = dir.path().join("client.toml");
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -16,33 +16,7 @@ use vigil_test_support::process::{Proc, Signal};
 /// The `faketime` program: found, or installed, or the test fails saying
 /// what to install. It never skips.
 fn faketime() -> PathBuf {
-    let found = || {
-        std::env::var_os("PATH").and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|p| p.join("faketime"))
-                .find(|p| p.is_file())
-        })
-    };
-    if let Some(path) = found() {
-        return path;
-    }
-    let root = run(Command::new("id").arg("-u")).stdout == b"0\n";
-    assert!(
-        root,
-        "this test needs `faketime`: install Debian's faketime package (apt-get install faketime)"
-    );
-    eprintln!(
-        "faketime is missing: installing Debian's faketime package (apt-get install -y faketime)"
-    );
-    let out = run(Command::new("apt-get")
-        .args(["install", "-y", "faketime"])
-        .env("DEBIAN_FRONTEND", "noninteractive"));
-    assert!(
-        out.status.success(),
-        "apt-get install -y faketime failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    found().expect("faketime installed")
+    common::debian_program("faketime", "faketime")
 }
 
 /// An init directory whose client fires after 2 s of silence and leaves a

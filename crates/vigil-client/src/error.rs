@@ -17,6 +17,15 @@ pub enum ClientError {
         /// The OS error.
         source: Arc<std::io::Error>,
     },
+    /// The server's address is neither `HOST:PORT` nor `wss://...`.
+    #[error("{0}")]
+    Address(String),
+    /// The HTTP proxy could not be used, or refused the tunnel.
+    #[error(transparent)]
+    Proxy(Arc<vigil_ws::ProxyError>),
+    /// The WebSocket upgrade was refused or broke off.
+    #[error(transparent)]
+    WebSocket(Arc<vigil_ws::UpgradeError>),
     /// The server refused this client's certificate (a TLS alert on the
     /// first read after the handshake).
     #[error(
@@ -92,6 +101,16 @@ pub enum ClientError {
 impl From<vigil_auth::AuthError> for ClientError {
     fn from(e: vigil_auth::AuthError) -> Self {
         ClientError::Auth(Arc::new(e))
+    }
+}
+
+impl From<vigil_ws::UpgradeError> for ClientError {
+    fn from(e: vigil_ws::UpgradeError) -> Self {
+        // A refused certificate shows as the upgrade's first read failing.
+        match e.into_io() {
+            Ok(io) => ClientError::from_io(io),
+            Err(e) => ClientError::WebSocket(Arc::new(e)),
+        }
     }
 }
 

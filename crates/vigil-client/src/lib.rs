@@ -96,8 +96,14 @@ pub const DEFAULT_LIVENESS_TIMEOUT: Duration = Duration::from_secs(75);
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ClientConfig {
-    /// `HOST:PORT` of the server.
+    /// The server: `HOST:PORT` of its main port, or `wss://HOST:PORT/vigil`
+    /// for its WebSocket transport (the same frames and the same pinned
+    /// mutual TLS, through HTTP proxies).
     pub server: String,
+    /// An HTTP `CONNECT` proxy to reach the server through (`None`:
+    /// straight). The pinned TLS runs inside the tunnel, end to end. Not
+    /// read from the environment here: the binary takes `HTTPS_PROXY`.
+    pub proxy: Option<vigil_ws::Proxy>,
     /// This client's certificate and key.
     pub identity: Identity,
     /// The fingerprint the server's key must have.
@@ -141,6 +147,7 @@ impl ClientConfig {
     ) -> Self {
         ClientConfig {
             server: server.into(),
+            proxy: None,
             identity,
             server_fingerprint,
             limits: Limits::default(),

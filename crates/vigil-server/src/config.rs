@@ -54,6 +54,10 @@ pub const DEFAULT_MAX_EXECS_PER_SESSION: usize = 32;
 pub struct ServerConfig {
     /// Address to listen on for mTLS clients.
     pub listen: SocketAddr,
+    /// Address of the WebSocket transport, if it is served: the same
+    /// pinned mutual TLS, then an upgrade on `/vigil` (see
+    /// [`vigil_ws`]). Its sessions are the same as the main port's.
+    pub wss_listen: Option<SocketAddr>,
     /// The server's certificate and key.
     pub identity: Identity,
     /// Trusted client fingerprints; changes take effect at once.
@@ -149,6 +153,7 @@ impl ServerConfig {
         let agent_id = identity.fingerprint().to_hex();
         ServerConfig {
             listen,
+            wss_listen: None,
             identity,
             trust,
             limits: Limits::default(),

@@ -61,8 +61,8 @@ pub use http::{
     DEFAULT_MAX_HTTP_CONNECTIONS, DEFAULT_READ_TIMEOUT, HttpConfig, HttpServer, MAX_WAIT,
 };
 pub use record::{CommandRecord, TargetState};
-pub use server::SessionInfo;
 pub use server::{Counter, Relay, Server, ServerHandle, ServerStats};
+pub use server::{SessionInfo, Transport};
 
 /// Why the server could not start or run.
 #[derive(Debug, thiserror::Error)]

@@ -146,6 +146,7 @@ mod tests {
                 place: None,
                 clock_skew_ms: None,
                 nonce_heartbeats: false,
+                transport: crate::server::Transport::Tls,
             },
             out: Arc::new(Outbound::new(1024)),
             place: Arc::new(place),

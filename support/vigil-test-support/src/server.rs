@@ -21,6 +21,8 @@ pub enum Listener {
     Tls,
     /// The REST API: `REST API listening`.
     Rest,
+    /// The WebSocket transport: `vigil WebSocket listening`.
+    WebSocket,
 }
 
 impl Listener {
@@ -29,6 +31,7 @@ impl Listener {
         match self {
             Listener::Tls => "vigil server listening",
             Listener::Rest => "REST API listening",
+            Listener::WebSocket => "vigil WebSocket listening",
         }
     }
 }
@@ -62,8 +65,9 @@ pub fn bound_blocking(server: &Proc, listener: Listener, within: Duration) -> So
 }
 
 /// Points the client config at `path` (as `vigilctl init` writes it) at
-/// `server`: its `server = "..."` line says that address.
-pub fn point_client_config(path: &Path, server: SocketAddr) {
+/// `server` (an address, or a `wss://` URL): its `server = "..."` line
+/// says that.
+pub fn point_client_config(path: &Path, server: impl std::fmt::Display) {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let mut found = false;
     let mut out: String = text
@@ -112,7 +116,7 @@ mod tests {
             "# comment\nserver = \"127.0.0.1:0\"\ncert = \"client.crt\"\n",
         )
         .expect("write");
-        point_client_config(&path, ([127, 0, 0, 1], 4321).into());
+        point_client_config(&path, SocketAddr::from(([127, 0, 0, 1], 4321)));
         assert_eq!(
             std::fs::read_to_string(&path).expect("read"),
             "# comment\nserver = \"127.0.0.1:4321\"\ncert = \"client.crt\"\n"

@@ -17,12 +17,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt as _};
-use rustls::pki_types::ServerName;
 use serde_json::{Map, Value};
 use sha2::{Digest as _, Sha256};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_rustls::TlsConnector;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 use vigil_auth::Fingerprint;
@@ -141,41 +138,12 @@ impl Drop for Connection {
     }
 }
 
-fn server_name(host: &str) -> ServerName<'static> {
-    ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
-        .unwrap_or_else(|_| ServerName::try_from("vigil").expect("static name is valid"))
-}
-
 impl Connection {
     /// Connects, completes the TLS handshake with the pinned server, and
     /// checks that the server admitted this client.
     pub async fn connect(config: &ClientConfig) -> Result<Connection, ClientError> {
         let tls = vigil_auth::client_config(&config.identity, config.server_fingerprint)?;
-        let host = config
-            .server
-            .rsplit_once(':')
-            .map(|(h, _)| h)
-            .unwrap_or(&config.server);
-        let tcp = tokio::time::timeout(config.connect_timeout, TcpStream::connect(&config.server))
-            .await
-            .map_err(|_| ClientError::Timeout("TCP connect"))?
-            .map_err(|source| ClientError::Connect {
-                server: config.server.clone(),
-                source: Arc::new(source),
-            })?;
-        let _ = tcp.set_nodelay(true);
-        let peer = tcp.peer_addr().map_err(|source| ClientError::Connect {
-            server: config.server.clone(),
-            source: Arc::new(source),
-        })?;
-        let connector = TlsConnector::from(tls);
-        let stream = tokio::time::timeout(
-            config.connect_timeout,
-            connector.connect(server_name(host), tcp),
-        )
-        .await
-        .map_err(|_| ClientError::Timeout("TLS handshake"))?
-        .map_err(ClientError::from_io)?;
+        let (stream, peer) = dial::dial(config, tls).await?;
 
         let (reader, writer) = tokio::io::split(stream);
         let (closed, _) = watch::channel(None);
@@ -501,6 +469,7 @@ async fn check_manifest(
     Ok(())
 }
 
+mod dial;
 mod io;
 
 use io::{read_loop, write_loop};

@@ -104,6 +104,7 @@ pub(super) fn build(s: Settings) -> Result<Deployment, DeploymentError> {
         .map_err(|e| DeploymentError::context("cannot watch the module directory", e))?;
 
     let mut config = ServerConfig::new(listen, identity, trust);
+    config.wss_listen = s.wss_port.map(|port| SocketAddr::new(listen.ip(), port));
     config.modules = Some(registry);
     if let Some(path) = s.authority_key {
         let id = s

@@ -191,6 +191,11 @@ impl Running {
         self.server.local_addr()
     }
 
+    /// The WebSocket transport's address, if it is served.
+    pub fn wss_addr(&self) -> Option<SocketAddr> {
+        self.server.wss_addr()
+    }
+
     /// The REST API's address, if it is served.
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.api.as_ref().and_then(HttpServer::local_addr)

@@ -26,6 +26,14 @@ pub struct Settings {
     /// Port to listen on [default: 8443].
     #[cfg_attr(feature = "cli", arg(long, env = "VIGIL_PORT"))]
     pub port: Option<u16>,
+    /// Port of the WebSocket transport, on the same interface: clients
+    /// connect to wss://HOST:PORT/vigil, through HTTP proxies if need be,
+    /// with the same pinned mutual TLS [default: none, not served].
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "VIGIL_WSS_PORT", value_name = "PORT")
+    )]
+    pub wss_port: Option<u16>,
     /// Server certificate, PEM [default: server.crt].
     #[cfg_attr(feature = "cli", arg(long, env = "VIGIL_CERT", value_name = "FILE"))]
     pub cert: Option<PathBuf>,
@@ -351,7 +359,7 @@ impl Settings {
     pub fn or(self, lower: Settings) -> Settings {
         let upper = self;
         layer!(upper, lower:
-            interface, port, cert, key, trusted_keys, mods, module_keys, module_host,
+            interface, port, wss_port, cert, key, trusted_keys, mods, module_keys, module_host,
             module_memory_mib, sandbox, exec_timeout,
             authority_key, authority_id, heartbeat_interval, http_interface,
             http_port, data_dir, api_token, authorities, agent_id,

@@ -139,6 +139,7 @@ fn clients(state: &State) -> Resp {
                 "peer": s.peer.to_string(),
                 "connected_at": vigil_command::Timestamp::from_system_time(s.connected_at).map(|t| t.isoformat()).unwrap_or_default(),
                 "heartbeat": if s.nonce_heartbeats { "nonce" } else { "clock" },
+                "transport": s.transport.as_str(),
                 "clock_skew_ms": s.clock_skew_ms,
             })
         })

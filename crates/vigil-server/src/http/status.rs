@@ -103,6 +103,43 @@ pub(super) fn metrics(state: &State) -> Resp {
         )],
     );
     metric(
+        "vigil_clients_websocket",
+        "gauge",
+        "Connected clients whose session came over the WebSocket transport.",
+        &[(
+            "",
+            sessions
+                .iter()
+                .filter(|c| c.transport == crate::Transport::WebSocket)
+                .count() as u64,
+        )],
+    );
+    {
+        use vigil_ws::Violation;
+        let v = &s.websocket_violations;
+        metric(
+            "vigil_websocket_sessions_total",
+            "counter",
+            "WebSocket upgrades by result: accepted (a session), or refused for another path (404), no vigil.v1 subprotocol (400), or not an upgrade.",
+            &[
+                ("result=\"accepted\"", s.websocket_sessions.get()),
+                ("result=\"wrong_path\"", s.websocket_wrong_path.get()),
+                ("result=\"subprotocol\"", s.websocket_subprotocol.get()),
+                ("result=\"bad_upgrade\"", s.websocket_bad_upgrade.get()),
+            ],
+        );
+        metric(
+            "vigil_websocket_closed_total",
+            "counter",
+            "WebSocket sessions closed for what is not a frame: a binary message (1003), one past the size limit (1009), a newline or bad UTF-8 in a message (1007).",
+            &[
+                ("violation=\"binary\"", v.count(Violation::Binary)),
+                ("violation=\"too_large\"", v.count(Violation::TooLarge)),
+                ("violation=\"bad_text\"", v.count(Violation::BadText)),
+            ],
+        );
+    }
+    metric(
         "vigil_connections_accepted_total",
         "counter",
         "TCP connections accepted.",

@@ -3,9 +3,32 @@
 
 use super::*;
 
+/// The transports a session can come over; the session is the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Transport {
+    /// Frames as lines on the main port's TLS stream.
+    Tls,
+    /// Frames as WebSocket text messages, in the same pinned TLS, on the
+    /// WebSocket port (`wss://HOST:PORT/vigil`).
+    WebSocket,
+}
+
+impl Transport {
+    /// Its name in the REST API and the metrics: `tls` or `wss`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Tls => "tls",
+            Transport::WebSocket => "wss",
+        }
+    }
+}
+
 /// A bound vigil server; [`Server::run`] serves until shutdown.
 pub struct Server {
     listener: TcpListener,
+    /// The WebSocket transport's listener, if it is served.
+    wss: Option<TcpListener>,
     acceptor: TlsAcceptor,
     pub(super) shared: Arc<Shared>,
 }
@@ -36,12 +59,23 @@ impl Server {
         if let Ok(addr) = listener.local_addr() {
             config.listen = addr;
         }
+        let wss = match config.wss_listen {
+            Some(addr) => {
+                let wss = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServerError::Bind { addr, source })?;
+                config.wss_listen = wss.local_addr().ok().or(Some(addr));
+                Some(wss)
+            }
+            None => None,
+        };
         let config_audit = config
             .audit
             .clone()
             .map(|log| Arc::new(crate::audit::Audit::new(log)));
         Ok(Server {
             listener,
+            wss,
             acceptor: TlsAcceptor::from(tls),
             shared: Arc::new(Shared {
                 config,
@@ -65,6 +99,11 @@ impl Server {
         self.shared.config.listen
     }
 
+    /// The address of the WebSocket transport, if it is served.
+    pub fn wss_addr(&self) -> Option<SocketAddr> {
+        self.shared.config.wss_listen
+    }
+
     /// The server's fingerprint, for clients to pin.
     pub fn fingerprint(&self) -> vigil_auth::Fingerprint {
         self.shared.config.identity.fingerprint()
@@ -82,6 +121,7 @@ impl Server {
     pub async fn run(self) -> Result<(), ServerError> {
         let Server {
             listener,
+            wss,
             acceptor,
             shared,
         } = self;
@@ -110,13 +150,25 @@ impl Server {
             trusted = shared.config.trust.snapshot().len(),
             "vigil server listening"
         );
+        if let Some(addr) = shared.config.wss_listen {
+            tracing::info!(
+                listen = %addr,
+                path = vigil_ws::PATH,
+                subprotocol = vigil_ws::SUBPROTOCOL,
+                "vigil WebSocket listening"
+            );
+        }
         let mut last_limit_log: Option<Instant> = None;
         let mut last_shed_log: Option<Instant> = None;
         loop {
-            let (tcp, peer) = tokio::select! {
+            let (accepted, transport) = tokio::select! {
                 biased;
                 () = shared.shutdown.cancelled() => break,
-                accepted = listener.accept() => match accepted {
+                accepted = listener.accept() => (accepted, Transport::Tls),
+                accepted = accept_on(wss.as_ref()) => (accepted, Transport::WebSocket),
+            };
+            let (tcp, peer) = {
+                match accepted {
                     Ok(pair) => pair,
                     Err(e) => {
                         // Out of file descriptors, say: back off instead of spinning.
@@ -124,7 +176,7 @@ impl Server {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
-                },
+                }
             };
             shared.stats.accepted.inc();
             let Ok(admitted) = slots.admit(peer.ip()) else {
@@ -160,10 +212,12 @@ impl Server {
                 acceptor.clone(),
                 tcp,
                 peer,
+                transport,
                 admitted.ticket,
             ));
         }
         drop(listener);
+        drop(wss);
         tracing::info!(
             sessions = shared.sessions().len(),
             "shutting down: closing sessions"
@@ -184,11 +238,20 @@ impl Server {
     }
 }
 
+/// Accepts on `listener`, or waits forever if there is none.
+async fn accept_on(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn connection(
     shared: Arc<Shared>,
     acceptor: TlsAcceptor,
     tcp: TcpStream,
     peer: SocketAddr,
+    transport: Transport,
     ticket: crate::admission::Ticket,
 ) {
     // Boxed: the handshake's state (a whole TLS connection) is freed when
@@ -266,6 +329,49 @@ async fn connection(
         }
         return;
     }
+    // Over the WebSocket transport, the upgrade is part of the handshake:
+    // the connection may still be shed, and has the same deadline.
+    let upgraded = match transport {
+        Transport::Tls => Ok(tls),
+        Transport::WebSocket => {
+            let upgrade = tokio::time::timeout(
+                shared.config.handshake_timeout,
+                vigil_ws::accept(tls, shared.config.limits.client_to_server),
+            );
+            let result = tokio::select! {
+                () = shared.shutdown.cancelled() => return,
+                () = ticket.evicted() => {
+                    shared.stats.handshakes_failed.inc();
+                    tracing::debug!(%peer, "WebSocket upgrade shed to make room");
+                    return;
+                }
+                result = upgrade => result,
+            };
+            match result {
+                Ok(Ok(ws)) => Err(ws.with_violations(shared.stats.websocket_violations.clone())),
+                Ok(Err(refused)) => {
+                    upgrade_refused(
+                        &shared,
+                        peer,
+                        fingerprint,
+                        &refused.to_string(),
+                        refused.reason(),
+                    );
+                    return;
+                }
+                Err(_) => {
+                    upgrade_refused(
+                        &shared,
+                        peer,
+                        fingerprint,
+                        "the upgrade timed out",
+                        "bad_upgrade",
+                    );
+                    return;
+                }
+            }
+        }
+    };
     // A session is never shed.
     ticket.working();
     shared.stats.handshakes_ok.inc();
@@ -281,7 +387,46 @@ async fn connection(
         place: None,
         clock_skew_ms: None,
         nonce_heartbeats: false,
+        transport,
     };
-    session::run(shared, tls, info).await;
+    match upgraded {
+        Ok(tls) => session::run(shared, tls, info).await,
+        Err(ws) => {
+            shared.stats.websocket_sessions.inc();
+            session::run(shared, ws, info).await
+        }
+    }
     drop(ticket);
+}
+
+/// Counts, logs and audits an upgrade refused to a client whose key is
+/// trusted (it is misconfigured, or not a vigil client).
+fn upgrade_refused(
+    shared: &Shared,
+    peer: SocketAddr,
+    fingerprint: Fingerprint,
+    error: &str,
+    reason: &'static str,
+) {
+    shared.stats.handshakes_failed.inc();
+    match reason {
+        "wrong_path" => shared.stats.websocket_wrong_path.inc(),
+        "subprotocol" => shared.stats.websocket_subprotocol.inc(),
+        _ => shared.stats.websocket_bad_upgrade.inc(),
+    }
+    let error = error.to_owned();
+    let logged = error.clone();
+    let details = move || {
+        let mut map = serde_json::Map::new();
+        map.insert("peer".into(), Value::String(peer.to_string()));
+        map.insert("fingerprint".into(), Value::String(fingerprint.to_hex()));
+        map.insert("reason".into(), Value::String(reason.into()));
+        crate::refusals::clip(&mut map, "error", &error, 256);
+        Value::Object(map)
+    };
+    if shared.refused(peer.ip(), "handshake", "websocket.refused", details) {
+        tracing::warn!(%peer, client = %fingerprint, reason, error = %logged, "WebSocket upgrade refused");
+    } else {
+        tracing::debug!(%peer, client = %fingerprint, reason, error = %logged, "WebSocket upgrade refused");
+    }
 }

@@ -37,7 +37,7 @@ mod tasks;
 #[cfg(test)]
 mod tests;
 
-pub use accept::Server;
+pub use accept::{Server, Transport};
 
 use beats::heartbeats;
 pub use commands::Relay;

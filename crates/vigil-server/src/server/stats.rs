@@ -72,6 +72,18 @@ pub struct ServerStats {
     /// Refused emergency shutdown attempts (malformed, forged, stale,
     /// replayed...).
     pub refused_emergency: Counter,
+    /// Sessions that came over the WebSocket transport (upgrades accepted).
+    pub websocket_sessions: Counter,
+    /// WebSocket upgrades refused: another path than `/vigil` (404).
+    pub websocket_wrong_path: Counter,
+    /// WebSocket upgrades refused: the `vigil.v1` subprotocol not offered (400).
+    pub websocket_subprotocol: Counter,
+    /// WebSocket upgrades that were not one (not HTTP, not an upgrade, cut
+    /// short or too slow).
+    pub websocket_bad_upgrade: Counter,
+    /// WebSocket sessions closed for what the frame grammar cannot carry
+    /// (binary, oversized, a newline in a message), by kind.
+    pub websocket_violations: std::sync::Arc<vigil_ws::Violations>,
     /// Refusals recorded one by one (the rest are only counted, in
     /// `refusals.summary` records).
     pub refusals_recorded: Counter,

@@ -34,6 +34,7 @@ async fn server_with_sessions(n: u64, heartbeats: bool) -> (Server, Vec<SharedOu
                 place: None,
                 clock_skew_ms: None,
                 nonce_heartbeats: false,
+                transport: crate::server::Transport::Tls,
             },
             out: out.clone(),
             place: Arc::new(OnceLock::new()),

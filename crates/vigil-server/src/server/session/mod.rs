@@ -79,6 +79,8 @@ pub struct SessionInfo {
     /// Whether the client sends nonces (its heartbeats are
     /// `vigil-heartbeat-v2`, fresh without a shared clock).
     pub nonce_heartbeats: bool,
+    /// Which listener the client came in by.
+    pub transport: super::Transport,
 }
 
 /// The registry's handle on a live session.
