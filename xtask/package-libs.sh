@@ -36,6 +36,7 @@ order=(
     vigil-modules
     vigil-failsafe
     vigil-log
+    vigil-ws
     vigil-audit
     vigil-client
     vigil-server

@@ -122,6 +122,11 @@ pub(crate) struct Cli {
     /// client).
     #[arg(long)]
     pub(crate) clock_heartbeats: bool,
+    /// The fleet (held, fanout, slow-consumer, reconnect-storm) connects
+    /// over the WebSocket transport (`wss://`, the same pinned TLS) instead
+    /// of the main port.
+    #[arg(long)]
+    pub(crate) wss: bool,
     /// Simulated clients [default: 10000, with --quick 1000].
     #[arg(long, value_name = "N")]
     pub(crate) clients: Option<usize>,

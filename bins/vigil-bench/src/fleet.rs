@@ -187,6 +187,9 @@ struct FleetShared {
     /// Clients send nonces (`hb:nonce`, as `vigil-client` does by
     /// default), so that the server sends them nonce heartbeats.
     nonces: bool,
+    /// Clients speak WebSocket inside the TLS (`server` is the WebSocket
+    /// port).
+    wss: bool,
 }
 
 /// Many simulated clients.
@@ -198,11 +201,18 @@ pub(crate) struct Fleet {
 }
 
 impl Fleet {
-    pub(crate) fn new(server: SocketAddr, epoch: Instant, ramp: usize, nonces: bool) -> Fleet {
+    pub(crate) fn new(
+        server: SocketAddr,
+        epoch: Instant,
+        ramp: usize,
+        nonces: bool,
+        wss: bool,
+    ) -> Fleet {
         Fleet {
             shared: Arc::new(FleetShared {
                 epoch,
                 server,
+                wss,
                 stop: CancellationToken::new(),
                 ramp: Semaphore::new(ramp.max(1)),
                 nonces,
@@ -340,14 +350,39 @@ async fn session(
     shared: &FleetShared,
     ramp: Option<tokio::sync::SemaphorePermit<'_>>,
 ) -> bool {
+    let connect = connect_tls(
+        client.identity.config.clone(),
+        source_address(client.index),
+        shared.server,
+        None,
+    );
+    let stream = match tokio::time::timeout(SETUP_TIMEOUT, connect).await {
+        Ok(Ok(stream)) => stream,
+        _ => return false,
+    };
+    if shared.wss {
+        let url: vigil_ws::WsUrl = match format!("wss://{}/vigil", shared.server).parse() {
+            Ok(url) => url,
+            Err(_) => return false,
+        };
+        let upgrade = vigil_ws::connect(stream, &url, Limits::default().server_to_client);
+        match tokio::time::timeout(SETUP_TIMEOUT, upgrade).await {
+            Ok(Ok(ws)) => attached(client, shared, ramp, ws).await,
+            _ => false,
+        }
+    } else {
+        attached(client, shared, ramp, stream).await
+    }
+}
+
+/// The rest of a session on a connected stream: admission, sync, serving.
+async fn attached<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &SimClient,
+    shared: &FleetShared,
+    ramp: Option<tokio::sync::SemaphorePermit<'_>>,
+    stream: S,
+) -> bool {
     let setup = async {
-        let stream = connect_tls(
-            client.identity.config.clone(),
-            source_address(client.index),
-            shared.server,
-            None,
-        )
-        .await?;
         let mut conn = Conn::new(stream);
         conn.admit().await?;
         conn.sync().await?;

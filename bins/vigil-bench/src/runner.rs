@@ -75,6 +75,10 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         n + 1024,
         cli.server_log.clone(),
     )?;
+    let mut setup = setup;
+    if cli.wss {
+        setup.wss_port = Some(crate::setup::free_port()?);
+    }
     if wants(Scenario::OneConnection) {
         eprintln!("setup: building mods/hello (release)");
         let mods = setup.mods();
@@ -176,7 +180,7 @@ async fn fleet_scenarios(
     let rss_empty = procstat::rss_kib(pid)?;
 
     eprintln!("fleet: connecting {first} clients");
-    let mut small = Fleet::new(ctx.setup.addr(), ctx.epoch, 64, ctx.nonces);
+    let mut small = new_fleet(ctx);
     small.add(&ids[..first]);
     small.wait_connected("fleet", connect_limit).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -190,7 +194,7 @@ async fn fleet_scenarios(
         fanout_met &= met;
         summaries.push(s);
     }
-    let mut rest = Fleet::new(ctx.setup.addr(), ctx.epoch, 64, ctx.nonces);
+    let mut rest = new_fleet(ctx);
     let rss_before_rest = procstat::rss_kib(pid)?;
     if n > first {
         eprintln!("fleet: connecting {} more clients", n - first);
@@ -238,4 +242,16 @@ async fn fleet_scenarios(
     small.stop().await;
     rest.stop().await;
     Ok(out)
+}
+
+/// A fleet of bench clients aimed at the server the way this run is
+/// configured: its TLS port, or its WebSocket port under `--wss`.
+fn new_fleet(ctx: &Ctx) -> Fleet {
+    Fleet::new(
+        ctx.setup.fleet_addr(),
+        ctx.epoch,
+        64,
+        ctx.nonces,
+        ctx.setup.wss_port.is_some(),
+    )
 }

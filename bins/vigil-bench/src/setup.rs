@@ -128,6 +128,8 @@ pub(crate) struct ServerSetup {
     pub(crate) bin: PathBuf,
     pub(crate) port: u16,
     pub(crate) http_port: u16,
+    /// The WebSocket port, when the fleet connects over `wss://`.
+    pub(crate) wss_port: Option<u16>,
     pub(crate) token: String,
     pub(crate) max_connections: usize,
     pub(crate) log_filter: String,
@@ -161,6 +163,7 @@ impl ServerSetup {
             bin,
             port: free_port()?,
             http_port: free_port()?,
+            wss_port: None,
             token,
             max_connections,
             log_filter,
@@ -169,6 +172,14 @@ impl ServerSetup {
 
     pub(crate) fn addr(&self) -> SocketAddr {
         SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), self.port)
+    }
+
+    /// Where the fleet connects: the WebSocket port if it is used.
+    pub(crate) fn fleet_addr(&self) -> SocketAddr {
+        match self.wss_port {
+            Some(port) => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
+            None => self.addr(),
+        }
     }
 
     pub(crate) fn api(&self) -> Api {
@@ -193,7 +204,11 @@ impl ServerSetup {
             .append(true)
             .open(self.log_path())?;
         let d = &self.dir;
-        let child = Command::new(&self.bin)
+        let mut command = Command::new(&self.bin);
+        if let Some(port) = self.wss_port {
+            command.arg("--wss-port").arg(port.to_string());
+        }
+        let child = command
             .arg("--cert")
             .arg(d.join("server.crt"))
             .arg("--key")

@@ -95,7 +95,8 @@ impl Violations {
 /// Reading yields each text message followed by `\n`; pings and pongs are
 /// answered and skipped, and the peer's close is the end of the stream.
 /// Writing takes bytes and sends each complete line as one text message,
-/// without its newline; a partial line waits for the rest. Writes wait
+/// without its newline, written through at once as a TLS stream's writes
+/// are (a flush is not needed); a partial line waits for the rest. Writes wait
 /// while the WebSocket's own buffer is being flushed, so a peer that does
 /// not read holds the writer back (the caller's stall timeout applies).
 ///
@@ -344,6 +345,10 @@ where
         if let Poll::Ready(Err(e)) = this.poll_send_lines(cx) {
             return Poll::Ready(Err(e));
         }
+        // And written through, as a TLS stream's writes are, without
+        // waiting for a flush: one write is one batch of frames. A flush
+        // that cannot finish now goes on at the next write or flush.
+        let _ = Pin::new(&mut this.ws).poll_flush(cx);
         Poll::Ready(Ok(n))
     }
 

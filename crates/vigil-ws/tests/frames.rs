@@ -67,6 +67,12 @@ async fn frames_cross_as_one_text_message_each() {
         lines.next_line().await.expect("ok").as_deref(),
         Some("sys:pong:1 {}")
     );
+    // Without a flush, as a TLS stream's writes: they arrive.
+    server.write_all(b"sys:pong:2 {}\n").await.expect("ok");
+    assert_eq!(
+        lines.next_line().await.expect("ok").as_deref(),
+        Some("sys:pong:2 {}")
+    );
     // A close from one side is the end of the other's stream.
     server.shutdown().await.expect("ok");
     assert_eq!(lines.next_line().await.expect("ok"), None);
