@@ -12,7 +12,7 @@ use vigil_auth::{Fingerprint, GeneratedIdentity, Identity};
 use vigil_client::{Client, ClientConfig, ClientError, ClientEvent, Connection};
 use vigil_proto::ErrorCode;
 
-use support::{TestServer, client_config, raw_tls, read_frame};
+use support::{TestServer, Via, client_config, raw_tls, read_frame, with_wss};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -112,13 +112,25 @@ async fn wrong_server_pin_is_refused_by_the_client() {
 
 #[tokio::test]
 async fn revocation_closes_the_live_session_at_once() {
+    revocation_closes(Via::Tls).await;
+}
+
+#[tokio::test]
+async fn revocation_closes_a_live_websocket_session_at_once() {
+    revocation_closes(Via::WebSocket).await;
+}
+
+/// A session on `via` is closed as soon as its key leaves the trust file,
+/// cannot come back, and is admitted again when the key returns; a
+/// bystander is untouched.
+async fn revocation_closes(via: Via) {
     let client = GeneratedIdentity::generate("c").expect("identity");
     let other = GeneratedIdentity::generate("other").expect("identity");
-    let server = TestServer::start(&[client.fingerprint, other.fingerprint]).await;
-    let conn = Connection::connect(&client_config(&server, &client))
+    let server = TestServer::start_with(&[client.fingerprint, other.fingerprint], with_wss).await;
+    let conn = Connection::connect(&via.config(&server, &client))
         .await
         .expect("admitted");
-    let bystander = Connection::connect(&client_config(&server, &other))
+    let bystander = Connection::connect(&via.config(&server, &other))
         .await
         .expect("admitted");
 
@@ -137,7 +149,7 @@ async fn revocation_closes_the_live_session_at_once() {
 
     // The other client is untouched, and the revoked one cannot come back.
     assert!(bystander.sync().await.is_ok());
-    let err = Connection::connect(&client_config(&server, &client))
+    let err = Connection::connect(&via.config(&server, &client))
         .await
         .expect_err("revoked");
     assert!(
@@ -148,7 +160,7 @@ async fn revocation_closes_the_live_session_at_once() {
     // Adding it back admits it at once, without a restart.
     server.write_trust(&[other.fingerprint, client.fingerprint]);
     support::eventually(|| server.trust.is_trusted(&client.fingerprint)).await;
-    let again = Connection::connect(&client_config(&server, &client))
+    let again = Connection::connect(&via.config(&server, &client))
         .await
         .expect("admitted again");
     assert!(again.sync().await.is_ok());

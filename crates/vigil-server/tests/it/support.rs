@@ -16,6 +16,8 @@ use vigil_server::{Deployment, ServerConfig, ServerError, ServerHandle};
 
 pub(crate) struct TestServer {
     pub(crate) addr: SocketAddr,
+    /// The WebSocket port, when the server was started with one.
+    pub(crate) wss: Option<SocketAddr>,
     pub(crate) fingerprint: Fingerprint,
     pub(crate) handle: ServerHandle,
     pub(crate) trust: TrustStore,
@@ -56,12 +58,15 @@ impl TestServer {
             .await
             .expect("start");
         let addr = running.local_addr();
+        let wss = running.wss_addr();
         config.listen = addr;
+        config.wss_listen = wss;
         let handle = running.handle();
         let fingerprint = running.fingerprint();
         let task = tokio::spawn(running.run());
         TestServer {
             addr,
+            wss,
             fingerprint,
             handle,
             trust,
@@ -116,6 +121,37 @@ pub(crate) fn client_config(server: &TestServer, client: &GeneratedIdentity) -> 
         client.identity().expect("identity"),
         server.fingerprint,
     )
+}
+
+/// A server tweak that opens the WebSocket port too (port 0).
+pub(crate) fn with_wss(config: &mut ServerConfig) {
+    config.wss_listen = Some("127.0.0.1:0".parse().expect("addr"));
+}
+
+/// The transport a client reaches a [`TestServer`] over.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Via {
+    /// The main TLS port.
+    Tls,
+    /// The WebSocket port (the server must be started [`with_wss`]).
+    WebSocket,
+}
+
+impl Via {
+    /// A client config for `client` on this transport.
+    pub(crate) fn config(self, server: &TestServer, client: &GeneratedIdentity) -> ClientConfig {
+        match self {
+            Via::Tls => client_config(server, client),
+            Via::WebSocket => {
+                let wss = server.wss.expect("the server was started with_wss");
+                ClientConfig::new(
+                    format!("wss://{wss}/vigil"),
+                    client.identity().expect("identity"),
+                    server.fingerprint,
+                )
+            }
+        }
+    }
 }
 
 /// A TLS connection with no protocol logic, to send raw bytes.
