@@ -255,13 +255,18 @@ async fn connection(
     ticket: crate::admission::Ticket,
 ) {
     // Boxed: the handshake's state (a whole TLS connection) is freed when
-    // it ends instead of sizing the task for the session's lifetime. The
-    // ClientHello is read first: a peer that sent one has shown it means
-    // business, and is shed after those that have not (`admission.rs`).
+    // it ends instead of sizing the task for the session's lifetime. It is
+    // polled by reference, so that a connection that times out is counted
+    // (and audited) before it is closed: whoever sees that close sees the
+    // count. (A refused handshake's connection is closed by rustls's
+    // acceptor as it fails, just before.)
+    // The ClientHello is read first: a peer that sent one has shown it
+    // means business, and is shed after those that have not
+    // (`admission.rs`).
     let config = acceptor.config().clone();
-    let handshake = tokio::time::timeout(
+    let mut handshake = Box::pin(tokio::time::timeout(
         shared.config.handshake_timeout,
-        Box::pin(async {
+        async {
             let start = tokio_rustls::LazyConfigAcceptor::new(
                 tokio_rustls::rustls::server::Acceptor::default(),
                 tcp,
@@ -269,8 +274,8 @@ async fn connection(
             .await?;
             ticket.progressed();
             start.into_stream(config).await
-        }),
-    );
+        },
+    ));
     let tls = tokio::select! {
         () = shared.shutdown.cancelled() => return,
         () = ticket.evicted() => {
@@ -278,7 +283,7 @@ async fn connection(
             tracing::debug!(%peer, "handshake shed to make room");
             return;
         }
-        result = handshake => match result {
+        result = &mut handshake => match result {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
                 shared.stats.handshakes_failed.inc();
@@ -312,6 +317,7 @@ async fn connection(
             }
         },
     };
+    drop(handshake);
     let Some(fingerprint) = peer_fingerprint(tls.get_ref().1.peer_certificates()) else {
         // Client authentication is mandatory, so this does not happen.
         shared.stats.handshakes_failed.inc();
@@ -334,10 +340,12 @@ async fn connection(
     let upgraded = match transport {
         Transport::Tls => Ok(tls),
         Transport::WebSocket => {
-            let upgrade = tokio::time::timeout(
+            // By reference, as the handshake: a timed-out upgrade is
+            // counted before its connection closes.
+            let mut upgrade = Box::pin(tokio::time::timeout(
                 shared.config.handshake_timeout,
                 vigil_ws::accept(tls, shared.config.limits.client_to_server),
-            );
+            ));
             let result = tokio::select! {
                 () = shared.shutdown.cancelled() => return,
                 () = ticket.evicted() => {
@@ -345,10 +353,13 @@ async fn connection(
                     tracing::debug!(%peer, "WebSocket upgrade shed to make room");
                     return;
                 }
-                result = upgrade => result,
+                result = &mut upgrade => result,
             };
             match result {
-                Ok(Ok(ws)) => Err(ws.with_violations(shared.stats.websocket_violations.clone())),
+                Ok(Ok(ws)) => {
+                    drop(upgrade);
+                    Err(ws.with_violations(shared.stats.websocket_violations.clone()))
+                }
                 Ok(Err(refused)) => {
                     upgrade_refused(
                         &shared,
