@@ -40,6 +40,17 @@ configuration.";
 #[derive(Debug, Parser)]
 #[command(version, about, after_help = AFTER_HELP)]
 pub(crate) struct Cli {
+    /// Log lines as text, or as one JSON object per line (for log
+    /// pipelines; stable field names: session, client, command_id,
+    /// audit_seq).
+    #[arg(
+        long,
+        env = "VIGIL_LOG_FORMAT",
+        value_name = "text|json",
+        default_value = "text",
+        global = true
+    )]
+    pub(crate) log_format: vigil_log::Format,
     /// TOML configuration file.
     #[arg(long, env = "VIGIL_CONFIG", value_name = "FILE", global = true)]
     pub(crate) config: Option<PathBuf>,

@@ -6,6 +6,7 @@
 
 mod cli;
 mod config;
+mod service;
 
 use std::process::ExitCode;
 
@@ -18,11 +19,11 @@ use crate::config::resolve;
 
 /// Logs to stderr, with line breaks and control characters in logged
 /// text escaped (attacker-chosen text cannot forge a line).
-fn init_logging() {
+fn init_logging(format: vigil_log::Format) {
     let filter = std::env::var("VIGIL_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| "info".into());
-    vigil_log::init(&filter);
+    vigil_log::init(&filter, format);
 }
 
 async fn wait_for_signal() {
@@ -43,12 +44,14 @@ async fn run(config: ClientConfig) -> anyhow::Result<()> {
     tracing::info!(
         server = %config.server,
         proxy = config.proxy.as_ref().map(tracing::field::display),
-        pin = %config.server_fingerprint,
+        server_fingerprint = %config.server_fingerprint,
         client = %config.identity.fingerprint(),
         "vigil client starting"
     );
-    let client = Client::new(config);
+    let client = std::sync::Arc::new(Client::new(config));
     let stop = CancellationToken::new();
+    let stopped = CancellationToken::new();
+    service::spawn(client.clone(), stopped.clone());
     tokio::spawn({
         let stop = stop.clone();
         async move {
@@ -57,7 +60,10 @@ async fn run(config: ClientConfig) -> anyhow::Result<()> {
             stop.cancel();
         }
     });
-    match client.run(stop).await {
+    let outcome = client.run(stop).await;
+    stopped.cancel();
+    service::stopping();
+    match outcome {
         RunOutcome::Shutdown { command_id } => {
             tracing::warn!(command_id, "shut down by an authorized SHUTDOWN_NOW");
         }
@@ -100,7 +106,7 @@ async fn exec(config: ClientConfig, module: &str, args: &str) -> anyhow::Result<
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    init_logging(cli.log_format);
     let config = match resolve(&cli) {
         Ok(c) => c,
         Err(e) => {

@@ -6,6 +6,7 @@
 //! SIGTERM.
 
 mod process;
+mod service;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,6 +30,13 @@ effect at once; removing a fingerprint closes that client's sessions.
 
 Logging: VIGIL_LOG (or RUST_LOG) sets the filter, e.g. VIGIL_LOG=debug.
 
+systemd: with Type=notify the server says READY=1 once it serves, STATUS= with
+its client count, and STOPPING=1 when it stops; with WatchdogSec= it pings the
+watchdog at half that, only while its accept loop, heartbeat task and audit
+writer all answer (a hung server stops pinging and is restarted).
+VIGIL_FAULT_INJECTION=accept-loop makes SIGUSR1 freeze the accept loop, to
+test that.
+
 Exit status: 0 after a clean shutdown, 1 if the server could not listen or
 failed while running,
 2 for bad usage or configuration (unreadable certificate, key or trust file).";
@@ -40,6 +48,16 @@ struct Cli {
     /// TOML configuration file.
     #[arg(long, env = "VIGIL_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Log lines as text, or as one JSON object per line (for log
+    /// pipelines; stable field names: session, client, command_id,
+    /// audit_seq).
+    #[arg(
+        long,
+        env = "VIGIL_LOG_FORMAT",
+        value_name = "text|json",
+        default_value = "text"
+    )]
+    log_format: vigil_log::Format,
     #[command(flatten)]
     settings: Settings,
 }
@@ -71,6 +89,10 @@ fn report(error: &dyn std::error::Error) -> String {
 async fn serve(deployment: Deployment) -> Result<(), DeploymentError> {
     let running = deployment.start().await?;
     let handle = running.handle();
+    if let Err(e) = service::arm_fault_injection(&handle) {
+        return Err(DeploymentError::Invalid(e));
+    }
+    service::spawn(handle.clone());
     tokio::spawn(async move {
         let signal = process::wait_for_signal().await;
         tracing::info!(signal, "shutting down (send it again to exit at once)");
@@ -84,7 +106,7 @@ async fn serve(deployment: Deployment) -> Result<(), DeploymentError> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    process::init_logging();
+    process::init_logging(cli.log_format);
     process::raise_fd_limit();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

@@ -2,11 +2,11 @@
 
 /// Logs to stderr, with line breaks and control characters in logged
 /// text escaped (attacker-chosen text cannot forge a line).
-pub(crate) fn init_logging() {
+pub(crate) fn init_logging(format: vigil_log::Format) {
     let filter = std::env::var("VIGIL_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| "info".into());
-    vigil_log::init(&filter);
+    vigil_log::init(&filter, format);
 }
 
 /// The next SIGTERM or SIGINT, by name.

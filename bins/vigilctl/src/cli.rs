@@ -28,6 +28,17 @@ Logging: VIGIL_LOG (or RUST_LOG) sets the filter; the demo is quiet unless it is
 pub(crate) struct Cli {
     #[command(subcommand)]
     pub(crate) command: Command,
+    /// Log lines as text, or as one JSON object per line (for log
+    /// pipelines; stable field names: session, client, command_id,
+    /// audit_seq).
+    #[arg(
+        long,
+        env = "VIGIL_LOG_FORMAT",
+        value_name = "text|json",
+        default_value = "text",
+        global = true
+    )]
+    pub(crate) log_format: vigil_log::Format,
 }
 
 #[derive(Debug, Subcommand)]
@@ -49,6 +60,13 @@ pub(crate) enum Command {
         /// Replace existing files.
         #[arg(long)]
         force: bool,
+        /// Put the mods directory, the server's data (audit log, API token)
+        /// and the client's state under this absolute directory instead of
+        /// beside the configs: for a service, whose configuration directory
+        /// is read-only (e.g. `vigilctl init /etc/vigil --var-dir
+        /// /var/lib/vigil`).
+        #[arg(long, value_name = "DIR")]
+        var_dir: Option<PathBuf>,
     },
     /// Print the SHA-256 fingerprint of a certificate's public key, the same
     /// hex as `openssl x509 -in CERT -pubkey -noout | openssl pkey -pubin
@@ -317,4 +335,13 @@ pub(crate) enum AuditCommand {
         /// The log, e.g. DATA_DIR/audit.jsonl.
         file: PathBuf,
     },
+}
+
+/// Logs to stderr, with line breaks and control characters in logged
+/// text escaped (attacker-chosen text cannot forge a line).
+pub(crate) fn init_logging(default: &str, format: vigil_log::Format) {
+    let filter = std::env::var("VIGIL_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| default.into());
+    vigil_log::init(&filter, format);
 }

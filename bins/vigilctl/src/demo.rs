@@ -54,7 +54,7 @@ pub(crate) async fn run() -> anyhow::Result<()> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
-    let written = init::write(d, IpAddr::from([127, 0, 0, 1]), port, 0, false)?;
+    let written = init::write(d, IpAddr::from([127, 0, 0, 1]), port, 0, false, None)?;
     say(format_args!(
         "wrote Ed25519 identities and configs to {}",
         d.display()

@@ -14,6 +14,8 @@ pub(crate) struct Written {
     pub(crate) client: Fingerprint,
     pub(crate) authority: SigningKey,
     pub(crate) operator: SigningKey,
+    /// The mods directory.
+    pub(crate) mods: PathBuf,
 }
 
 /// File names inside the init directory.
@@ -41,17 +43,61 @@ pub(crate) fn write_signing_key(path: &Path, key: &SigningKey, force: bool) -> a
     Ok(())
 }
 
+/// Where the files the programs write go: beside the configs (relative
+/// names), or, for a service install, under a state directory such as
+/// `/var/lib/vigil` (absolute paths), since the configuration directory is
+/// read-only to the service.
+struct Places {
+    mods: String,
+    server_data: String,
+    client_state: String,
+}
+
+impl Places {
+    fn new(var: Option<&Path>) -> anyhow::Result<Places> {
+        let Some(var) = var else {
+            return Ok(Places {
+                mods: MODS.into(),
+                server_data: SERVER_DATA.into(),
+                client_state: STATE.into(),
+            });
+        };
+        anyhow::ensure!(
+            var.is_absolute(),
+            "--var-dir {} must be an absolute path",
+            var.display()
+        );
+        let text = var
+            .to_str()
+            .filter(|t| !t.chars().any(|c| c == '"' || c == '\\' || c.is_control()))
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--var-dir {}: use a path without quotes, backslashes or control characters",
+                    var.display()
+                )
+            })?;
+        Ok(Places {
+            mods: format!("{text}/{MODS}"),
+            server_data: format!("{text}/server"),
+            client_state: format!("{text}/client"),
+        })
+    }
+}
+
 /// Writes server and client identities, the server's authority key, an
 /// offline operator key, a trust file that trusts the client, an
 /// authorities file for the client, and a config for each side that pins
-/// the other.
+/// the other. With `var`, the mods directory, the server's data and the
+/// client's state go under it instead of beside the configs.
 pub(crate) fn write(
     dir: &Path,
     interface: IpAddr,
     port: u16,
     http_port: u16,
     force: bool,
+    var: Option<&Path>,
 ) -> anyhow::Result<Written> {
+    let places = Places::new(var)?;
     vigil_auth::create_private_dir(dir)?;
     let names = [
         SERVER_CRT,
@@ -76,7 +122,7 @@ pub(crate) fn write(
             );
         }
     }
-    for sub in [MODS, STATE] {
+    for sub in [&places.mods, &places.client_state] {
         vigil_auth::create_private_dir(&dir.join(sub))?;
     }
     let server = GeneratedIdentity::generate("vigil-server")?;
@@ -120,16 +166,18 @@ pub(crate) fn write(
          key = \"{SERVER_KEY}\"\n\
          trusted_keys = \"{TRUST}\"\n\
          # Module dylibs (*.so) dropped here are loaded and announced to clients.\n\
-         mods = \"{MODS}\"\n\
+         mods = \"{mods}\"\n\
          # Signs heartbeats and the server's own commands (keep it secret).\n\
          authority_key = \"{AUTHORITY_KEY}\"\n\
          heartbeat_interval = 5\n\
          # Keys whose signed commands the REST API relays and whose SHUTDOWN_NOW it obeys.\n\
          authorities = \"{AUTHORITIES}\"\n\
-         # REST API (bearer token in {SERVER_DATA}/api-token) and the audit log.\n\
+         # REST API (bearer token in {server_data}/api-token) and the audit log.\n\
          http_interface = \"{interface}\"\n\
          http_port = {http_port}\n\
-         data_dir = \"{SERVER_DATA}\"\n"
+         data_dir = \"{server_data}\"\n",
+        mods = places.mods,
+        server_data = places.server_data,
     );
     let connect_host = if interface.is_unspecified() {
         IpAddr::from([127, 0, 0, 1])
@@ -151,7 +199,7 @@ pub(crate) fn write(
          # The server's authority public key, which signs heartbeats.\n\
          heartbeat_key = \"{}\"\n\
          # The replay guard lives here and survives restarts.\n\
-         state_dir = \"{STATE}\"\n\
+         state_dir = \"{}\"\n\
          # No verified heartbeat or command for this long: run the break commands.\n\
          failsafe_timeout = 15\n\
          \n\
@@ -170,6 +218,7 @@ pub(crate) fn write(
          timeout = 10\n",
         server.fingerprint,
         encode_public_key(&authority.verifying_key()),
+        places.client_state,
     );
     write_file(&dir.join(SERVER_TOML), server_toml.as_bytes(), 0o644, force)?;
     write_file(&dir.join(CLIENT_TOML), client_toml.as_bytes(), 0o644, force)?;
@@ -179,6 +228,7 @@ pub(crate) fn write(
         client: client.fingerprint,
         authority,
         operator,
+        mods: dir.join(&places.mods),
     })
 }
 
@@ -205,7 +255,10 @@ pub(crate) fn report(w: &Written) {
     println!("Then, in another terminal, the client (it pins the server's fingerprint):");
     println!("  vigil-client --config {d}/{CLIENT_TOML}");
     println!();
-    println!("Modules: drop a module dylib into {d}/{MODS}/ (write a temporary name, then");
+    println!(
+        "Modules: drop a module dylib into {}/ (write a temporary name, then",
+        w.mods.display()
+    );
     println!("rename it to NAME.so); connected clients verify it and can run it:");
     println!("  vigil-client --config {d}/{CLIENT_TOML} exec hello.so world");
     println!();

@@ -28,16 +28,9 @@ fn fingerprint(path: &std::path::Path) -> anyhow::Result<Fingerprint> {
     Fingerprint::of_cert_der(&certs[0]).with_context(|| path.display().to_string())
 }
 
-/// Logs to stderr, with line breaks and control characters in logged
-/// text escaped (attacker-chosen text cannot forge a line).
-fn init_logging(default: &str) {
-    let filter = std::env::var("VIGIL_LOG")
-        .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| default.into());
-    vigil_log::init(&filter);
-}
-
 fn run(cli: Cli) -> anyhow::Result<()> {
+    let format = cli.log_format;
+    let init_logging = |default: &str| cli::init_logging(default, format);
     match cli.command {
         Command::Init {
             dir,
@@ -45,9 +38,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             port,
             http_port,
             force,
+            var_dir,
         } => {
             init_logging("warn");
-            let written = init::write(&dir, interface, port, http_port, force)?;
+            let written = init::write(&dir, interface, port, http_port, force, var_dir.as_deref())?;
             init::report(&written);
         }
         Command::Fingerprint { certs } => {

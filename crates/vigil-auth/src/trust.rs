@@ -335,10 +335,10 @@ fn apply_reload(store: &TrustStore, path: &Path) {
         }
         Ok(report) => {
             for fp in &report.added {
-                tracing::info!(fingerprint = %fp, "trust: fingerprint added");
+                tracing::info!(client = %fp, "trust: fingerprint added");
             }
             for fp in &report.removed {
-                tracing::warn!(fingerprint = %fp, "trust: fingerprint removed, its sessions will be closed");
+                tracing::warn!(client = %fp, "trust: fingerprint removed, its sessions will be closed");
             }
             tracing::info!(path = %path.display(), total = report.total, "trust file reloaded");
         }

@@ -74,7 +74,7 @@ pub use handler::{
 // What a client with its own handler needs, without naming six crates.
 pub use futures_util::future::BoxFuture;
 pub use serde_json::Value;
-pub use supervisor::{Backoff, Client, ClientEvent, RunOutcome};
+pub use supervisor::{Backoff, Client, ClientEvent, RunOutcome, Stuck};
 pub use tokio_util::sync::CancellationToken;
 pub use vigil_auth::{Fingerprint, Identity};
 pub use vigil_command::{

@@ -190,6 +190,15 @@ impl FailsafeHandle {
         self.shared.lock().deadline()
     }
 
+    /// How long ago the deadline passed without the switch firing: `None`
+    /// while it is not due (or has fired). The driver task fires it as the
+    /// deadline passes, so anything longer than a scheduling delay means
+    /// the task is stuck; a supervisor (a service watchdog) checks it.
+    pub fn overdue(&self) -> Option<Duration> {
+        let deadline = self.deadline()?;
+        now().checked_duration_since(deadline)
+    }
+
     /// The timeout.
     pub fn timeout(&self) -> Duration {
         self.shared.lock().timeout()

@@ -79,6 +79,17 @@ fn reason_of(e: &AuditError) -> &'static str {
     }
 }
 
+/// Logs a written record with its `audit_seq`: at info level for a
+/// command issued or withdrawn (one line per command, which ties its
+/// `command_id` to its place in the chain), at debug for the rest.
+fn log_record(kind: &str, command_id: Option<&str>, audit_seq: u64) {
+    if matches!(kind, "command.issued" | "command.withdrawn") {
+        tracing::info!(kind, command_id, audit_seq, "audit record written");
+    } else {
+        tracing::debug!(kind, command_id, audit_seq, "audit record written");
+    }
+}
+
 /// An audit log that reopens itself after a failure.
 #[derive(Debug)]
 pub(crate) struct Audit {
@@ -142,6 +153,10 @@ impl Audit {
         details: Value,
         essential: bool,
     ) -> Result<Receipt, AuditError> {
+        let details_id = details
+            .get("command_id")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
         let (log, reopen) = self.current(essential);
         let log = if reopen {
             self.reopen().await.unwrap_or(log)
@@ -153,6 +168,9 @@ impl Audit {
         } else {
             log.append(kind, details).await
         };
+        if let Ok(receipt) = &result {
+            log_record(kind, details_id.as_deref(), receipt.seq);
+        }
         let mut state = self.lock();
         match &result {
             Ok(_) => state.problem = None,
@@ -221,6 +239,17 @@ impl Audit {
                 tracing::error!(error = %e, "reopening the audit log panicked");
                 None
             }
+        }
+    }
+
+    /// Whether the log's writer answers (see [`AuditLog::probe`]). A log
+    /// that stopped after a failure answers `Ok`: its writer is gone, not
+    /// stuck, and the next record reopens it.
+    pub(crate) async fn probe(&self) -> Result<(), AuditError> {
+        let log = self.lock().log.clone();
+        match log.probe().await {
+            Err(AuditError::Poisoned { .. }) => Ok(()),
+            other => other,
         }
     }
 

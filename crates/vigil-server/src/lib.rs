@@ -61,7 +61,7 @@ pub use http::{
     DEFAULT_MAX_HTTP_CONNECTIONS, DEFAULT_READ_TIMEOUT, HttpConfig, HttpServer, MAX_WAIT,
 };
 pub use record::{CommandRecord, TargetState};
-pub use server::{Counter, Relay, Server, ServerHandle, ServerStats};
+pub use server::{Counter, Fault, Part, Relay, Server, ServerHandle, ServerStats, Unresponsive};
 pub use server::{SessionInfo, Transport};
 
 /// Why the server could not start or run.

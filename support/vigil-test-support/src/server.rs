@@ -37,11 +37,20 @@ impl Listener {
 }
 
 /// The address in the `listen=` field of a log line: `listen=ADDR`, or
-/// `listen=Some(ADDR)` for a listener that is optional.
+/// `listen=Some(ADDR)` for a listener that is optional; or the `listen`
+/// field of a JSON log line.
 pub fn listen_addr(line: &str) -> Option<SocketAddr> {
-    let value = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("listen="))?;
+    // A JSON line (`--log-format json`): the same field, in `fields`.
+    let json = line.find('{').and_then(|at| {
+        let v: serde_json::Value = serde_json::from_str(&line[at..]).ok()?;
+        v["fields"]["listen"].as_str().map(str::to_owned)
+    });
+    let value = match &json {
+        Some(v) => v.as_str(),
+        None => line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("listen="))?,
+    };
     let value = value
         .strip_prefix("Some(")
         .and_then(|v| v.strip_suffix(')'))

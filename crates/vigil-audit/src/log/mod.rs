@@ -262,6 +262,8 @@ struct Shared {
 enum Msg {
     Append(Pending),
     Close(oneshot::Sender<()>),
+    /// Answered once the writer has committed what was queued before it.
+    Probe(oneshot::Sender<()>),
 }
 
 struct Pending {
@@ -384,6 +386,27 @@ impl AuditLog {
             }),
             None => Ok(()),
         }
+    }
+
+    /// Resolves once the writer thread has taken everything queued before
+    /// this call and committed it (or, with nothing queued, at once): a
+    /// liveness check that a writer stuck in a write or a sync does not
+    /// answer. A service watchdog asks it, with a deadline of its own.
+    ///
+    /// # Errors
+    ///
+    /// As [`close`](Self::close) for a log that has stopped after a
+    /// failure ([`AuditError::Poisoned`]) or been closed
+    /// ([`AuditError::Closed`]): its writer is gone, not stuck.
+    pub async fn probe(&self) -> Result<(), AuditError> {
+        if let Some(refusal) = self.refusal() {
+            return Err(refusal);
+        }
+        let (tx, rx) = oneshot::channel();
+        if self.inner.tx.send(Msg::Probe(tx)).await.is_err() {
+            return Err(self.stopped());
+        }
+        rx.await.map_err(|_| self.stopped())
     }
 
     /// The log's path.

@@ -52,6 +52,7 @@ impl Writer {
         let mut me = self;
         let mut batch: Vec<Pending> = Vec::new();
         let mut closers: Vec<oneshot::Sender<()>> = Vec::new();
+        let mut probes: Vec<oneshot::Sender<()>> = Vec::new();
         let mut buf = String::new();
         let failed: Option<Failure> = loop {
             let Some(first) = rx.blocking_recv() else {
@@ -60,11 +61,13 @@ impl Writer {
             match first {
                 Msg::Append(p) => batch.push(p),
                 Msg::Close(tx) => closers.push(tx),
+                Msg::Probe(tx) => probes.push(tx),
             }
             while closers.is_empty() && batch.len() < me.max_batch {
                 match rx.try_recv() {
                     Ok(Msg::Append(p)) => batch.push(p),
                     Ok(Msg::Close(tx)) => closers.push(tx),
+                    Ok(Msg::Probe(tx)) => probes.push(tx),
                     Err(_) => break,
                 }
             }
@@ -77,6 +80,10 @@ impl Writer {
                     }
                     Err(failure) => break Some(failure),
                 }
+            }
+            // Answered after the commit: a writer stuck in it answers none.
+            for tx in probes.drain(..) {
+                let _ = tx.send(());
             }
             if !closers.is_empty() {
                 break None;
@@ -121,6 +128,8 @@ impl Writer {
                     let _ = p.reply.send(Err(err));
                 }
                 Msg::Close(tx) => closers.push(tx),
+                // Dropped unanswered: the probe says the log has stopped.
+                Msg::Probe(_) => {}
             }
         }
         for tx in closers {

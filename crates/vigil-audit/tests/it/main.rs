@@ -581,6 +581,30 @@ async fn a_failed_sync_is_not_acknowledged() {
 }
 
 #[tokio::test]
+async fn a_probe_is_answered_by_a_working_writer_and_refused_by_a_stopped_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = log_path(&dir);
+    let (options, faults) = faulty();
+    let log = AuditLog::open(&path, options).expect("open");
+    log.probe().await.expect("an idle writer answers");
+    append_range(&log, 1, 3).await;
+    log.probe().await.expect("a working writer answers");
+    faults.set_sync_failing(true);
+    let _ = log.append("command.issued", details(4)).await;
+    assert!(matches!(
+        log.probe().await,
+        Err(AuditError::Poisoned { .. })
+    ));
+    let again = open(&path);
+    again.probe().await.expect("the reopened log answers");
+    again.close().await.expect("close");
+    assert!(matches!(
+        again.probe().await,
+        Err(AuditError::Closed { .. })
+    ));
+}
+
+#[tokio::test]
 async fn a_removed_log_file_fails_closed() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = log_path(&dir);

@@ -124,7 +124,10 @@ pub(super) async fn push(
         ),
         result: None,
     };
-    tracing::warn!(command_id = ?ack.command_id, "command refused: too many waiting");
+    tracing::warn!(
+        command_id = ack.command_id.as_deref(),
+        "command refused: too many waiting"
+    );
     requests
         .send(ClientRequest::Ack(ack).to_frame(&reference))
         .await

@@ -116,6 +116,8 @@ struct State {
     logged_skew_ms: Option<i64>,
     /// Nonces sent, for their REFs.
     nonces_sent: u64,
+    /// The failsafe of the current run, for [`Client::check_alive`].
+    failsafe: Option<FailsafeHandle>,
 }
 
 /// Failsafe transitions the server has not yet confirmed, oldest first.
@@ -139,6 +141,9 @@ pub struct Client {
     events: broadcast::Sender<ClientEvent>,
     state: Mutex<State>,
     reports: Arc<Mutex<Reports>>,
+    /// When [`Client::run`]'s task last took a turn (see
+    /// [`Client::check_alive`]).
+    turned: Mutex<Option<std::time::Instant>>,
 }
 
 impl Client {
@@ -154,6 +159,7 @@ impl Client {
                 ..State::default()
             }),
             reports: Arc::default(),
+            turned: Mutex::new(None),
         }
     }
 
@@ -258,6 +264,7 @@ impl Client {
         if let Some(settings) = &self.config.commands {
             tracing::info!(timeout = ?settings.failsafe_timeout, break_commands = settings.break_commands.len(), "failsafe armed");
         }
+        self.started_turning(feed.as_ref());
         let failsafe_loop = async {
             match failsafe_events.as_mut() {
                 Some(events) => {
@@ -300,12 +307,14 @@ impl Client {
             () = shutdown.cancelled() => RunOutcome::Stopped,
             outcome = sessions => outcome,
             () = failsafe_loop => RunOutcome::Stopped,
+            () = self.turns() => RunOutcome::Stopped,
         };
         {
             let mut state = self.state();
             state.conn = None;
             state.trusted.clear();
         }
+        self.stopped_turning();
         tracing::info!(?outcome, "client stopped");
         outcome
     }
@@ -319,7 +328,7 @@ impl Client {
         };
         tracing::info!(
             server = %conn.peer(),
-            fingerprint = %conn.server_fingerprint(),
+            server_fingerprint = %conn.server_fingerprint(),
             "connected to the pinned server"
         );
         let Some(pushed) = conn.take_pushed() else {
@@ -502,8 +511,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod backoff;
 mod beats;
 mod failsafe;
+mod liveness;
 mod worker;
 
 pub use backoff::Backoff;
 use beats::tick;
+pub use liveness::Stuck;
 use worker::{CloseOnDrop, Worker, check, disabled};

@@ -150,3 +150,20 @@ async fn zero_timeout_is_rejected() {
 fn spawning_outside_a_runtime_is_an_error() {
     assert_eq!(spawn(TIMEOUT).err(), Some(FailsafeError::NoRuntime));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_driver_that_cannot_run_past_the_deadline_shows_as_overdue() {
+    let (handle, mut events) = spawn(TIMEOUT).expect("spawn");
+    assert_eq!(handle.overdue(), None, "not due yet");
+    // The clock passes the deadline while the driver task gets no turn
+    // (this test holds the only thread): it is overdue, as a stuck driver
+    // would be.
+    advance(TIMEOUT + secs(3)).await;
+    assert_eq!(handle.overdue(), Some(secs(3)));
+    // Given its turn, it fires, and is no longer overdue.
+    assert!(matches!(
+        events.recv().await,
+        Some(FailsafeEvent::Fired { .. })
+    ));
+    assert_eq!(handle.overdue(), None);
+}

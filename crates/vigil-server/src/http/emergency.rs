@@ -182,7 +182,7 @@ pub(crate) async fn shutdown(
         Err(refusal) => return refuse(server, peer, &command, &refusal),
     };
     tracing::error!(
-        %peer, command_id = ?command.body.command_id, wa_id = ?command.body.wa_id,
+        %peer, command_id = %command.body.command_id, wa_id = ?command.body.wa_id,
         target = ?command.body.target_agent_id, tree = ?command.body.target_tree_path, reason = ?command.body.reason,
         "EMERGENCY SHUTDOWN: a verified SHUTDOWN_NOW"
     );

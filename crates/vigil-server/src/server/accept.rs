@@ -90,6 +90,7 @@ impl Server {
                 audit_slots: Arc::new(Semaphore::new(AUDIT_BACKLOG)),
                 audit: config_audit,
                 refusals: crate::refusals::Refusals::default(),
+                liveness: super::liveness::Liveness::default(),
             }),
         })
     }
@@ -146,7 +147,7 @@ impl Server {
         }
         tracing::info!(
             listen = %shared.config.listen,
-            fingerprint = %shared.config.identity.fingerprint(),
+            server_fingerprint = %shared.config.identity.fingerprint(),
             trusted = shared.config.trust.snapshot().len(),
             "vigil server listening"
         );
@@ -160,10 +161,21 @@ impl Server {
         }
         let mut last_limit_log: Option<Instant> = None;
         let mut last_shed_log: Option<Instant> = None;
+        let pulse = &shared.liveness.accept;
+        let mut questions = pulse.listen();
         loop {
             let (accepted, transport) = tokio::select! {
                 biased;
                 () = shared.shutdown.cancelled() => break,
+                () = shared.liveness.faults.accept_frozen.cancelled() => {
+                    // Stuck as a hung loop would be, until shutdown.
+                    shared.shutdown.cancelled().await;
+                    break;
+                }
+                Ok(()) = questions.changed() => {
+                    pulse.answer(&mut questions);
+                    continue;
+                }
                 accepted = listener.accept() => (accepted, Transport::Tls),
                 accepted = accept_on(wss.as_ref()) => (accepted, Transport::WebSocket),
             };

@@ -82,9 +82,15 @@ pub(super) async fn heartbeats(shared: Arc<Shared>, authority: crate::Authority)
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seq: u64 = 0;
     tracing::info!(epoch, interval = ?shared.config.heartbeat_interval, "sending signed heartbeats");
+    let pulse = &shared.liveness.heartbeats;
+    let mut questions = pulse.listen();
     loop {
         tokio::select! {
             () = shared.shutdown.cancelled() => return,
+            Ok(()) = questions.changed() => {
+                pulse.answer(&mut questions);
+                continue;
+            }
             _ = ticker.tick() => {}
         }
         seq += 1;
@@ -99,11 +105,19 @@ pub(super) async fn heartbeats(shared: Arc<Shared>, authority: crate::Authority)
             tokio::task::spawn_blocking(move || beat_once(&task_shared, &key, epoch, seq, sent_at))
                 .await;
         let Ok((sent, covered)) = done else {
-            tracing::error!(seq, "the heartbeat task failed: beat skipped");
+            tracing::error!(
+                heartbeat_seq = seq,
+                "the heartbeat task failed: beat skipped"
+            );
             continue;
         };
         shared.stats.heartbeats.inc();
-        tracing::trace!(seq, clients = sent, nonces = covered, "heartbeat");
+        tracing::trace!(
+            heartbeat_seq = seq,
+            clients = sent,
+            nonces = covered,
+            "heartbeat"
+        );
     }
 }
 

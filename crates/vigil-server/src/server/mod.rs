@@ -31,6 +31,7 @@ mod accept;
 mod beats;
 mod commands;
 mod fanout;
+mod liveness;
 pub(crate) mod session;
 mod stats;
 mod tasks;
@@ -38,6 +39,7 @@ mod tasks;
 mod tests;
 
 pub use accept::{Server, Transport};
+pub use liveness::{Fault, Part, Unresponsive};
 
 use beats::heartbeats;
 pub use commands::Relay;
@@ -63,6 +65,8 @@ pub(crate) struct Shared {
     pub(crate) audit: Option<Arc<crate::audit::Audit>>,
     /// Refusals of unauthenticated traffic in the current window.
     refusals: crate::refusals::Refusals,
+    /// What a supervisor asks to know the server is alive.
+    pub(crate) liveness: liveness::Liveness,
 }
 
 impl Shared {
@@ -237,12 +241,12 @@ impl Shared {
         };
         if refused == Refused::Busy {
             self.stats.commands_queue_full.inc();
-            tracing::debug!(session, client = %client.short(), "the client's command queue is full: command not queued");
+            tracing::debug!(session, client = %client, "the client's command queue is full: command not queued");
         }
         if refused == Refused::Full {
             tracing::warn!(
                 session,
-                client = %client.short(),
+                client = %client,
                 limit = self.config.max_outbound_bytes,
                 "client is not reading: outbound queue past its limit, disconnecting"
             );
@@ -304,6 +308,12 @@ impl ServerHandle {
             .collect();
         list.sort_by_key(|s| s.id);
         list
+    }
+
+    /// How many clients are connected (cheaper than
+    /// [`ServerHandle::sessions`]).
+    pub fn session_count(&self) -> usize {
+        self.shared.sessions().len()
     }
 
     /// The server's counters.
@@ -420,6 +430,57 @@ impl ServerHandle {
         match &self.shared.audit {
             Some(audit) => audit.close().await.map_err(ServerError::Audit),
             None => Ok(()),
+        }
+    }
+
+    /// Asks the accept loop, the heartbeat task and the audit writer
+    /// whether they still turn, and waits at most `within` for each (all
+    /// at once). A part the server does not run (no heartbeats without an
+    /// authority key, no audit log) is not asked; the accept loop answers
+    /// only once [`Server::run`] serves. An audit log that stopped after a
+    /// failure is not stuck (the server reopens it; `/health` says
+    /// degraded), so it counts as answering.
+    ///
+    /// A supervisor calls it before each systemd watchdog ping, so that a
+    /// hung server stops pinging and is restarted.
+    pub async fn check_alive(&self, within: Duration) -> Result<(), Unresponsive> {
+        let live = &self.shared.liveness;
+        // Not serving yet is not answering (and is said at once).
+        let accept = async { live.accept.running() && live.accept.ask(within).await };
+        let beats = async { !live.heartbeats.running() || live.heartbeats.ask(within).await };
+        let audit = async {
+            match &self.shared.audit {
+                Some(audit) => matches!(
+                    tokio::time::timeout(within, audit.probe()).await,
+                    Ok(Ok(()))
+                ),
+                None => true,
+            }
+        };
+        let (accept, beats, audit) = tokio::join!(accept, beats, audit);
+        let parts: Vec<Part> = [
+            (accept, Part::AcceptLoop),
+            (beats, Part::Heartbeats),
+            (audit, Part::AuditWriter),
+        ]
+        .into_iter()
+        .filter(|(alive, _)| !alive)
+        .map(|(_, part)| part)
+        .collect();
+        if parts.is_empty() {
+            Ok(())
+        } else {
+            Err(Unresponsive { parts, within })
+        }
+    }
+
+    /// Injects `fault` into the running server, to test what supervises
+    /// it: the `vigil-server` binary does so on SIGUSR1 only when started
+    /// with `VIGIL_FAULT_INJECTION` set. It is logged at warn level.
+    pub fn inject_fault(&self, fault: Fault) {
+        tracing::warn!(?fault, "fault injected");
+        match fault {
+            Fault::FreezeAcceptLoop => self.shared.liveness.faults.accept_frozen.cancel(),
         }
     }
 

@@ -152,8 +152,8 @@ where
 {
     let span = tracing::info_span!(
         "session",
-        id = info.id,
-        client = %info.fingerprint.short(),
+        session = info.id,
+        client = %info.fingerprint,
         peer = %info.peer
     );
     let out = Arc::new(Outbound::new(shared.config.max_outbound_bytes));
