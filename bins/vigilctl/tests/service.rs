@@ -591,3 +591,143 @@ fn modules_run_and_commands_are_verified_under_the_units_system_call_filters() {
     assert!(!out.status.success(), "a module ran without its sandbox");
     server.terminate();
 }
+
+/// A histogram's `_count` in a metrics text.
+fn histogram_count(text: &str, name: &str) -> u64 {
+    let prefix = format!("{name}_count ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name}_count in {text}"))
+}
+
+#[test]
+fn metrics_pass_promtool_and_the_latency_histograms_count_what_happened() {
+    let promtool = common::debian_program("promtool", "prometheus");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    init(d);
+    common::add_to_client_toml(
+        d,
+        "[commands.greet]\nprogram = \"echo\"\nargs = [\"hello\"]\n",
+    );
+    vigil_modules::dev::deploy(&common::hello_so(), &d.join("mods"), "hello.so").expect("deploy");
+    let server = common::start_server(d, &[]);
+    let client = common::start_client(d, &[]);
+    let out = run(common::vigilctl()
+        .args(["send", "greet", "--wait", "10"])
+        .args(["--api", &server.api_url()])
+        .arg("--data-dir")
+        .arg(d.join("server-data")));
+    assert!(out.status.success());
+    let out = run(Command::new(bin("vigil-client"))
+        .arg("--config")
+        .arg(d.join("client.toml"))
+        .args(["exec", "hello.so", "world"]));
+    assert!(out.status.success());
+    let token = std::fs::read_to_string(d.join("server-data/api-token")).expect("token");
+    let scrape = |accept: &str| {
+        let raw = vigil_test_support::http::exchange(
+            server.api,
+            format!(
+                "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\
+                 Authorization: Bearer {}\r\n{accept}\r\n",
+                token.trim()
+            )
+            .as_bytes(),
+        );
+        let raw = String::from_utf8(raw).expect("utf-8");
+        let (head, body) = raw.split_once("\r\n\r\n").expect("an answer");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        (head.to_ascii_lowercase(), body.to_owned())
+    };
+
+    // The Prometheus text format, as promtool checks it (lint included).
+    let (head, text) = scrape("");
+    assert!(
+        head.contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    let mut check = Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    check
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("feed promtool");
+    let checked = check.wait_with_output().expect("promtool ran");
+    assert!(
+        checked.status.success() && checked.stdout.is_empty() && checked.stderr.is_empty(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    // The same names as before the library (one documented rename).
+    for sample in [
+        "vigil_connections 1",
+        "vigil_commands_total{outcome=\"done\"} 1",
+        "vigil_handshakes_total{result=\"ok\"}",
+        "vigil_module_host_restarts_total{module=\"hello.so\"}",
+        "vigil_audit_writable 1",
+        "vigil_clients_clock_skew_max_seconds",
+    ] {
+        assert!(text.contains(sample), "no {sample} in {text}");
+    }
+    assert_eq!(histogram_count(&text, "vigil_send_duration_seconds"), 1);
+    assert!(histogram_count(&text, "vigil_fanout_duration_seconds") >= 1);
+    assert!(histogram_count(&text, "vigil_exec_duration_seconds") >= 1);
+
+    // The Grafana dashboard in docs/ queries only what is served, in
+    // PromQL that Prometheus parses (promtool checks each as a rule).
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/grafana-dashboard.json"),
+        )
+        .expect("docs/grafana-dashboard.json"),
+    )
+    .expect("the dashboard is JSON");
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .map(|t| t["expr"].as_str().expect("expr").to_owned())
+        .collect();
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, expr) in exprs.iter().enumerate() {
+        for name in expr
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("vigil_"))
+        {
+            assert!(
+                text.lines().any(|l| l.starts_with(name)),
+                "the dashboard queries {name}, which /metrics does not serve"
+            );
+        }
+        let quoted = serde_json::to_string(&expr.replace("$instance", ".*")).expect("quote");
+        rules.push_str(&format!(
+            "      - record: dashboard:q{i}\n        expr: {quoted}\n"
+        ));
+    }
+    let rules_path = d.join("dashboard-rules.yml");
+    std::fs::write(&rules_path, rules).expect("write rules");
+    let out = run(Command::new(&promtool)
+        .args(["check", "rules"])
+        .arg(&rules_path));
+    assert!(out.status.success(), "a dashboard query does not parse");
+
+    // OpenMetrics for a scraper that asks for it.
+    let (head, open) = scrape("Accept: application/openmetrics-text; version=1.0.0\r\n");
+    assert!(head.contains("application/openmetrics-text"), "{head}");
+    assert!(open.ends_with("# EOF\n"), "{open}");
+    assert!(open.contains("# TYPE vigil_commands counter"), "{open}");
+    drop(client);
+    server.terminate();
+}

@@ -30,6 +30,7 @@ use crate::{Relay, ServerError, ServerHandle};
 
 mod commands;
 mod emergency;
+mod metrics;
 mod response;
 mod routes;
 mod status;

@@ -3,7 +3,8 @@
 
 use super::*;
 use commands::{relay, send};
-use status::{health, metrics};
+use metrics::{metrics, wants_openmetrics};
+use status::health;
 
 /// The routes, resolved once from the method and the path.
 pub(super) enum Route<'a> {
@@ -79,6 +80,7 @@ pub(super) async fn route(
         );
         return resp;
     }
+    let openmetrics = wants_openmetrics(&req);
     let takes_body = matches!(route, Route::EmergencyShutdown | Route::Send | Route::Relay);
     let body = if takes_body {
         match read_body(state, req).await {
@@ -107,11 +109,20 @@ pub(super) async fn route(
             }),
         ),
         Route::Health => health(state),
-        Route::Send => send(state, &body, query).await,
+        Route::Send => {
+            let started = std::time::Instant::now();
+            let resp = send(state, &body, query).await;
+            state
+                .server
+                .latencies()
+                .send
+                .observe(started.elapsed().as_secs_f64());
+            resp
+        }
         Route::Relay => relay(state, &body, query).await,
         Route::Clients => clients(state),
         Route::Modules => modules(state),
-        Route::Metrics => metrics(state),
+        Route::Metrics => metrics(state, openmetrics),
         Route::Command(raw_id) => {
             let id = percent_encoding::percent_decode_str(raw_id).decode_utf8_lossy();
             match state.server.command(&id) {

@@ -91,6 +91,7 @@ impl Server {
                 audit: config_audit,
                 refusals: crate::refusals::Refusals::default(),
                 liveness: super::liveness::Liveness::default(),
+                latencies: super::Latencies::default(),
             }),
         })
     }

@@ -77,6 +77,7 @@ impl ServerHandle {
         lane: Lane,
         encode: impl FnOnce(&str) -> Bytes,
     ) -> Delivery {
+        let started = Instant::now();
         let n = self.shared.next_delivery.fetch_add(1, Ordering::Relaxed);
         let reference = format!("d{n}");
         let bytes = encode(&reference);
@@ -141,6 +142,10 @@ impl ServerHandle {
                 outcome,
             });
         }
+        self.shared
+            .latencies
+            .fanout
+            .observe(started.elapsed().as_secs_f64());
         tracing::info!(
             command_id = %tracker.command_id,
             reference = %tracker.reference,

@@ -44,6 +44,7 @@ pub use liveness::{Fault, Part, Unresponsive};
 use beats::heartbeats;
 pub use commands::Relay;
 pub(crate) use commands::{Relayed, new_command_id};
+pub(crate) use stats::Latencies;
 pub use stats::{Counter, ServerStats};
 use tasks::{module_broadcaster, refusal_summaries, revocation_sweeper};
 
@@ -67,6 +68,8 @@ pub(crate) struct Shared {
     refusals: crate::refusals::Refusals,
     /// What a supervisor asks to know the server is alive.
     pub(crate) liveness: liveness::Liveness,
+    /// Latency histograms, for `/metrics`.
+    pub(crate) latencies: Latencies,
 }
 
 impl Shared {
@@ -314,6 +317,11 @@ impl ServerHandle {
     /// [`ServerHandle::sessions`]).
     pub fn session_count(&self) -> usize {
         self.shared.sessions().len()
+    }
+
+    /// The latency histograms.
+    pub(crate) fn latencies(&self) -> &Latencies {
+        &self.shared.latencies
     }
 
     /// The server's counters.

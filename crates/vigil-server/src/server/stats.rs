@@ -2,6 +2,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+
 /// A monotonically increasing counter.
 #[derive(Debug, Default)]
 pub struct Counter(AtomicU64);
@@ -87,4 +89,27 @@ pub struct ServerStats {
     /// Refusals recorded one by one (the rest are only counted, in
     /// `refusals.summary` records).
     pub refusals_recorded: Counter,
+}
+
+/// Latency histograms, in seconds: 0.25 ms to about 8 s, doubling.
+#[derive(Debug, Clone)]
+pub(crate) struct Latencies {
+    /// Resolving a delivery's targets and queueing it for every one.
+    pub(crate) fanout: Histogram,
+    /// A module call, from its frame read to its answer queued.
+    pub(crate) exec: Histogram,
+    /// A `/send` request, from its body read to its answer (with `?wait`,
+    /// the wait included).
+    pub(crate) send: Histogram,
+}
+
+impl Default for Latencies {
+    fn default() -> Self {
+        let buckets = || Histogram::new(exponential_buckets(0.000_25, 2.0, 16));
+        Latencies {
+            fanout: buckets(),
+            exec: buckets(),
+            send: buckets(),
+        }
+    }
 }

@@ -924,7 +924,7 @@ async fn a_client_that_sends_nonces_gets_beats_covering_them() {
         .map(str::to_owned)
         .unwrap_or_else(|| metrics.to_string());
     assert!(
-        text.contains("vigil_clients_clock_skew_max_milliseconds 1234"),
+        text.contains("vigil_clients_clock_skew_max_seconds 1.234"),
         "{text}"
     );
 }

@@ -25,7 +25,7 @@ where
         match &self.shared.config.modules {
             Some(registry) => self.execs.push(registry.exec_batch(calls)),
             None => {
-                for ((reference, module), _) in calls {
+                for ((reference, module, _), _) in calls {
                     self.unknown_module(&module, &reference);
                 }
             }
@@ -37,7 +37,11 @@ where
         let mut i = 0;
         while i < self.execs.len() {
             match self.execs[i].poll_next(cx) {
-                Poll::Ready(Some(((reference, module), answer))) => {
+                Poll::Ready(Some(((reference, module, read_at), answer))) => {
+                    self.shared
+                        .latencies
+                        .exec
+                        .observe(read_at.elapsed().as_secs_f64());
                     let bytes = exec_answer(module, answer, &reference);
                     self.push_chunk(bytes, false);
                 }
@@ -95,7 +99,8 @@ where
                     args: args.into_bytes(),
                     sum,
                 };
-                self.calls.push(((reference.to_owned(), module), call));
+                self.calls
+                    .push(((reference.to_owned(), module, Instant::now()), call));
             }
             ClientRequest::Ping => self.reply(&ServerMessage::Pong, reference),
             ClientRequest::Hello(hello) => self.hello(hello, reference),

@@ -221,9 +221,9 @@ struct Session<S> {
     /// The client's latest nonce, which the next heartbeat covers.
     beat: SharedBeat,
     /// Module calls read but not started: they start together.
-    calls: Vec<((String, String), ExecCall)>,
+    calls: Vec<((String, String, Instant), ExecCall)>,
     /// Module runs in flight, answered by (REF, module).
-    execs: Vec<ExecBatch<(String, String)>>,
+    execs: Vec<ExecBatch<(String, String, Instant)>>,
     last_read: Instant,
     /// Since when writes have been blocked with output waiting.
     stalled_since: Option<Instant>,
