@@ -149,6 +149,17 @@ impl FreezableDisk {
     }
 }
 
+/// Thaws a disk when dropped: declared after the processes that write to
+/// it, so that a failing test thaws it before it kills them (a process
+/// blocked on a frozen file system cannot be reaped).
+struct Thaw<'a>(&'a FreezableDisk);
+
+impl Drop for Thaw<'_> {
+    fn drop(&mut self) {
+        self.0.thaw();
+    }
+}
+
 impl Drop for FreezableDisk {
     fn drop(&mut self) {
         self.thaw();
@@ -180,6 +191,7 @@ fn the_server_is_ready_once_it_serves_pings_while_healthy_and_stops_pinging_when
         .env("WATCHDOG_USEC", WATCHDOG.as_micros().to_string())
         .env("VIGIL_FAULT_INJECTION", "accept-loop");
     let server = Server::start(&mut cmd, "server");
+    let thaw_first = Thaw(&disk);
 
     // Ready once, first, and only when connections are served: a client
     // started right after it connects.
@@ -224,6 +236,7 @@ fn the_server_is_ready_once_it_serves_pings_while_healthy_and_stops_pinging_when
     let status = server.terminate();
     assert!(status.success(), "{status:?}");
     assert_eq!(notes.count("STOPPING=1"), 1, "{:?}", notes.all());
+    drop(thaw_first);
     drop(disk);
 }
 
