@@ -34,8 +34,8 @@ systemd: with Type=notify the server says READY=1 once it serves, STATUS= with
 its client count, and STOPPING=1 when it stops; with WatchdogSec= it pings the
 watchdog at half that, only while its accept loop, heartbeat task and audit
 writer all answer (a hung server stops pinging and is restarted).
-VIGIL_FAULT_INJECTION=accept-loop makes SIGUSR1 freeze the accept loop, to
-test that.
+VIGIL_FAULT_INJECTION=accept-loop (or heartbeats) makes SIGUSR1 freeze the
+accept loop (or the heartbeat task), to test that.
 
 Exit status: 0 after a clean shutdown, 1 if the server could not listen or
 failed while running,

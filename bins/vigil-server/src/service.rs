@@ -92,8 +92,9 @@ fn send(states: &[NotifyState<'_>]) {
     }
 }
 
-/// With `VIGIL_FAULT_INJECTION=accept-loop` in the environment, SIGUSR1
-/// freezes the accept loop (to test the watchdog); otherwise nothing.
+/// With `VIGIL_FAULT_INJECTION=accept-loop` (or `heartbeats`) in the
+/// environment, SIGUSR1 freezes the accept loop (or the heartbeat task),
+/// to test the watchdog; otherwise nothing.
 /// Returns an error for a value it does not know.
 pub(crate) fn arm_fault_injection(handle: &ServerHandle) -> Result<(), String> {
     let Some(value) = std::env::var_os("VIGIL_FAULT_INJECTION") else {
@@ -101,9 +102,10 @@ pub(crate) fn arm_fault_injection(handle: &ServerHandle) -> Result<(), String> {
     };
     let fault = match value.to_str() {
         Some("accept-loop") => Fault::FreezeAcceptLoop,
+        Some("heartbeats") => Fault::FreezeHeartbeats,
         _ => {
             return Err(format!(
-                "VIGIL_FAULT_INJECTION={}: the only fault is accept-loop",
+                "VIGIL_FAULT_INJECTION={}: the faults are accept-loop and heartbeats",
                 value.to_string_lossy()
             ));
         }

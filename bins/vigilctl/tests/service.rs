@@ -241,6 +241,30 @@ fn the_server_is_ready_once_it_serves_pings_while_healthy_and_stops_pinging_when
 }
 
 #[test]
+fn a_frozen_heartbeat_task_stops_the_pings_and_is_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    init(d);
+    let notes = Notes::listen(&d.join("notify.sock"));
+    let mut cmd = Command::new(bin("vigil-server"));
+    cmd.arg("--config")
+        .arg(d.join("server.toml"))
+        .args(["--heartbeat-interval", "0.25"])
+        .env("NOTIFY_SOCKET", d.join("notify.sock"))
+        .env("WATCHDOG_USEC", WATCHDOG.as_micros().to_string())
+        .env("VIGIL_FAULT_INJECTION", "heartbeats");
+    let server = Server::start(&mut cmd, "server");
+    notes.wait_for("WATCHDOG=1", 2, START);
+    server.proc.signal(Signal::USR1);
+    server.proc.wait_line("fault injected", START);
+    let pinged = notes.pinged_during(WATCHDOG, WATCHDOG * 2);
+    assert_eq!(pinged, 0, "pinged while the heartbeat task was frozen");
+    let status = notes.wait_status("heartbeats", START);
+    assert!(status.starts_with("STATUS=stuck"), "{status}");
+    assert!(server.terminate().success());
+}
+
+#[test]
 fn the_client_is_ready_while_trying_pings_from_its_supervisor_and_says_stopping() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();

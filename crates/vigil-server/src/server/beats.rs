@@ -87,6 +87,11 @@ pub(super) async fn heartbeats(shared: Arc<Shared>, authority: crate::Authority)
     loop {
         tokio::select! {
             () = shared.shutdown.cancelled() => return,
+            () = shared.liveness.faults.heartbeats_frozen.cancelled() => {
+                // Stuck as a hung task would be, until shutdown.
+                shared.shutdown.cancelled().await;
+                return;
+            }
             Ok(()) = questions.changed() => {
                 pulse.answer(&mut questions);
                 continue;

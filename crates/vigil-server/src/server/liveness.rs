@@ -128,12 +128,16 @@ pub enum Fault {
     /// The accept loop stops: no connection is accepted and no liveness
     /// question answered, until shutdown.
     FreezeAcceptLoop,
+    /// The heartbeat task stops: no heartbeat is sent and no liveness
+    /// question answered, until shutdown (clients' failsafes will fire).
+    FreezeHeartbeats,
 }
 
 /// The faults injected so far.
 #[derive(Debug, Default)]
 pub(crate) struct Faults {
     pub(crate) accept_frozen: tokio_util::sync::CancellationToken,
+    pub(crate) heartbeats_frozen: tokio_util::sync::CancellationToken,
 }
 
 /// The pulses of one server.

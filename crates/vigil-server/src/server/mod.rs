@@ -489,6 +489,7 @@ impl ServerHandle {
         tracing::warn!(?fault, "fault injected");
         match fault {
             Fault::FreezeAcceptLoop => self.shared.liveness.faults.accept_frozen.cancel(),
+            Fault::FreezeHeartbeats => self.shared.liveness.faults.heartbeats_frozen.cancel(),
         }
     }
 
