@@ -171,6 +171,19 @@ fn as_root() -> bool {
     run(Command::new("id").arg("-u")).stdout == b"0\n"
 }
 
+/// The server of the init directory `d` under a watchdog of [`WATCHDOG`],
+/// notifying `d/notify.sock`, with `fault` armed for SIGUSR1.
+fn notified_server(d: &Path, fault: &str) -> Server {
+    let mut cmd = Command::new(bin("vigil-server"));
+    cmd.arg("--config")
+        .arg(d.join("server.toml"))
+        .args(["--heartbeat-interval", "0.25"])
+        .env("NOTIFY_SOCKET", d.join("notify.sock"))
+        .env("WATCHDOG_USEC", WATCHDOG.as_micros().to_string())
+        .env("VIGIL_FAULT_INJECTION", fault);
+    Server::start(&mut cmd, "server")
+}
+
 #[test]
 fn the_server_is_ready_once_it_serves_pings_while_healthy_and_stops_pinging_when_stuck() {
     assert!(
@@ -183,14 +196,7 @@ fn the_server_is_ready_once_it_serves_pings_while_healthy_and_stops_pinging_when
     // The server's data directory (its audit log) on a disk that can hang.
     let disk = FreezableDisk::new(&d.join("disk.img"), &d.join("server-data"));
     let notes = Notes::listen(&d.join("notify.sock"));
-    let mut cmd = Command::new(bin("vigil-server"));
-    cmd.arg("--config")
-        .arg(d.join("server.toml"))
-        .args(["--heartbeat-interval", "0.25"])
-        .env("NOTIFY_SOCKET", d.join("notify.sock"))
-        .env("WATCHDOG_USEC", WATCHDOG.as_micros().to_string())
-        .env("VIGIL_FAULT_INJECTION", "accept-loop");
-    let server = Server::start(&mut cmd, "server");
+    let server = notified_server(d, "accept-loop");
     let thaw_first = Thaw(&disk);
 
     // Ready once, first, and only when connections are served: a client
@@ -246,14 +252,7 @@ fn a_frozen_heartbeat_task_stops_the_pings_and_is_named() {
     let d = dir.path();
     init(d);
     let notes = Notes::listen(&d.join("notify.sock"));
-    let mut cmd = Command::new(bin("vigil-server"));
-    cmd.arg("--config")
-        .arg(d.join("server.toml"))
-        .args(["--heartbeat-interval", "0.25"])
-        .env("NOTIFY_SOCKET", d.join("notify.sock"))
-        .env("WATCHDOG_USEC", WATCHDOG.as_micros().to_string())
-        .env("VIGIL_FAULT_INJECTION", "heartbeats");
-    let server = Server::start(&mut cmd, "server");
+    let server = notified_server(d, "heartbeats");
     notes.wait_for("WATCHDOG=1", 2, START);
     server.proc.signal(Signal::USR1);
     server.proc.wait_line("fault injected", START);

@@ -163,8 +163,10 @@ impl<W: Write> EscapeJson<W> {
     }
 }
 
+/// What [`EscapeControl`] escapes, less what a JSON encoder already does
+/// (C0 controls; tabs).
 fn json_needs_escape(c: char) -> bool {
-    c == '\u{7f}' || ('\u{80}'..='\u{9f}').contains(&c) || c == '\u{2028}' || c == '\u{2029}'
+    c >= '\u{7f}' && needs_escape(c)
 }
 
 impl<W: Write> Write for EscapeJson<W> {

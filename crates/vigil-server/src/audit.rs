@@ -83,11 +83,21 @@ fn reason_of(e: &AuditError) -> &'static str {
 /// command issued or withdrawn (one line per command, which ties its
 /// `command_id` to its place in the chain), at debug for the rest.
 fn log_record(kind: &str, command_id: Option<&str>, audit_seq: u64) {
-    if matches!(kind, "command.issued" | "command.withdrawn") {
+    if info_record(kind) {
         tracing::info!(kind, command_id, audit_seq, "audit record written");
     } else {
         tracing::debug!(kind, command_id, audit_seq, "audit record written");
     }
+}
+
+fn info_record(kind: &str) -> bool {
+    matches!(kind, "command.issued" | "command.withdrawn")
+}
+
+/// Whether [`log_record`] writes a line for `kind` (so its command id is
+/// worth reading).
+fn logs_record(kind: &str) -> bool {
+    info_record(kind) || tracing::enabled!(tracing::Level::DEBUG)
 }
 
 /// An audit log that reopens itself after a failure.
@@ -153,9 +163,9 @@ impl Audit {
         details: Value,
         essential: bool,
     ) -> Result<Receipt, AuditError> {
-        let details_id = details
-            .get("command_id")
-            .and_then(Value::as_str)
+        let details_id = logs_record(kind)
+            .then(|| details.get("command_id").and_then(Value::as_str))
+            .flatten()
             .map(str::to_owned);
         let (log, reopen) = self.current(essential);
         let log = if reopen {

@@ -35,19 +35,12 @@ impl Client {
     /// so that a hung client, or one whose kill switch would not fire, is
     /// restarted.
     pub fn check_alive(&self, within: Duration) -> Result<(), Stuck> {
-        let turned = *self
-            .turned
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let since = turned.ok_or(Stuck::NotRunning)?.elapsed();
+        let state = self.state();
+        let since = state.turned.ok_or(Stuck::NotRunning)?.elapsed();
         if since > within.max(TURN_EVERY * 2) {
             return Err(Stuck::NotTurning(since));
         }
-        if let Some(late) = self
-            .state()
-            .failsafe
-            .as_ref()
-            .and_then(FailsafeHandle::overdue)
+        if let Some(late) = state.failsafe.as_ref().and_then(FailsafeHandle::overdue)
             && late > within
         {
             return Err(Stuck::FailsafeOverdue(late));
@@ -60,34 +53,26 @@ impl Client {
         self.state().conn.as_ref().map(|c| c.peer())
     }
 
-    pub(super) fn mark_turn(&self) {
-        *self
-            .turned
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(std::time::Instant::now());
-    }
-
     /// Marks a turn every [`TURN_EVERY`], for as long as it is polled.
     pub(super) async fn turns(&self) {
         let mut ticker = tokio::time::interval(TURN_EVERY);
         loop {
             ticker.tick().await;
-            self.mark_turn();
+            self.state().turned = Some(std::time::Instant::now());
         }
     }
 
     /// [`Client::run`] starts, with this failsafe.
     pub(super) fn started_turning(&self, failsafe: Option<&FailsafeHandle>) {
-        self.state().failsafe = failsafe.cloned();
-        self.mark_turn();
+        let mut state = self.state();
+        state.failsafe = failsafe.cloned();
+        state.turned = Some(std::time::Instant::now());
     }
 
     /// [`Client::run`] has returned.
     pub(super) fn stopped_turning(&self) {
-        self.state().failsafe = None;
-        *self
-            .turned
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        let mut state = self.state();
+        state.failsafe = None;
+        state.turned = None;
     }
 }

@@ -116,8 +116,10 @@ struct State {
     logged_skew_ms: Option<i64>,
     /// Nonces sent, for their REFs.
     nonces_sent: u64,
-    /// The failsafe of the current run, for [`Client::check_alive`].
+    /// The failsafe of the current run, and when the run's task last took
+    /// a turn (`None` when not running), for [`Client::check_alive`].
     failsafe: Option<FailsafeHandle>,
+    turned: Option<std::time::Instant>,
 }
 
 /// Failsafe transitions the server has not yet confirmed, oldest first.
@@ -141,9 +143,6 @@ pub struct Client {
     events: broadcast::Sender<ClientEvent>,
     state: Mutex<State>,
     reports: Arc<Mutex<Reports>>,
-    /// When [`Client::run`]'s task last took a turn (see
-    /// [`Client::check_alive`]).
-    turned: Mutex<Option<std::time::Instant>>,
 }
 
 impl Client {
@@ -159,7 +158,6 @@ impl Client {
                 ..State::default()
             }),
             reports: Arc::default(),
-            turned: Mutex::new(None),
         }
     }
 

@@ -58,7 +58,7 @@ impl Scrape {
         name: &str,
         help: &str,
         label: &'static str,
-        samples: &[(String, u64)],
+        samples: &[(impl ToString, u64)],
         set: impl Fn(&M, u64),
     ) where
         M: prometheus_client::metrics::TypedMetric
@@ -72,22 +72,32 @@ impl Scrape {
         let family = Family::<Labels, M>::default();
         for (value_label, value) in samples {
             set(
-                &family.get_or_create(&vec![(label, value_label.clone())]),
+                &family.get_or_create(&vec![(label, value_label.to_string())]),
                 *value,
             );
         }
         self.0.register(name, Self::help(help), family);
     }
 
-    fn counters(&mut self, name: &str, help: &str, label: &'static str, samples: &[(&str, u64)]) {
-        let owned: Vec<(String, u64)> =
-            samples.iter().map(|(l, v)| ((*l).to_owned(), *v)).collect();
-        self.family::<Counter>(name, help, label, &owned, |c, v| {
+    fn counters(
+        &mut self,
+        name: &str,
+        help: &str,
+        label: &'static str,
+        samples: &[(impl ToString, u64)],
+    ) {
+        self.family::<Counter>(name, help, label, samples, |c, v| {
             c.inc_by(v);
         });
     }
 
-    fn gauges(&mut self, name: &str, help: &str, label: &'static str, samples: &[(String, u64)]) {
+    fn gauges(
+        &mut self,
+        name: &str,
+        help: &str,
+        label: &'static str,
+        samples: &[(impl ToString, u64)],
+    ) {
         self.family::<Gauge>(name, help, label, samples, |g, v| {
             g.set(i64::try_from(v).unwrap_or(i64::MAX));
         });
@@ -131,48 +141,20 @@ pub(super) fn metrics(state: &State, openmetrics: bool) -> Resp {
 /// `X` (samples `X_total`) is named `X_total` in its `HELP` and `TYPE`
 /// lines, and `# EOF` goes. Gauges and histograms read the same in both.
 fn to_prometheus_text(open: &str) -> String {
-    let mut out = String::with_capacity(open.len());
-    let mut help: Option<&str> = None;
-    for line in open.lines() {
-        if line == "# EOF" {
-            continue;
-        }
-        if line.starts_with("# HELP ") {
-            // Held until its TYPE line says what the family is.
-            if let Some(h) = help.replace(line) {
-                out.push_str(h);
-                out.push('\n');
-            }
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
-            let total = kind == "counter" && !name.ends_with("_total");
-            if let Some(h) = help.take() {
-                match (
-                    total,
-                    h.strip_prefix("# HELP ").and_then(|r| r.split_once(' ')),
-                ) {
-                    (true, Some((n, text))) => out.push_str(&format!("# HELP {n}_total {text}\n")),
-                    _ => {
-                        out.push_str(h);
-                        out.push('\n');
-                    }
-                }
-            }
-            if total {
-                out.push_str(&format!("# TYPE {name}_total counter\n"));
-            } else {
-                out.push_str(line);
-                out.push('\n');
-            }
-            continue;
-        }
-        if let Some(h) = help.take() {
-            out.push_str(h);
-            out.push('\n');
-        }
-        out.push_str(line);
+    let counters: std::collections::HashSet<&str> = open
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .filter(|name| !name.ends_with("_total"))
+        .collect();
+    let mut out = String::with_capacity(open.len() + 8 * counters.len());
+    for line in open.lines().filter(|l| *l != "# EOF") {
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|tag| {
+            let (name, rest) = line.strip_prefix(tag)?.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{tag}{name}_total {rest}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
         out.push('\n');
     }
     out
@@ -284,28 +266,23 @@ fn register(m: &mut Scrape, state: &State) {
     let per_module = |f: &dyn Fn(&vigil_modules::HostHealth) -> u64| -> Vec<(String, u64)> {
         hosts.iter().map(|(n, h)| (n.clone(), f(h))).collect()
     };
-    let as_counters = |m: &mut Scrape, name: &str, help: &str, samples: Vec<(String, u64)>| {
-        m.family::<Counter>(name, help, "module", &samples, |c, v| {
-            c.inc_by(v);
-        });
-    };
-    as_counters(
-        m,
+    m.counters(
         "vigil_module_host_crashes",
         "Times a module's host process died during a call or at its start (signal, exit, memory limit), by module.",
-        per_module(&|h| h.crashes),
+        "module",
+        &per_module(&|h| h.crashes),
     );
-    as_counters(
-        m,
+    m.counters(
         "vigil_module_host_timeouts",
         "Module calls that ran past their timeout, each of which killed its host, by module.",
-        per_module(&|h| h.timeouts),
+        "module",
+        &per_module(&|h| h.timeouts),
     );
-    as_counters(
-        m,
+    m.counters(
         "vigil_module_host_restarts",
         "Times a module's host process was started again, by module.",
-        per_module(&|h| h.restarts),
+        "module",
+        &per_module(&|h| h.restarts),
     );
     m.gauges(
         "vigil_module_failing",

@@ -48,7 +48,7 @@ pub(super) fn health(state: &State) -> Resp {
         StatusCode::OK,
         &json!({
             "status": if degraded.is_some() { "degraded" } else { "ok" },
-            "clients": state.server.sessions().len(),
+            "clients": state.server.session_count(),
             "uptime_seconds": uptime,
             "server_fingerprint": state.server.fingerprint().to_hex(),
             "agent_id": state.server.agent_id(),
