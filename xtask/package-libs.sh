@@ -37,6 +37,7 @@ order=(
     vigil-failsafe
     vigil-log
     vigil-ws
+    vigil-cluster
     vigil-audit
     vigil-client
     vigil-server

@@ -114,6 +114,8 @@ fn allowed_internal_deps() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("vigil-audit", &[][..]),
         ("vigil-log", &[][..]),
         ("vigil-ws", &[][..]),
+        // The NATS link: identities and pins from vigil-auth only.
+        ("vigil-cluster", &["vigil-auth"][..]),
         // Test helpers (`support/`): generic, they know the binaries only
         // by name and log line.
         ("vigil-test-support", &[][..]),
@@ -127,6 +129,7 @@ fn allowed_internal_deps() -> BTreeMap<&'static str, &'static [&'static str]> {
                 "vigil-failsafe",
                 "vigil-audit",
                 "vigil-ws",
+                "vigil-cluster",
             ][..],
         ),
         (

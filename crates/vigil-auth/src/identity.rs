@@ -203,8 +203,21 @@ impl GeneratedIdentity {
     /// Generates an Ed25519 key and a self-signed certificate for it, with
     /// `common_name` as subject CN and DNS name.
     pub fn generate(common_name: &str) -> Result<GeneratedIdentity, AuthError> {
+        GeneratedIdentity::generate_with_names(common_name, &[])
+    }
+
+    /// Like [`GeneratedIdentity::generate`], with more subject names: an
+    /// IP address (`127.0.0.1`) becomes an IP name, anything else a DNS
+    /// name. Peers that check names (a NATS route dialling another node
+    /// checks its IP) need them; vigil checks only the key.
+    pub fn generate_with_names(
+        common_name: &str,
+        names: &[&str],
+    ) -> Result<GeneratedIdentity, AuthError> {
         let key = openssl_readable(rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)?)?;
-        let mut params = rcgen::CertificateParams::new(vec![common_name.to_owned()])?;
+        let mut all = vec![common_name.to_owned()];
+        all.extend(names.iter().map(|n| (*n).to_owned()));
+        let mut params = rcgen::CertificateParams::new(all)?;
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, common_name);

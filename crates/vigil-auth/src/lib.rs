@@ -40,8 +40,8 @@ pub use fingerprint::{Fingerprint, FingerprintParseError};
 pub use identity::{GeneratedIdentity, Identity, certs_from_pem, write_file};
 pub use perms::{check_key_permissions, check_permissions, create_private_dir};
 pub use tls::{
-    PeerRejected, PinnedClientVerifier, PinnedServerVerifier, client_config, peer_fingerprint,
-    provider, refused_certificate_alert, server_config, wrong_server,
+    PeerRejected, PinnedClientVerifier, PinnedServerVerifier, client_config, client_config_any,
+    peer_fingerprint, provider, refused_certificate_alert, server_config, wrong_server,
 };
 pub use trust::{ReloadReport, TrustFile, TrustSet, TrustStore, TrustWatcher};
 

@@ -41,6 +41,14 @@ pub enum PeerRejected {
         /// What the client was told to expect.
         expected: Fingerprint,
     },
+    /// The server's key is none of the pinned ones.
+    #[error("server key {presented} is none of the {pins} pinned keys")]
+    UnpinnedServer {
+        /// What the server presented.
+        presented: Fingerprint,
+        /// How many keys were pinned.
+        pins: usize,
+    },
     /// The certificate could not be parsed.
     #[error("peer certificate is malformed: {0}")]
     Malformed(String),
@@ -158,10 +166,11 @@ impl ClientCertVerifier for PinnedClientVerifier {
     }
 }
 
-/// Client side: admits only the server whose key has the pinned fingerprint.
+/// Client side: admits only a server whose key has a pinned fingerprint.
 /// The server name is not checked: the fingerprint is the identity.
 pub struct PinnedServerVerifier {
-    expected: Fingerprint,
+    /// Never empty.
+    expected: Vec<Fingerprint>,
     algs: WebPkiSupportedAlgorithms,
 }
 
@@ -177,9 +186,18 @@ impl PinnedServerVerifier {
     /// A verifier that accepts only `expected`.
     pub fn new(expected: Fingerprint) -> Self {
         PinnedServerVerifier {
-            expected,
+            expected: vec![expected],
             algs: provider().signature_verification_algorithms,
         }
+    }
+
+    /// A verifier that accepts any of `pins` (the nodes of a cluster, or
+    /// a key and the one replacing it); `None` for an empty list.
+    pub fn any_of(pins: &[Fingerprint]) -> Option<Self> {
+        (!pins.is_empty()).then(|| PinnedServerVerifier {
+            expected: pins.to_vec(),
+            algs: provider().signature_verification_algorithms,
+        })
     }
 }
 
@@ -193,14 +211,18 @@ impl ServerCertVerifier for PinnedServerVerifier {
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let (presented, _) = spki_of(end_entity)?;
-        if presented == self.expected {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(PeerRejected::WrongServer {
+        match self.expected.as_slice() {
+            pins if pins.contains(&presented) => Ok(ServerCertVerified::assertion()),
+            [one] => Err(PeerRejected::WrongServer {
                 presented,
-                expected: self.expected,
+                expected: *one,
             }
-            .into())
+            .into()),
+            pins => Err(PeerRejected::UnpinnedServer {
+                presented,
+                pins: pins.len(),
+            }
+            .into()),
         }
     }
 
@@ -254,10 +276,26 @@ pub fn client_config(
     identity: &Identity,
     server: Fingerprint,
 ) -> Result<Arc<rustls::ClientConfig>, AuthError> {
+    client_config_with(identity, PinnedServerVerifier::new(server))
+}
+
+/// A client configuration like [`client_config`] that admits a server
+/// whose key is any of `pins`; `None` for an empty list.
+pub fn client_config_any(
+    identity: &Identity,
+    pins: &[Fingerprint],
+) -> Option<Result<Arc<rustls::ClientConfig>, AuthError>> {
+    PinnedServerVerifier::any_of(pins).map(|verifier| client_config_with(identity, verifier))
+}
+
+fn client_config_with(
+    identity: &Identity,
+    verifier: PinnedServerVerifier,
+) -> Result<Arc<rustls::ClientConfig>, AuthError> {
     let mut config = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinnedServerVerifier::new(server)))
+        .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_auth_cert(identity.certs().to_vec(), identity.key())?;
     // vigil servers issue no session tickets (see `server_config`).
     config.resumption = rustls::client::Resumption::disabled();

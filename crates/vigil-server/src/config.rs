@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use vigil_auth::{Identity, TrustStore};
+use vigil_auth::{Fingerprint, Identity, TrustStore};
 use vigil_modules::ModuleRegistry;
 use vigil_proto::Limits;
 
@@ -121,8 +121,36 @@ pub struct ServerConfig {
     /// `refusals.summary` audit record; in each such window only the first
     /// refusal of each source, a few dozen at most, is recorded on its own.
     pub refusal_summary_interval: Duration,
+    /// The cluster to join over NATS (default: none, a server alone).
+    pub cluster: Option<ClusterSettings>,
     /// Set only through [`ServerConfig::dangerous`].
     pub(crate) unaudited: bool,
+}
+
+/// How a server joins a cluster: the NATS nodes it connects to (over TLS,
+/// presenting its own identity) and the fingerprints of their keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClusterSettings {
+    /// NATS URLs (`nats://host:port`).
+    pub urls: Vec<String>,
+    /// The NATS nodes' key fingerprints.
+    pub pins: Vec<Fingerprint>,
+    /// How long the server's membership lasts unless renewed (see
+    /// [`vigil_cluster::DEFAULT_LEASE`]).
+    pub lease: Duration,
+}
+
+impl ClusterSettings {
+    /// NATS at `urls`, whose nodes hold the keys of `pins`, with the
+    /// default lease.
+    pub fn new(urls: Vec<String>, pins: Vec<Fingerprint>) -> ClusterSettings {
+        ClusterSettings {
+            urls,
+            pins,
+            lease: vigil_cluster::DEFAULT_LEASE,
+        }
+    }
 }
 
 /// The server's signing key and the id it signs as (`wa_id`).
@@ -174,6 +202,7 @@ impl ServerConfig {
             command_window: DEFAULT_COMMAND_WINDOW,
             ack_timeout: DEFAULT_ACK_TIMEOUT,
             refusal_summary_interval: DEFAULT_REFUSAL_SUMMARY_INTERVAL,
+            cluster: None,
             unaudited: false,
         }
     }

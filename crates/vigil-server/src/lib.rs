@@ -47,7 +47,7 @@ mod server;
 mod text;
 
 pub use config::{
-    Authority, DEFAULT_ACK_TIMEOUT, DEFAULT_AUTHORITY_ID, DEFAULT_COMMAND_WINDOW,
+    Authority, ClusterSettings, DEFAULT_ACK_TIMEOUT, DEFAULT_AUTHORITY_ID, DEFAULT_COMMAND_WINDOW,
     DEFAULT_DRAIN_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_HEARTBEAT_INTERVAL,
     DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_EXECS_PER_SESSION,
     DEFAULT_MAX_HANDSHAKES_PER_SOURCE, DEFAULT_MAX_OUTBOUND_BYTES, DEFAULT_PORT,
@@ -95,6 +95,9 @@ pub enum ServerError {
         "the server has no audit log: give it one, or allow running without one with ServerConfig::dangerous()"
     )]
     NoAuditLog,
+    /// The cluster link could not be set up (a bad NATS URL, no pin).
+    #[error("cannot join the cluster: {0}")]
+    Cluster(String),
     /// The audit log could not record the action, so it was not taken.
     #[error("the audit log cannot record this, so it was not done: {0}")]
     // Its text is in the message (REST answers show it), so it is not a

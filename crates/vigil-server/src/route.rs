@@ -24,18 +24,61 @@ pub(crate) struct Resolved {
     pub(crate) server: bool,
 }
 
+/// Why a command has nowhere to go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Unresolved {
+    /// Nothing matches (404).
+    NotFound(String),
+    /// It may match a client this server cannot reach now (503): the
+    /// cluster is unreachable, or the client is on another server.
+    Unavailable(String),
+}
+
+impl Unresolved {
+    /// The HTTP status it is answered with.
+    pub(crate) fn status(&self) -> hyper::StatusCode {
+        match self {
+            Unresolved::NotFound(_) => hyper::StatusCode::NOT_FOUND,
+            Unresolved::Unavailable(_) => hyper::StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// What it says.
+    pub(crate) fn why(&self) -> &str {
+        match self {
+            Unresolved::NotFound(why) | Unresolved::Unavailable(why) => why,
+        }
+    }
+}
+
 /// Resolves a command's targets among the connected clients and this
-/// server; `Err` says, for a 404, why nothing matches.
+/// server. In a cluster, an agent this server does not hold is looked up
+/// in the cluster's presence: attached nowhere is a 404, a cluster that
+/// cannot be asked a 503.
 pub(crate) fn resolve(
     server: &ServerHandle,
     agent: Option<&str>,
     tree: Option<&[String]>,
-) -> Result<Resolved, String> {
+) -> Result<Resolved, Unresolved> {
     let own = Own {
         agent_id: server.agent_id(),
         tree_path: server.tree_path(),
     };
-    resolve_among(&own, |wanted| server.matching_clients(wanted), agent, tree)
+    resolve_among(&own, |wanted| server.matching_clients(wanted), agent, tree).map_err(|why| {
+        let Some(id) = agent else {
+            return Unresolved::NotFound(why);
+        };
+        match server.locate_agent(id) {
+            None | Some(vigil_cluster::Location::Nowhere) => Unresolved::NotFound(why),
+            Some(vigil_cluster::Location::Unknown) => Unresolved::Unavailable(format!(
+                "no agent {id:?} is connected to this server, and the cluster cannot be asked where it is (NATS unreachable): try again, or send through another server"
+            )),
+            Some(vigil_cluster::Location::Remote(r)) => Unresolved::Unavailable(format!(
+                "agent {id:?} is attached to server {:?} ({}): send through that server",
+                r.server_agent_id, r.presence.server
+            )),
+        }
+    })
 }
 
 /// This server's own names, as [`resolve_among`] needs them.

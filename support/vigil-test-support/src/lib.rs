@@ -8,6 +8,7 @@
 //! - [`server`]: where a `vigil-server` started on port 0 listens, read
 //!   from its log, and a client config pointed there;
 //! - [`wait`]: polling until something holds, with a deadline;
+//! - [`debian`]: programs from Debian packages, installed when missing;
 //! - [`http`]: plain HTTP/1.1 requests written by hand, for answers no
 //!   well-behaved client would provoke.
 //!
@@ -17,6 +18,7 @@
 #![deny(missing_docs)]
 
 pub mod bin;
+pub mod debian;
 pub mod http;
 pub mod process;
 pub mod server;

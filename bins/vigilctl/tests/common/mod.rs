@@ -155,40 +155,9 @@ pub(crate) fn vigilctl() -> Command {
     cmd
 }
 
-/// Where `name` is on the PATH, if it is.
-pub(crate) fn found_on_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join(name))
-            .find(|p| p.is_file())
-    })
-}
-
-/// The program `name` from the Debian package `package`: found, or
-/// installed with apt-get when this runs as root, or the test fails saying
-/// what to install. It never skips.
-pub(crate) fn debian_program(name: &str, package: &str) -> PathBuf {
-    if let Some(path) = found_on_path(name) {
-        return path;
-    }
-    let root = run(Command::new("id").arg("-u")).stdout == b"0\n";
-    assert!(
-        root,
-        "this test needs `{name}`: install Debian's {package} package (apt-get install {package})"
-    );
-    eprintln!(
-        "{name} is missing: installing Debian's {package} package (apt-get install -y {package})"
-    );
-    let out = run(Command::new("apt-get")
-        .args(["install", "-y", package])
-        .env("DEBIAN_FRONTEND", "noninteractive"));
-    assert!(
-        out.status.success(),
-        "apt-get install -y {package} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    found_on_path(name).unwrap_or_else(|| panic!("{package} installed, but no {name} on the PATH"))
-}
+// Not every test binary that shares this module uses them.
+#[allow(unused_imports)]
+pub(crate) use vigil_test_support::debian::{found_on_path, program as debian_program};
 
 /// The example module hello.so, built once for every test of this package.
 pub(crate) fn hello_so() -> PathBuf {

@@ -156,6 +156,7 @@ pub(super) fn build(s: Settings) -> Result<Deployment, DeploymentError> {
     if let Some(id) = s.agent_id {
         config.agent_id = id;
     }
+    config.cluster = cluster(s.cluster, s.cluster_pins, s.cluster_lease)?;
 
     let token = match s.api_token {
         Some(token) => token,
@@ -330,9 +331,70 @@ fn at_least_one(name: &str, n: usize) -> Result<usize, DeploymentError> {
     Ok(n)
 }
 
+/// The cluster settings, checked: URLs need pins, pins need URLs.
+fn cluster(
+    urls: Option<Vec<String>>,
+    pins: Option<Vec<vigil_auth::Fingerprint>>,
+    lease: Option<f64>,
+) -> Result<Option<crate::ClusterSettings>, DeploymentError> {
+    let urls: Vec<String> = urls
+        .unwrap_or_default()
+        .into_iter()
+        .map(|u| u.trim().to_owned())
+        .filter(|u| !u.is_empty())
+        .collect();
+    let pins = pins.unwrap_or_default();
+    match (urls.is_empty(), pins.is_empty()) {
+        (true, true) => return Ok(None),
+        (true, false) => {
+            return Err(DeploymentError::Invalid(
+                "cluster_pins without cluster: give the NATS URLs to join (--cluster nats://HOST:PORT)".into(),
+            ));
+        }
+        (false, true) => {
+            return Err(DeploymentError::Invalid(
+                "cluster without cluster_pins: give the fingerprints of the NATS nodes' keys (--cluster-pin HEX); vigil talks to no NATS node it has not pinned".into(),
+            ));
+        }
+        (false, false) => {}
+    }
+    for url in &urls {
+        let scheme_ok = url.starts_with("nats://") || url.starts_with("tls://");
+        if !scheme_ok {
+            return Err(DeploymentError::Invalid(format!(
+                "cluster URL {url:?} is not nats://HOST:PORT (or tls://HOST:PORT)"
+            )));
+        }
+    }
+    let mut settings = crate::ClusterSettings::new(urls, pins);
+    if let Some(secs) = lease {
+        settings.lease = seconds("cluster_lease", secs)?.max(Duration::from_secs(1));
+    }
+    Ok(Some(settings))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_urls_and_pins_come_together() {
+        let pin = vigil_auth::Fingerprint::of_spki(b"k");
+        assert!(matches!(cluster(None, None, None), Ok(None)));
+        assert!(cluster(Some(vec!["nats://127.0.0.1:4222".into()]), None, None).is_err());
+        assert!(cluster(None, Some(vec![pin]), None).is_err());
+        assert!(cluster(Some(vec!["http://x:1".into()]), Some(vec![pin]), None).is_err());
+        let ok = cluster(
+            Some(vec!["nats://127.0.0.1:4222".into(), " ".into()]),
+            Some(vec![pin]),
+            Some(3.0),
+        );
+        let Ok(Some(ok)) = ok else {
+            panic!("valid cluster settings refused");
+        };
+        assert_eq!(ok.urls, vec!["nats://127.0.0.1:4222".to_owned()]);
+        assert_eq!(ok.lease, Duration::from_secs(3));
+    }
 
     #[test]
     fn durations_and_counts_refuse_zero_and_nonsense() {

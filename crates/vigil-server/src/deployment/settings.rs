@@ -34,6 +34,36 @@ pub struct Settings {
         arg(long, env = "VIGIL_WSS_PORT", value_name = "PORT")
     )]
     pub wss_port: Option<u16>,
+    /// NATS URLs of the cluster to join (nats://HOST:PORT, comma-separated
+    /// or repeated; TLS either way): commands from any server of the
+    /// cluster reach its clients, and /v1/clients lists the whole fleet
+    /// [default: none, this server alone].
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "VIGIL_CLUSTER", value_name = "URL", value_delimiter = ',')
+    )]
+    pub cluster: Option<Vec<String>>,
+    /// Fingerprints (SHA-256 of the key, hex) of the NATS nodes' keys:
+    /// the only NATS nodes this server talks to (comma-separated or
+    /// repeated; needed with --cluster).
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            long,
+            env = "VIGIL_CLUSTER_PINS",
+            value_name = "FINGERPRINT",
+            value_delimiter = ','
+        )
+    )]
+    pub cluster_pins: Option<Vec<vigil_auth::Fingerprint>>,
+    /// Seconds this server's cluster membership lasts unless renewed (it
+    /// renews every third of it): its clients count as attached nowhere
+    /// this long after it dies [default: 15].
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "VIGIL_CLUSTER_LEASE", value_name = "SECS")
+    )]
+    pub cluster_lease: Option<f64>,
     /// Server certificate, PEM [default: server.crt].
     #[cfg_attr(feature = "cli", arg(long, env = "VIGIL_CERT", value_name = "FILE"))]
     pub cert: Option<PathBuf>,
@@ -359,7 +389,7 @@ impl Settings {
     pub fn or(self, lower: Settings) -> Settings {
         let upper = self;
         layer!(upper, lower:
-            interface, port, wss_port, cert, key, trusted_keys, mods, module_keys, module_host,
+            interface, port, wss_port, cluster, cluster_pins, cluster_lease, cert, key, trusted_keys, mods, module_keys, module_host,
             module_memory_mib, sandbox, exec_timeout,
             authority_key, authority_id, heartbeat_interval, http_interface,
             http_port, data_dir, api_token, authorities, agent_id,

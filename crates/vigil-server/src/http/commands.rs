@@ -48,7 +48,7 @@ fn target_of(
     tree: Option<&[String]>,
 ) -> Result<Target, ApiError> {
     let resolved = crate::route::resolve(&state.server, agent, tree)
-        .map_err(|why| ApiError::new(StatusCode::NOT_FOUND, why))?;
+        .map_err(|u| ApiError::new(u.status(), u.why().to_owned()))?;
     resolved.clients.ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,

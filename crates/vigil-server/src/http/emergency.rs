@@ -194,15 +194,16 @@ pub(crate) async fn shutdown(
         command.body.target_tree_path.as_deref(),
     ) {
         Ok(r) => r,
-        Err(why) => {
+        Err(unresolved) => {
             // Verified, so recorded on its own, but it changes nothing.
+            let why = unresolved.why().to_owned();
             let _ = server
                 .audit_essential(
                     "emergency.attempt",
                     attempt_details("unknown_target", Some(&command), Some(&why)),
                 )
                 .await;
-            return detail(StatusCode::NOT_FOUND, why);
+            return detail(unresolved.status(), why);
         }
     };
     // What the clients get: the command with this server's id appended to

@@ -137,12 +137,15 @@ pub(super) async fn route(
 }
 
 fn clients(state: &State) -> Resp {
-    let list: Vec<Value> = state
+    let me = state.server.fingerprint().to_hex();
+    let mut list: Vec<Value> = state
         .server
         .sessions()
         .iter()
         .map(|s| {
             json!({
+                "server_fingerprint": me,
+                "server_agent_id": state.server.agent_id(),
                 "client_id": s.fingerprint.to_hex(),
                 "agent_id": s.place.as_ref().and_then(|p| p.agent_id.clone()),
                 "tree_path": s.place.as_ref().map(|p| p.tree_path.clone()),
@@ -155,6 +158,23 @@ fn clients(state: &State) -> Resp {
             })
         })
         .collect();
+    // The rest of the fleet, as the cluster's presence says it.
+    list.extend(state.server.remote_clients().into_iter().map(|r| {
+        let p = r.presence;
+        json!({
+            "server_fingerprint": p.server.to_hex(),
+            "server_agent_id": r.server_agent_id,
+            "client_id": r.client.to_hex(),
+            "agent_id": p.agent_id,
+            "tree_path": p.tree_path,
+            "session": p.session,
+            "peer": p.peer,
+            "connected_at": p.connected_at,
+            "heartbeat": Value::Null,
+            "transport": p.transport,
+            "clock_skew_ms": Value::Null,
+        })
+    }));
     json_response(StatusCode::OK, &json!({ "clients": list }))
 }
 

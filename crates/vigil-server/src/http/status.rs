@@ -30,6 +30,19 @@ pub(super) fn health(state: &State) -> Resp {
     let uptime = state.started.elapsed().map(|d| d.as_secs()).unwrap_or(0);
     let audit = state.server.audit_health();
     let degraded = audit.as_ref().and_then(audit_status);
+    let cluster = state.server.cluster_status();
+    let cluster_down = cluster
+        .as_ref()
+        .is_some_and(|c| c.state != vigil_cluster::LinkState::Ready);
+    let cluster_json = cluster.map(|c| {
+        json!({
+            "state": c.state.as_str(),
+            "since": vigil_command::Timestamp::from_system_time(c.since).ok().map(|t| t.isoformat()),
+            "problem": c.problem,
+            "servers": c.servers,
+            "remote_clients": c.remote_clients,
+        })
+    });
     let audit_json = audit.as_ref().map(|a| {
         json!({
             "writable": a.problem.is_none(),
@@ -43,16 +56,17 @@ pub(super) fn health(state: &State) -> Resp {
     });
     // 200 either way: a degraded server still holds its clients, sends
     // heartbeats and obeys a signed shutdown; restarting it would not
-    // free the disk.
+    // free the disk, nor bring NATS back.
     json_response(
         StatusCode::OK,
         &json!({
-            "status": if degraded.is_some() { "degraded" } else { "ok" },
+            "status": if degraded.is_some() || cluster_down { "degraded" } else { "ok" },
             "clients": state.server.session_count(),
             "uptime_seconds": uptime,
             "server_fingerprint": state.server.fingerprint().to_hex(),
             "agent_id": state.server.agent_id(),
             "audit": audit_json,
+            "cluster": cluster_json,
         }),
     )
 }

@@ -92,7 +92,12 @@ impl Server {
                 refusals: crate::refusals::Refusals::default(),
                 liveness: super::liveness::Liveness::default(),
                 latencies: super::Latencies::default(),
+                cluster: std::sync::OnceLock::new(),
             }),
+        })
+        .and_then(|server| {
+            server.shared.join_cluster()?;
+            Ok(server)
         })
     }
 
@@ -245,6 +250,7 @@ impl Server {
         }
         // The last window's counts are not lost.
         shared.flush_refusals().await;
+        shared.leave_cluster().await;
         shared.stopped.send_replace(true);
         tracing::info!("server stopped");
         Ok(())

@@ -29,6 +29,7 @@ pub use session::SessionInfo;
 
 mod accept;
 mod beats;
+mod cluster;
 mod commands;
 mod fanout;
 mod liveness;
@@ -70,6 +71,8 @@ pub(crate) struct Shared {
     pub(crate) liveness: liveness::Liveness,
     /// Latency histograms, for `/metrics`.
     pub(crate) latencies: Latencies,
+    /// The cluster link, for a server started with one.
+    cluster: std::sync::OnceLock<vigil_cluster::Cluster>,
 }
 
 impl Shared {
@@ -162,6 +165,7 @@ impl Shared {
 
     pub(crate) fn register(&self, handle: SessionHandle) {
         let out = handle.out.clone();
+        self.tell_attached(&handle);
         self.sessions().insert(handle.info.id, handle);
         // Shutdown cancels the sessions it finds; one registered after
         // that sweep cancels itself.
@@ -178,7 +182,21 @@ impl Shared {
     }
 
     pub(crate) fn deregister(&self, id: u64) {
-        self.sessions().remove(&id);
+        let removed = self.sessions().remove(&id);
+        if let Some(handle) = removed {
+            self.tell_detached(&handle.info.fingerprint, id);
+        }
+    }
+
+    /// Tells the cluster what a session's client said of itself.
+    pub(crate) fn placed(&self, id: u64) {
+        if self.cluster().is_none() {
+            return;
+        }
+        let sessions = self.sessions();
+        if let Some(handle) = sessions.get(&id) {
+            self.tell_attached(handle);
+        }
     }
 
     /// The payload of a `mod:verify_resp` for this module version (its

@@ -52,6 +52,9 @@ pub struct ServerStats {
     pub acks_failed: Counter,
     /// Acknowledgements saying the client refused the command.
     pub acks_refused: Counter,
+    /// Sessions closed because their client attached to another server
+    /// of the cluster since.
+    pub sessions_displaced: Counter,
     /// Failsafe transitions reported by clients.
     pub failsafe_reports: Counter,
     /// Heartbeats sent (one signature each, shared by every client).

@@ -165,6 +165,7 @@ where
             );
             return;
         }
+        self.shared.placed(self.info.id);
         self.reply(&ServerMessage::HelloOk, reference);
     }
 

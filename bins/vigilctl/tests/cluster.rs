@@ -1,0 +1,320 @@
+//! vigil servers in a cluster over NATS: three real `nats-server` nodes
+//! (Debian's package, installed by the test when missing and it runs as
+//! root; otherwise it fails saying what to install) with TLS on loopback,
+//! and three real `vigil-server` processes, each with its own identity,
+//! authority key and audit log, joined with `--cluster`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{START, Server, bin, init};
+use serde_json::{Value, json};
+use vigil_cluster::local::LocalNats;
+use vigil_test_support::process::Proc;
+use vigil_test_support::server::point_client_config;
+
+const LABELS: [&str; 3] = ["s1", "s2", "s3"];
+
+/// NATS and the vigil servers of one test; everything is killed on drop.
+struct Fleet {
+    _root: tempfile::TempDir,
+    nats: LocalNats,
+    /// The init directory of each server (its client's too).
+    dirs: Vec<PathBuf>,
+    servers: Vec<Server>,
+}
+
+fn token(d: &Path) -> String {
+    std::fs::read_to_string(d.join("server-data/api-token"))
+        .expect("token")
+        .trim()
+        .to_owned()
+}
+
+fn fingerprint_in(toml: &Path, key: &str) -> String {
+    let text = std::fs::read_to_string(toml).expect("read");
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(key)?
+                .trim()
+                .strip_prefix("= ")?
+                .trim_matches('"')
+                .into()
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("no {key} in {}", toml.display()))
+}
+
+impl Fleet {
+    /// `n` servers (at most 3) in one cluster over a 3-node NATS; every
+    /// server trusts every server's client, and each server's
+    /// `client.toml` points at it. Returns once every server's link is
+    /// ready.
+    fn start(n: usize) -> Fleet {
+        let program = common::debian_program("nats-server", "nats-server");
+        let root = tempfile::tempdir().expect("tempdir");
+        let dirs: Vec<PathBuf> = (1..=n).map(|i| root.path().join(format!("s{i}"))).collect();
+        for d in &dirs {
+            init(d);
+        }
+        // Every server trusts every client: a client may fail over.
+        let clients: Vec<String> = dirs
+            .iter()
+            .map(|d| {
+                let out = common::run(
+                    Command::new(bin("vigilctl"))
+                        .arg("fingerprint")
+                        .arg(d.join("client.crt")),
+                );
+                String::from_utf8(out.stdout)
+                    .expect("utf8")
+                    .trim()
+                    .to_owned()
+            })
+            .collect();
+        for d in &dirs {
+            let trust = json!({ "trusted_fingerprints": clients });
+            std::fs::write(d.join("trusted-keys.json"), trust.to_string()).expect("trust");
+        }
+        let certs: Vec<String> = dirs
+            .iter()
+            .map(|d| std::fs::read_to_string(d.join("server.crt")).expect("cert"))
+            .collect();
+        let nats_dir = root.path().join("nats");
+        std::fs::create_dir(&nats_dir).expect("mkdir");
+        let nats = LocalNats::start(&program, &nats_dir, 3, &certs).expect("nats cluster");
+        let mut fleet = Fleet {
+            _root: root,
+            nats,
+            dirs,
+            servers: Vec::new(),
+        };
+        for i in 0..n {
+            let server = fleet.start_server(i);
+            fleet.servers.push(server);
+        }
+        for i in 0..n {
+            fleet.wait_ready(i);
+        }
+        fleet
+    }
+
+    fn cluster_flags(&self) -> Vec<String> {
+        let pins: Vec<String> = self.nats.pins().iter().map(|p| p.to_hex()).collect();
+        vec![
+            "--cluster".into(),
+            self.nats.urls().join(","),
+            "--cluster-pins".into(),
+            pins.join(","),
+            "--cluster-lease".into(),
+            "3".into(),
+        ]
+    }
+
+    fn start_server(&self, i: usize) -> Server {
+        let d = &self.dirs[i];
+        let server = Server::start(
+            Command::new(bin("vigil-server"))
+                .arg("--config")
+                .arg(d.join("server.toml"))
+                .args(self.cluster_flags()),
+            LABELS[i],
+        );
+        point_client_config(&d.join("client.toml"), server.addr);
+        server
+    }
+
+    fn health(&self, i: usize) -> Value {
+        let (status, body) =
+            vigil_test_support::http::request(self.servers[i].api, "GET", "/health", None, None);
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    fn wait_ready(&self, i: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let health = self.health(i);
+            if health["cluster"]["state"] == "ready" {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}'s cluster link is not ready: {health}",
+                LABELS[i]
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// A REST request to server `i` with its token.
+    fn api(&self, i: usize, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let body = body.map(Value::to_string);
+        vigil_test_support::http::request(
+            self.servers[i].api,
+            method,
+            path,
+            Some(&token(&self.dirs[i])),
+            body.as_deref().map(str::as_bytes),
+        )
+    }
+
+    /// The fleet as server `i` lists it: client fingerprint → entry.
+    fn clients(&self, i: usize) -> Vec<Value> {
+        let (status, body) = self.api(i, "GET", "/v1/clients", None);
+        assert_eq!(status, 200, "{body}");
+        body["clients"].as_array().cloned().unwrap_or_default()
+    }
+
+    fn server_fingerprint(&self, i: usize) -> String {
+        fingerprint_in(&self.dirs[i].join("client.toml"), "server_fingerprint")
+    }
+
+    fn client_fingerprint(&self, i: usize) -> String {
+        let out = common::run(
+            Command::new(bin("vigilctl"))
+                .arg("fingerprint")
+                .arg(self.dirs[i].join("client.crt")),
+        );
+        String::from_utf8(out.stdout)
+            .expect("utf8")
+            .trim()
+            .to_owned()
+    }
+
+    /// Starts the client of server `i`'s directory, connected to it.
+    fn start_client(&self, i: usize) -> Proc {
+        common::start_client(&self.dirs[i], &[])
+    }
+}
+
+/// Waits until `check` holds for what server `i` lists.
+fn until_listed(fleet: &Fleet, i: usize, what: &str, check: impl Fn(&[Value]) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let list = fleet.clients(i);
+        if check(&list) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {} lists {list:?}",
+            LABELS[i]
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn entry<'a>(list: &'a [Value], client: &str) -> Option<&'a Value> {
+    list.iter().find(|c| c["client_id"] == client)
+}
+
+#[test]
+fn every_server_lists_the_fleet_finds_no_client_attached_nowhere_and_says_when_nats_is_gone() {
+    let mut fleet = Fleet::start(3);
+    for i in 0..3 {
+        let health = fleet.health(i);
+        assert_eq!(health["status"], "ok", "{health}");
+        assert_eq!(health["cluster"]["servers"], 3, "{health}");
+    }
+    let c1 = fleet.client_fingerprint(0);
+    let s1 = fleet.server_fingerprint(0);
+    let client = fleet.start_client(0);
+
+    // Every server lists the client of s1, with its server.
+    for i in 0..3 {
+        until_listed(&fleet, i, "the client of s1", |list| {
+            entry(list, &c1).is_some()
+        });
+        let list = fleet.clients(i);
+        let e = entry(&list, &c1).expect("listed");
+        assert_eq!(e["server_fingerprint"], s1.as_str(), "{e}");
+        assert_eq!(e["server_agent_id"], s1.as_str(), "{e}");
+        assert_eq!(e["transport"], "tls", "{e}");
+    }
+
+    // A command for a client attached nowhere is a 404 on any server, at once.
+    let nobody = "ab".repeat(32);
+    let (status, body) = fleet.api(
+        1,
+        "POST",
+        "/send",
+        Some(&json!({"command": "echo", "client_id": nobody})),
+    );
+    assert_eq!(status, 404, "{body}");
+
+    // The client attaches to s2 as well (the same key, a second process):
+    // s1 drops its stale session.
+    let moved = fleet.dirs[0].join("moved.toml");
+    let toml = std::fs::read_to_string(fleet.dirs[0].join("client.toml"))
+        .expect("read")
+        .replace(&s1, &fleet.server_fingerprint(1))
+        .replace("\"client-state\"", "\"moved-state\"");
+    std::fs::write(&moved, toml).expect("write");
+    point_client_config(&moved, fleet.servers[1].addr);
+    let second = Proc::spawn(
+        Command::new(bin("vigil-client"))
+            .arg("--config")
+            .arg(&moved),
+        "moved",
+    );
+    second.wait_for("server modules synced", 1, START);
+    fleet.servers[0].proc.wait_for(
+        "the client attached to another server of the cluster: closing its stale session here",
+        1,
+        START,
+    );
+    drop(second);
+    drop(client);
+    for i in 0..3 {
+        until_listed(&fleet, i, "the client gone", |list| {
+            entry(list, &c1).is_none()
+        });
+    }
+
+    // NATS gone: each server says it is degraded, serves its own clients,
+    // and answers 503 for a client it cannot place.
+    let client = fleet.start_client(0);
+    until_listed(&fleet, 1, "the client of s1 back", |list| {
+        entry(list, &c1).is_some()
+    });
+    fleet.nats.stop();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while fleet.health(1)["cluster"]["state"] == "ready" {
+        assert!(Instant::now() < deadline, "s2 did not see NATS go");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let health = fleet.health(1);
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert_eq!(health["cluster"]["state"], "down", "{health}");
+    let (status, body) = fleet.api(
+        1,
+        "POST",
+        "/send",
+        Some(&json!({"command": "echo", "client_id": c1})),
+    );
+    assert_eq!(status, 503, "{body}");
+    let (status, body) = fleet.api(
+        0,
+        "POST",
+        "/send?wait=10",
+        Some(&json!({"command": "echo", "client_id": c1})),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["results"][0]["status"], "done", "{body}");
+
+    // NATS back: the servers rejoin by themselves and list the fleet again.
+    for i in 0..3 {
+        fleet.nats.start_node(i).expect("restart");
+    }
+    for i in 0..3 {
+        fleet.wait_ready(i);
+    }
+    until_listed(&fleet, 2, "the client of s1 listed again", |list| {
+        entry(list, &c1).is_some()
+    });
+    drop(client);
+}
