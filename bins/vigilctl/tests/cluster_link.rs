@@ -1,4 +1,4 @@
-//! The link against a real NATS cluster: three `nats-server` nodes with
+//! The cluster link (`vigil-cluster`) against a real NATS cluster: three `nats-server` nodes with
 //! TLS on loopback (Debian's package, installed when missing), and links
 //! of two servers with their own identities.
 
@@ -58,9 +58,6 @@ fn link(nats: &LocalNats, id: &GeneratedIdentity, name: &str) -> (Cluster, Dropp
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn servers_see_each_others_clients_drop_displaced_sessions_and_say_when_nats_is_gone() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .try_init();
     let program = vigil_test_support::debian::program("nats-server", "nats-server");
     let dir = tempfile::tempdir().expect("tempdir");
     let a_id = GeneratedIdentity::generate("vigil-a").expect("a");
