@@ -27,13 +27,6 @@ struct Fleet {
     servers: Vec<Server>,
 }
 
-fn token(d: &Path) -> String {
-    std::fs::read_to_string(d.join("server-data/api-token"))
-        .expect("token")
-        .trim()
-        .to_owned()
-}
-
 fn fingerprint_in(toml: &Path, key: &str) -> String {
     let text = std::fs::read_to_string(toml).expect("read");
     text.lines()
@@ -157,7 +150,7 @@ impl Fleet {
             self.servers[i].api,
             method,
             path,
-            Some(&token(&self.dirs[i])),
+            Some(&common::api_token(&self.dirs[i])),
             body.as_deref().map(str::as_bytes),
         )
     }

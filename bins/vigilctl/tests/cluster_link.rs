@@ -155,6 +155,23 @@ async fn servers_see_each_others_clients_drop_displaced_sessions_and_say_when_na
     })
     .await;
 
+    // A watcher in b's place (a new run of b), and a client of a.
+    let (watcher, _) = link(&nats, &b_id, "b");
+    until("the watcher is ready", Duration::from_secs(30), || {
+        watcher.status().state == LinkState::Ready
+    })
+    .await;
+    let late = GeneratedIdentity::generate("late")
+        .expect("late")
+        .fingerprint;
+    a.attached(session(late, 9));
+    until(
+        "the watcher sees late on a",
+        Duration::from_secs(10),
+        || matches!(watcher.locate(&late), Location::Remote(_)),
+    )
+    .await;
+
     // NATS gone: a says so, and cannot tell where a client is.
     nats.stop();
     eventually("a sees NATS gone", Duration::from_secs(15), || {
@@ -162,6 +179,8 @@ async fn servers_see_each_others_clients_drop_displaced_sessions_and_say_when_na
     });
     assert_eq!(a.locate(&client), Location::Unknown);
     assert!(a.status().problem.is_some());
+    // A session that ends while NATS is gone...
+    a.detached(late, 9);
     // Back: a rejoins by itself.
     for i in 0..3 {
         nats.start_node(i).expect("restart");
@@ -171,4 +190,14 @@ async fn servers_see_each_others_clients_drop_displaced_sessions_and_say_when_na
         assert!(Instant::now() < back, "a rejoins: {:?}", a.status());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // ... has its entry deleted once a is back: late is attached nowhere
+    // while the watcher sees a's lease again (not merely a's lease gone
+    // stale during the outage).
+    until("late is attached nowhere", Duration::from_secs(30), || {
+        let status = watcher.status();
+        status.state == LinkState::Ready
+            && status.servers == 2
+            && watcher.locate(&late) == Location::Nowhere
+    })
+    .await;
 }

@@ -106,16 +106,14 @@ fn client(d: &Path, extra: &[&str], fired: &Path) -> Command {
     cmd
 }
 
-fn token(d: &Path) -> String {
-    std::fs::read_to_string(d.join("server-data/api-token"))
-        .expect("token")
-        .trim()
-        .to_owned()
-}
-
 fn metrics(server: &Server, d: &Path) -> String {
-    let (status, body) =
-        vigil_test_support::http::request(server.api, "GET", "/metrics", Some(&token(d)), None);
+    let (status, body) = vigil_test_support::http::request(
+        server.api,
+        "GET",
+        "/metrics",
+        Some(&common::api_token(d)),
+        None,
+    );
     assert_eq!(status, 200, "{body}");
     body.as_str().expect("metrics text").to_owned()
 }

@@ -125,17 +125,35 @@ impl ClusterConfig {
         if self.pins.is_empty() {
             return Err(ClusterError::NoPins);
         }
-        self.urls
-            .iter()
-            .map(|url| {
-                url.parse::<async_nats::ServerAddr>()
-                    .map_err(|e| ClusterError::BadUrl {
-                        url: url.clone(),
-                        reason: e.to_string(),
-                    })
-            })
-            .collect()
+        self.urls.iter().map(|url| parse_url(url)).collect()
     }
+}
+
+/// A NATS URL, checked: `nats://HOST:PORT` or `tls://HOST:PORT` (or
+/// `HOST:PORT`); TLS is required either way.
+fn parse_url(url: &str) -> Result<async_nats::ServerAddr, ClusterError> {
+    let bad = |reason: String| ClusterError::BadUrl {
+        url: url.to_owned(),
+        reason,
+    };
+    if let Some((scheme, _)) = url.split_once("://")
+        && !matches!(scheme, "nats" | "tls")
+    {
+        return Err(bad(format!(
+            "{scheme}:// is not a NATS URL (nats://HOST:PORT or tls://HOST:PORT)"
+        )));
+    }
+    url.parse::<async_nats::ServerAddr>()
+        .map_err(|e| bad(e.to_string()))
+}
+
+/// Checks NATS URLs as [`Cluster::start`] will, for a caller that wants to
+/// refuse a bad one before it starts anything.
+pub fn check_urls(urls: &[String]) -> Result<(), ClusterError> {
+    if urls.is_empty() {
+        return Err(ClusterError::NoUrls);
+    }
+    urls.iter().try_for_each(|url| parse_url(url).map(drop))
 }
 
 /// A session this server holds, as it tells the cluster.
@@ -352,7 +370,7 @@ impl Cluster {
             let view = self.inner.view();
             (
                 view.live_servers(self.inner.lease, now),
-                view.remotes(&self.inner.me, self.inner.lease, now).len(),
+                view.remote_count(&self.inner.me, self.inner.lease, now),
             )
         };
         let s = self
@@ -385,11 +403,12 @@ impl Cluster {
         if self.inner.state() != LinkState::Ready {
             return Location::Unknown;
         }
-        match self
-            .remotes()
-            .into_iter()
-            .find(|r| r.presence.agent_id.as_deref() == Some(agent_id))
-        {
+        match self.inner.view().remote_agent(
+            &self.inner.me,
+            agent_id,
+            self.inner.lease,
+            Instant::now(),
+        ) {
             Some(r) => Location::Remote(Box::new(r)),
             None => Location::Nowhere,
         }

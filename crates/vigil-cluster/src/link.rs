@@ -34,6 +34,13 @@ pub(crate) enum Op {
     Leave(oneshot::Sender<()>),
 }
 
+/// What an op asks of the presence bucket.
+enum Write {
+    Put(Fingerprint),
+    /// The entry of a session that ended, at its revision.
+    Delete(Fingerprint, u64),
+}
+
 /// The prefix of the presence bucket's key that marks how far a
 /// server's watch has read (its fingerprint follows).
 const MARKER: &str = "read-";
@@ -54,6 +61,9 @@ struct Link {
     inner: Arc<Inner>,
     config: ClusterConfig,
     held: HashMap<Fingerprint, Held>,
+    /// Entries of sessions that ended while they could not be deleted
+    /// (NATS down): deleted at the start of the next epoch.
+    ended: Vec<(Fingerprint, u64)>,
     displaced: Displaced,
 }
 
@@ -113,6 +123,7 @@ pub(crate) async fn run(
         inner,
         config,
         held: HashMap::new(),
+        ended: Vec::new(),
         displaced,
     };
     loop {
@@ -121,7 +132,11 @@ pub(crate) async fn run(
             tokio::select! {
                 op = ops.recv() => match op {
                     Some(Op::Leave(done)) => { let _ = done.send(()); return; }
-                    Some(op) => link.apply_offline(op),
+                    Some(op) => {
+                        if let Some(Write::Delete(client, revision)) = link.hold(op) {
+                            link.ended.push((client, revision));
+                        }
+                    }
                     None => return,
                 },
                 changed = up.changed() => if changed.is_err() { return },
@@ -217,29 +232,51 @@ impl Link {
         }
     }
 
-    /// What an op changes while there is no connection.
-    fn apply_offline(&mut self, op: Op) {
+    /// What an attach or detach changes in the sessions this server
+    /// holds, and what it asks of the bucket (`None` also for a leave,
+    /// which the loops handle themselves).
+    fn hold(&mut self, op: Op) -> Option<Write> {
         match op {
             Op::Attached(session) => {
+                let client = session.client;
                 self.held.insert(
-                    session.client,
+                    client,
                     Held {
                         session,
                         revision: None,
                     },
                 );
+                Some(Write::Put(client))
             }
             Op::Detached(client, session) => {
-                if self
-                    .held
-                    .get(&client)
-                    .is_some_and(|h| h.session.session == session)
-                {
-                    self.held.remove(&client);
+                if self.held.get(&client)?.session.session != session {
+                    return None;
                 }
+                let revision = self.held.remove(&client)?.revision?;
+                Some(Write::Delete(client, revision))
             }
-            Op::Leave(_) => {}
+            Op::Leave(_) => None,
         }
+    }
+
+    /// Deletes the entry of an ended session, unless another server wrote
+    /// it since (then it is theirs and the delete is refused).
+    async fn delete_entry(presence: &kv::Store, client: Fingerprint, revision: u64) {
+        if let Err(e) = presence
+            .delete_expect_revision(key(&client), Some(revision))
+            .await
+        {
+            tracing::debug!(client = %client, error = %e, "presence entry not deleted");
+        }
+    }
+
+    /// Writes the entry of every session this server holds.
+    async fn put_all(&mut self, presence: &kv::Store) -> Result<(), String> {
+        let clients: Vec<Fingerprint> = self.held.keys().copied().collect();
+        for c in clients {
+            self.put_entry(presence, c).await?;
+        }
+        Ok(())
     }
 
     async fn put_entry(&mut self, presence: &kv::Store, client: Fingerprint) -> Result<(), String> {
@@ -268,48 +305,6 @@ impl Link {
             .map_err(|e| format!("cannot renew this server's lease: {e}"))
     }
 
-    async fn apply(
-        &mut self,
-        presence: &kv::Store,
-        op: Op,
-    ) -> Result<Option<oneshot::Sender<()>>, String> {
-        match op {
-            Op::Attached(session) => {
-                let client = session.client;
-                self.held.insert(
-                    client,
-                    Held {
-                        session,
-                        revision: None,
-                    },
-                );
-                self.put_entry(presence, client).await?;
-            }
-            Op::Detached(client, session) => {
-                let Some(held) = self.held.get(&client) else {
-                    return Ok(None);
-                };
-                if held.session.session != session {
-                    return Ok(None);
-                }
-                let revision = held.revision;
-                self.held.remove(&client);
-                if let Some(revision) = revision {
-                    // Refused when another server wrote the entry since:
-                    // then it is theirs.
-                    if let Err(e) = presence
-                        .delete_expect_revision(key(&client), Some(revision))
-                        .await
-                    {
-                        tracing::debug!(client = %client, error = %e, "presence entry not deleted");
-                    }
-                }
-            }
-            Op::Leave(done) => return Ok(Some(done)),
-        }
-        Ok(None)
-    }
-
     /// Withdraws the lease and every entry this server wrote.
     async fn leave(&mut self, servers: &kv::Store, presence: &kv::Store) {
         let _ = servers.delete(key(&self.me())).await;
@@ -318,9 +313,7 @@ impl Link {
             .await;
         for (client, held) in std::mem::take(&mut self.held) {
             if let Some(revision) = held.revision {
-                let _ = presence
-                    .delete_expect_revision(key(&client), Some(revision))
-                    .await;
+                Self::delete_entry(presence, client, revision).await;
             }
         }
         tracing::info!("left the cluster");
@@ -421,11 +414,11 @@ impl Link {
             Ok(r) => r,
             Err(e) => return End::Again(e),
         };
-        let clients: Vec<Fingerprint> = self.held.keys().copied().collect();
-        for c in clients {
-            if let Err(e) = self.put_entry(&presence, c).await {
-                return End::Again(e);
-            }
+        for (client, revision) in std::mem::take(&mut self.ended) {
+            Self::delete_entry(&presence, client, revision).await;
+        }
+        if let Err(e) = self.put_all(&presence).await {
+            return End::Again(e);
         }
         let mut lease_tick = tokio::time::interval(self.config.lease / 3);
         let mut entry_tick = tokio::time::interval(self.config.presence_age / 3);
@@ -455,14 +448,21 @@ impl Link {
                         self.leave(&servers, &presence).await;
                         return End::Stop;
                     };
-                    match self.apply(&presence, op).await {
-                        Ok(None) => {}
-                        Ok(Some(done)) => {
-                            self.leave(&servers, &presence).await;
-                            let _ = done.send(());
-                            return End::Stop;
+                    if let Op::Leave(done) = op {
+                        self.leave(&servers, &presence).await;
+                        let _ = done.send(());
+                        return End::Stop;
+                    }
+                    match self.hold(op) {
+                        Some(Write::Put(client)) => {
+                            if let Err(e) = self.put_entry(&presence, client).await {
+                                return End::Again(e);
+                            }
                         }
-                        Err(e) => return End::Again(e),
+                        Some(Write::Delete(client, revision)) => {
+                            Self::delete_entry(&presence, client, revision).await;
+                        }
+                        None => {}
                     }
                 }
                 entry = leases.next() => match entry {
@@ -489,11 +489,8 @@ impl Link {
                     }
                 }
                 _ = entry_tick.tick() => {
-                    let clients: Vec<Fingerprint> = self.held.keys().copied().collect();
-                    for c in clients {
-                        if let Err(e) = self.put_entry(&presence, c).await {
-                            return End::Again(e);
-                        }
+                    if let Err(e) = self.put_all(&presence).await {
+                        return End::Again(e);
                     }
                 }
                 () = &mut replay_deadline, if !(leases_current && entries_current) => {

@@ -69,6 +69,16 @@ pub struct Remote {
     pub server_agent_id: String,
 }
 
+impl Remote {
+    fn new(client: Fingerprint, presence: &Presence, server_agent_id: &str) -> Remote {
+        Remote {
+            client,
+            presence: presence.clone(),
+            server_agent_id: server_agent_id.to_owned(),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct SeenLease {
     lease: Lease,
@@ -120,6 +130,23 @@ impl View {
             .map(|l| l.lease.agent_id.as_str())
     }
 
+    /// The entries of clients attached to live servers other than `me`,
+    /// with the agent id of their server.
+    fn live_remotes<'a>(
+        &'a self,
+        me: &'a Fingerprint,
+        lease_time: Duration,
+        now: Instant,
+    ) -> impl Iterator<Item = (&'a Fingerprint, &'a Presence, &'a str)> + 'a {
+        self.clients
+            .iter()
+            .filter(move |(_, (p, _))| p.server != *me)
+            .filter_map(move |(client, (p, _))| {
+                self.live_server(&p.server, p.incarnation, lease_time, now)
+                    .map(|agent| (client, p, agent))
+            })
+    }
+
     /// The clients attached to live servers other than `me`.
     pub(crate) fn remotes(
         &self,
@@ -128,20 +155,34 @@ impl View {
         now: Instant,
     ) -> Vec<Remote> {
         let mut out: Vec<Remote> = self
-            .clients
-            .iter()
-            .filter(|(_, (p, _))| p.server != *me)
-            .filter_map(|(client, (p, _))| {
-                self.live_server(&p.server, p.incarnation, lease_time, now)
-                    .map(|agent| Remote {
-                        client: *client,
-                        presence: p.clone(),
-                        server_agent_id: agent.to_owned(),
-                    })
-            })
+            .live_remotes(me, lease_time, now)
+            .map(|(client, p, agent)| Remote::new(*client, p, agent))
             .collect();
         out.sort_unstable_by_key(|r| r.client);
         out
+    }
+
+    /// How many clients are attached to live servers other than `me`.
+    pub(crate) fn remote_count(
+        &self,
+        me: &Fingerprint,
+        lease_time: Duration,
+        now: Instant,
+    ) -> usize {
+        self.live_remotes(me, lease_time, now).count()
+    }
+
+    /// The client that said `agent_id`, if on a live server other than `me`.
+    pub(crate) fn remote_agent(
+        &self,
+        me: &Fingerprint,
+        agent_id: &str,
+        lease_time: Duration,
+        now: Instant,
+    ) -> Option<Remote> {
+        self.live_remotes(me, lease_time, now)
+            .find(|(_, p, _)| p.agent_id.as_deref() == Some(agent_id))
+            .map(|(client, p, agent)| Remote::new(*client, p, agent))
     }
 
     /// Where `client` is, if on a live server other than `me`.
@@ -154,11 +195,7 @@ impl View {
     ) -> Option<Remote> {
         let (p, _) = self.clients.get(client).filter(|(p, _)| p.server != *me)?;
         let agent = self.live_server(&p.server, p.incarnation, lease_time, now)?;
-        Some(Remote {
-            client: *client,
-            presence: p.clone(),
-            server_agent_id: agent.to_owned(),
-        })
+        Some(Remote::new(*client, p, agent))
     }
 
     /// How many servers hold a fresh lease (this one included, once its

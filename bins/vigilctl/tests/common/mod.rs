@@ -58,6 +58,14 @@ pub(crate) fn init(dir: &Path) -> String {
     String::from_utf8(out.stdout).expect("utf8")
 }
 
+/// The REST API token of an init directory's server.
+pub(crate) fn api_token(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("server-data/api-token"))
+        .expect("token")
+        .trim()
+        .to_owned()
+}
+
 /// A `vigil-server` process and the addresses it bound; killed on drop.
 #[derive(Debug)]
 pub(crate) struct Server {

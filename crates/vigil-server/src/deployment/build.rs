@@ -358,14 +358,7 @@ fn cluster(
         }
         (false, false) => {}
     }
-    for url in &urls {
-        let scheme_ok = url.starts_with("nats://") || url.starts_with("tls://");
-        if !scheme_ok {
-            return Err(DeploymentError::Invalid(format!(
-                "cluster URL {url:?} is not nats://HOST:PORT (or tls://HOST:PORT)"
-            )));
-        }
-    }
+    vigil_cluster::check_urls(&urls).map_err(|e| DeploymentError::Invalid(e.to_string()))?;
     let mut settings = crate::ClusterSettings::new(urls, pins);
     if let Some(secs) = lease {
         settings.lease = seconds("cluster_lease", secs)?.max(Duration::from_secs(1));
