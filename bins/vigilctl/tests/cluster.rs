@@ -41,6 +41,46 @@ fn fingerprint_in(toml: &Path, key: &str) -> String {
         .unwrap_or_else(|| panic!("no {key} in {}", toml.display()))
 }
 
+/// Every server signs as `vigil-s<i>`, and every server and client
+/// trusts every server's authority key for RUN, and s1's operator key
+/// (`wa_operator`) for RUN and SHUTDOWN_NOW: a command signed anywhere
+/// in the cluster is good everywhere. Each client also gets a `slow`
+/// command (five seconds before it answers).
+fn share_authorities(dirs: &[PathBuf]) {
+    let mut authorities = Vec::new();
+    for (i, d) in dirs.iter().enumerate() {
+        let own: Value = serde_json::from_str(
+            &std::fs::read_to_string(d.join("authorities.json")).expect("authorities"),
+        )
+        .expect("json");
+        for a in own["authorities"].as_array().expect("list") {
+            if a["id"] == "vigil-server" {
+                authorities.push(json!({"id": format!("vigil-s{}", i + 1), "public_key": a["public_key"], "commands": ["RUN"]}));
+            } else if i == 0 {
+                authorities.push(a.clone());
+            }
+        }
+    }
+    let all = json!({ "authorities": authorities }).to_string();
+    for (i, d) in dirs.iter().enumerate() {
+        std::fs::write(d.join("authorities.json"), &all).expect("write");
+        let toml = d.join("server.toml");
+        let text = std::fs::read_to_string(&toml).expect("read");
+        std::fs::write(
+            &toml,
+            format!("{text}authority_id = \"vigil-s{}\"\n", i + 1),
+        )
+        .expect("write");
+        let client = d.join("client.toml");
+        let text = std::fs::read_to_string(&client).expect("read");
+        std::fs::write(
+            &client,
+            format!("{text}\n[commands.slow]\nprogram = \"sleep\"\nargs = [\"5\"]\n"),
+        )
+        .expect("write");
+    }
+}
+
 impl Fleet {
     /// `n` servers (at most 3) in one cluster over a 3-node NATS; every
     /// server trusts every server's client, and each server's
@@ -72,6 +112,7 @@ impl Fleet {
             let trust = json!({ "trusted_fingerprints": clients });
             std::fs::write(d.join("trusted-keys.json"), trust.to_string()).expect("trust");
         }
+        share_authorities(&dirs);
         let certs: Vec<String> = dirs
             .iter()
             .map(|d| std::fs::read_to_string(d.join("server.crt")).expect("cert"))
@@ -182,6 +223,39 @@ impl Fleet {
     fn start_client(&self, i: usize) -> Proc {
         common::start_client(&self.dirs[i], &[])
     }
+
+    /// `/send?wait=SECS` on server `i`; its results by client.
+    fn send_wait(&self, i: usize, body: &Value, secs: u32) -> Vec<(String, String)> {
+        let (status, answer) = self.api(i, "POST", &format!("/send?wait={secs}"), Some(body));
+        assert_eq!(status, 200, "{answer}");
+        results(&answer)
+    }
+}
+
+/// `(client, status)` of each row of a `results` answer, sorted.
+fn results(answer: &Value) -> Vec<(String, String)> {
+    let mut rows: Vec<(String, String)> = answer["results"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no results in {answer}"))
+        .iter()
+        .map(|r| {
+            (
+                r["client"].as_str().unwrap_or_default().to_owned(),
+                r["status"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+fn all_with(clients: &[String], status: &str) -> Vec<(String, String)> {
+    let mut rows: Vec<(String, String)> = clients
+        .iter()
+        .map(|c| (c.clone(), status.to_owned()))
+        .collect();
+    rows.sort();
+    rows
 }
 
 /// Waits until `check` holds for what server `i` lists.
@@ -310,4 +384,153 @@ fn every_server_lists_the_fleet_finds_no_client_attached_nowhere_and_says_when_n
         entry(list, &c1).is_some()
     });
     drop(client);
+}
+
+#[test]
+fn a_command_issued_on_any_server_reaches_every_client_and_their_acks_come_back_to_it() {
+    let fleet = Fleet::start(3);
+    let fps: Vec<String> = (0..3).map(|i| fleet.client_fingerprint(i)).collect();
+    let clients: Vec<Proc> = (0..3).map(|i| fleet.start_client(i)).collect();
+    for i in 0..3 {
+        until_listed(&fleet, i, "every client", |list| {
+            fps.iter().all(|f| entry(list, f).is_some())
+        });
+    }
+
+    // s2 signs a command for the client of s1; the ack comes back to s2.
+    let rows = fleet.send_wait(1, &json!({"command": "echo", "client_id": fps[0]}), 10);
+    assert_eq!(rows, all_with(&fps[..1], "done"));
+    assert!(
+        fleet.servers[0]
+            .proc
+            .logged("command from the cluster delivered"),
+        "s1 delivered it"
+    );
+    // ... and s2 can say what became of it afterwards.
+    let (status, sent) = fleet.api(
+        1,
+        "POST",
+        "/send",
+        Some(&json!({"command": "echo", "client_id": fps[2]})),
+    );
+    assert_eq!(status, 202, "{sent}");
+    let id = sent["command_id"].as_str().expect("an id").to_owned();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = fleet.api(1, "GET", &format!("/v1/commands/{id}"), None);
+        assert_eq!(status, 200, "{body}");
+        if body["targets"][fps[2].as_str()]["status"] == "done" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never done: {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // A command without a target, issued on s3, reaches every client of
+    // the cluster once.
+    let rows = fleet.send_wait(2, &json!({"command": "echo"}), 10);
+    assert_eq!(rows, all_with(&fps, "done"));
+
+    // A command signed offline by the operator, relayed by s2 to the
+    // client of s3, reaches it byte for byte (its signature holds).
+    let signed = common::run(
+        Command::new(bin("vigilctl"))
+            .args(["sign", "--key"])
+            .arg(fleet.dirs[0].join("operator.key"))
+            .args(["--wa-id", "wa_operator", "--command", "echo", "--target"])
+            .arg(&fps[2]),
+    );
+    let signed = String::from_utf8(signed.stdout).expect("utf8");
+    let (status, body) = vigil_test_support::http::request(
+        fleet.servers[1].api,
+        "POST",
+        "/v1/commands?wait=10",
+        Some(&common::api_token(&fleet.dirs[1])),
+        Some(signed.trim().as_bytes()),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(results(&body), all_with(&fps[2..], "done"));
+
+    // s1 is killed while its client runs a slow command issued on s2: that
+    // client's outcome is disconnected (never done), the others' done.
+    let api = fleet.servers[1].api;
+    let token = common::api_token(&fleet.dirs[1]);
+    let waiting = std::thread::spawn(move || {
+        let body = json!({"command": "slow"}).to_string();
+        vigil_test_support::http::request(
+            api,
+            "POST",
+            "/send?wait=30",
+            Some(&token),
+            Some(body.as_bytes()),
+        )
+    });
+    fleet.servers[0]
+        .proc
+        .wait_for("command from the cluster delivered", 2, START);
+    let killed = Instant::now();
+    fleet.servers[0]
+        .proc
+        .signal(vigil_test_support::process::Signal::KILL);
+    let (status, body) = waiting.join().expect("the waiting request");
+    assert_eq!(status, 200, "{body}");
+    let rows = results(&body);
+    let expected: Vec<(String, String)> = {
+        let mut e = vec![
+            (fps[0].clone(), "disconnected".to_owned()),
+            (fps[1].clone(), "done".to_owned()),
+            (fps[2].clone(), "done".to_owned()),
+        ];
+        e.sort();
+        e
+    };
+    assert_eq!(rows, expected, "{body}");
+    eprintln!(
+        "the killed server's slot settled {:?} after the kill",
+        killed.elapsed()
+    );
+    drop(clients);
+}
+
+#[test]
+fn an_emergency_shutdown_for_everyone_stops_every_client_and_every_server() {
+    let mut fleet = Fleet::start(3);
+    let fps: Vec<String> = (0..3).map(|i| fleet.client_fingerprint(i)).collect();
+    let mut clients: Vec<Proc> = (0..3).map(|i| fleet.start_client(i)).collect();
+    for i in 0..3 {
+        until_listed(&fleet, i, "every client", |list| {
+            fps.iter().all(|f| entry(list, f).is_some())
+        });
+    }
+    // Posted to s2, signed by the operator key every server enrols.
+    let out = common::run(
+        Command::new(bin("vigilctl"))
+            .args(["emergency-shutdown", "--key"])
+            .arg(fleet.dirs[0].join("operator.key"))
+            .args(["--wa-id", "wa_operator", "--api"])
+            .arg(format!("http://{}", fleet.servers[1].api)),
+    );
+    let answer = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{answer}");
+    assert!(
+        answer.contains("agents:3/3"),
+        "every client acked: {answer}"
+    );
+    for (i, client) in clients.iter_mut().enumerate() {
+        let status = client.wait_exit(Duration::from_secs(30));
+        assert!(status.success(), "client {i}: {status:?}");
+    }
+    for (i, server) in fleet.servers.iter_mut().enumerate() {
+        let status = server.proc.wait_exit(Duration::from_secs(30));
+        assert!(status.success(), "{}: {status:?}", LABELS[i]);
+    }
+    for i in [0, 2] {
+        assert!(
+            fleet.servers[i]
+                .proc
+                .logged("EMERGENCY SHUTDOWN from the cluster: stopping the server"),
+            "{} stopped for the cluster's shutdown",
+            LABELS[i]
+        );
+    }
 }

@@ -39,6 +39,18 @@ fn session(client: Fingerprint, session: u64) -> LocalSession {
 
 type Dropped = Arc<Mutex<Vec<(Fingerprint, u64)>>>;
 
+/// Keeps the sessions the link says were displaced; commands and reports
+/// are not this test's.
+struct Sink(Dropped);
+
+impl vigil_cluster::Handler for Sink {
+    fn displaced(&self, client: Fingerprint, session: u64) {
+        self.0.lock().expect("lock").push((client, session));
+    }
+    fn command(&self, _: vigil_cluster::Incoming) {}
+    fn report(&self, _: vigil_cluster::Report) {}
+}
+
 fn link(nats: &LocalNats, id: &GeneratedIdentity, name: &str) -> (Cluster, Dropped) {
     let dropped: Dropped = Arc::default();
     let sink = dropped.clone();
@@ -49,10 +61,7 @@ fn link(nats: &LocalNats, id: &GeneratedIdentity, name: &str) -> (Cluster, Dropp
         name,
     );
     config.lease = Duration::from_secs(3);
-    let cluster = Cluster::start(config, move |c, s| {
-        sink.lock().expect("lock").push((c, s));
-    })
-    .expect("start");
+    let cluster = Cluster::start(config, Arc::new(Sink(sink))).expect("start");
     (cluster, dropped)
 }
 

@@ -10,8 +10,10 @@
 //!   by every server, so any server can list the fleet and find the
 //!   server of a client without asking anyone);
 //! - learns when a client it holds has attached to another server since,
-//!   and drops its stale session (the `displaced` callback of
-//!   [`Cluster::start`]).
+//!   and drops its stale session ([`Handler::displaced`]);
+//! - sends commands to the clients the other servers hold, and hears back
+//!   what became of them ([`routing`]: a subject per client, one for
+//!   broadcasts, one per server for its reports).
 //!
 //! No private key crosses NATS, and nothing read from NATS is trusted to
 //! command a client: commands stay signed by an authority the client
@@ -25,9 +27,11 @@
 //! [`local`] starts a NATS cluster on loopback for tests and the demo.
 #![deny(missing_docs)]
 
+mod bucket;
 mod link;
 pub mod local;
 pub mod presence;
+pub mod routing;
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
@@ -36,6 +40,7 @@ use tokio::sync::mpsc;
 use vigil_auth::{Fingerprint, Identity};
 
 pub use presence::{Lease, Presence, Remote};
+pub use routing::{Handler, Incoming, Report, Scope, Settled};
 
 /// How long a server's lease lasts unless renewed (it is renewed every
 /// third of it): a killed server's clients are attached nowhere after at
@@ -276,6 +281,7 @@ impl Inner {
 pub struct Cluster {
     inner: Arc<Inner>,
     ops: mpsc::UnboundedSender<link::Op>,
+    out: mpsc::UnboundedSender<routing::Out>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -290,12 +296,12 @@ impl std::fmt::Debug for Cluster {
 impl Cluster {
     /// Checks `config` and starts the link (on the current Tokio runtime):
     /// it connects, retrying for as long as it runs, so a NATS that is
-    /// down does not stop the server from starting. `displaced` is called
-    /// with the client and session number of a session this server holds
-    /// when that client has attached to another server since.
+    /// down does not stop the server from starting. `handler` hears what
+    /// the cluster tells this server: displaced sessions, commands for its
+    /// clients, reports on the commands it issued.
     pub fn start(
         config: ClusterConfig,
-        displaced: impl Fn(Fingerprint, u64) + Send + Sync + 'static,
+        handler: Arc<dyn Handler>,
     ) -> Result<Cluster, ClusterError> {
         let addrs = config.check()?;
         let tls = vigil_auth::client_config_any(&config.identity, &config.pins)
@@ -322,15 +328,17 @@ impl Cluster {
             }),
         });
         let (ops, rx) = mpsc::unbounded_channel();
+        let (out, out_rx) = mpsc::unbounded_channel();
         tokio::spawn(link::run(
             inner.clone(),
             config,
             addrs,
             (*tls).clone(),
             rx,
-            Box::new(displaced),
+            out_rx,
+            handler,
         ));
-        Ok(Cluster { inner, ops })
+        Ok(Cluster { inner, ops, out })
     }
 
     /// This server's fingerprint.
@@ -352,6 +360,50 @@ impl Cluster {
     /// Tells the cluster a session ended.
     pub fn detached(&self, client: Fingerprint, session: u64) {
         let _ = self.ops.send(link::Op::Detached(client, session));
+    }
+
+    /// Sends a command (the signed command's JSON, one line) to the clients
+    /// `scope` names on the other servers, as delivery `reference`. Sent
+    /// only while the link is ready; `false` if it is not (nothing sent).
+    pub fn send(&self, reference: &str, scope: Scope, command: bytes::Bytes) -> bool {
+        if self.inner.state() != LinkState::Ready {
+            return false;
+        }
+        self.out
+            .send(routing::Out::Command {
+                reference: reference.to_owned(),
+                scope,
+                command,
+            })
+            .is_ok()
+    }
+
+    /// Tells the server `to` what became of its command here.
+    pub fn report(&self, to: Fingerprint, report: Report) {
+        let _ = self.out.send(routing::Out::Report { to, report });
+    }
+
+    /// Whether the link is ready (lookups answered, commands routed).
+    pub fn is_ready(&self) -> bool {
+        self.inner.state() == LinkState::Ready
+    }
+
+    /// Whether `server` holds a fresh lease (a killed server stops holding
+    /// one at most a lease time after it died; one that left, at once).
+    pub fn is_live(&self, server: &Fingerprint) -> bool {
+        self.inner
+            .view()
+            .is_live(server, self.inner.lease, Instant::now())
+    }
+
+    /// The other servers with a fresh lease.
+    pub fn other_servers(&self) -> Vec<Fingerprint> {
+        self.inner
+            .view()
+            .live(self.inner.lease, Instant::now())
+            .into_iter()
+            .filter(|s| *s != self.inner.me)
+            .collect()
     }
 
     /// Withdraws this server from the cluster (its lease and its clients'

@@ -25,7 +25,11 @@ use futures_util::StreamExt as _;
 use tokio::sync::{mpsc, oneshot, watch};
 use vigil_auth::Fingerprint;
 
+use crate::bucket::bucket;
 use crate::presence::{Lease, Presence};
+use crate::routing::{self, Handler};
+
+mod held;
 use crate::{ClusterConfig, Inner, LinkState, LocalSession, PRESENCE_BUCKET, SERVERS_BUCKET};
 
 pub(crate) enum Op {
@@ -49,8 +53,6 @@ const MARKER: &str = "read-";
 /// over.
 const REPLAY_WITHIN: Duration = Duration::from_secs(10);
 
-type Displaced = Box<dyn Fn(Fingerprint, u64) + Send + Sync>;
-
 /// A session this server holds, and the revision of its entry.
 struct Held {
     session: LocalSession,
@@ -64,7 +66,11 @@ struct Link {
     /// Entries of sessions that ended while they could not be deleted
     /// (NATS down): deleted at the start of the next epoch.
     ended: Vec<(Fingerprint, u64)>,
-    displaced: Displaced,
+    handler: Arc<dyn Handler>,
+    nats: async_nats::Client,
+    /// The subscription to each held client's subject (a task that hands
+    /// its commands to the handler; aborting it unsubscribes).
+    subs: HashMap<Fingerprint, tokio::task::JoinHandle<()>>,
 }
 
 /// How an epoch ended.
@@ -81,7 +87,8 @@ pub(crate) async fn run(
     addrs: Vec<async_nats::ServerAddr>,
     tls: rustls::ClientConfig,
     mut ops: mpsc::UnboundedReceiver<Op>,
-    displaced: Displaced,
+    out: mpsc::UnboundedReceiver<routing::Out>,
+    handler: Arc<dyn Handler>,
 ) {
     let (up_tx, mut up) = watch::channel(false);
     let name = format!("vigil-server {}", config.agent_id);
@@ -119,44 +126,71 @@ pub(crate) async fn run(
             return;
         }
     };
+    let router = tokio::spawn(routing::route(
+        inner.clone(),
+        client.clone(),
+        out,
+        handler.clone(),
+    ));
     let mut link = Link {
         inner,
         config,
         held: HashMap::new(),
         ended: Vec::new(),
-        displaced,
+        handler,
+        nats: client.clone(),
+        subs: HashMap::new(),
     };
-    loop {
-        // Wait for the connection, applying what the server says meanwhile.
-        while !*up.borrow_and_update() {
-            tokio::select! {
-                op = ops.recv() => match op {
-                    Some(Op::Leave(done)) => { let _ = done.send(()); return; }
-                    Some(op) => {
-                        if let Some(Write::Delete(client, revision)) = link.hold(op) {
-                            link.ended.push((client, revision));
+    link.serve(&client, &mut ops, &mut up).await;
+    router.abort();
+    for (_, sub) in link.subs.drain() {
+        sub.abort();
+    }
+    // What was published before leaving goes out before the link stops.
+    let _ = tokio::time::timeout(Duration::from_secs(1), client.flush()).await;
+}
+
+impl Link {
+    /// Runs epochs until the server leaves.
+    async fn serve(
+        &mut self,
+        client: &async_nats::Client,
+        ops: &mut mpsc::UnboundedReceiver<Op>,
+        up: &mut watch::Receiver<bool>,
+    ) {
+        let link = self;
+        loop {
+            // Wait for the connection, applying what the server says meanwhile.
+            while !*up.borrow_and_update() {
+                tokio::select! {
+                    op = ops.recv() => match op {
+                        Some(Op::Leave(done)) => { let _ = done.send(()); return; }
+                        Some(op) => {
+                            if let Some(Write::Delete(client, revision)) = link.hold(op) {
+                                link.ended.push((client, revision));
+                            }
                         }
-                    }
-                    None => return,
-                },
-                changed = up.changed() => if changed.is_err() { return },
-            }
-        }
-        match link.epoch(&client, &mut ops, &mut up).await {
-            End::Stop => return,
-            End::Again(why) => {
-                link.inner.view().clear();
-                // Until the first join, a failure is part of joining (the
-                // buckets of a new cluster take a moment to appear).
-                let state = match link.inner.state() {
-                    LinkState::Joining => LinkState::Joining,
-                    _ => LinkState::Down,
-                };
-                if state == LinkState::Joining {
-                    tracing::info!(problem = %why, "cluster link still joining");
+                        None => return,
+                    },
+                    changed = up.changed() => if changed.is_err() { return },
                 }
-                link.inner.set_state(state, Some(why));
-                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            match link.epoch(client, ops, up).await {
+                End::Stop => return,
+                End::Again(why) => {
+                    link.inner.view().clear();
+                    // Until the first join, a failure is part of joining (the
+                    // buckets of a new cluster take a moment to appear).
+                    let state = match link.inner.state() {
+                        LinkState::Joining => LinkState::Joining,
+                        _ => LinkState::Down,
+                    };
+                    if state == LinkState::Joining {
+                        tracing::info!(problem = %why, "cluster link still joining");
+                    }
+                    link.inner.set_state(state, Some(why));
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
             }
         }
     }
@@ -164,46 +198,6 @@ pub(crate) async fn run(
 
 fn key(fp: &Fingerprint) -> String {
     fp.to_hex()
-}
-
-/// Opens the KV bucket `name`, creating it first if it is missing.
-///
-/// The stream is created as a KV bucket's stream directly, with the same
-/// configuration `create_key_value` would give it: that call first reads
-/// the account's JetStream limits, whose answer from a 2.9 server (it has
-/// no `reserved_memory`) async-nats cannot parse.
-async fn bucket(
-    js: &jetstream::Context,
-    name: &str,
-    description: &str,
-    max_age: Duration,
-    replicas: usize,
-) -> Result<kv::Store, String> {
-    if let Ok(store) = js.get_key_value(name).await {
-        return Ok(store);
-    }
-    let created = js
-        .create_stream(jetstream::stream::Config {
-            name: format!("KV_{name}"),
-            description: Some(description.to_owned()),
-            subjects: vec![format!("$KV.{name}.>")],
-            max_messages_per_subject: 1,
-            max_age,
-            storage: jetstream::stream::StorageType::File,
-            num_replicas: replicas.max(1),
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            discard: jetstream::stream::DiscardPolicy::New,
-            ..Default::default()
-        })
-        .await;
-    let created = created.err();
-    // Another server may have created it meanwhile.
-    js.get_key_value(name).await.map_err(|e| match created {
-        Some(c) => format!("cannot create the {name} bucket: {c}"),
-        None => format!("cannot open the {name} bucket: {e}"),
-    })
 }
 
 impl Link {
@@ -229,33 +223,6 @@ impl Link {
             server: self.me(),
             incarnation: self.inner.incarnation,
             agent_id: self.config.agent_id.clone(),
-        }
-    }
-
-    /// What an attach or detach changes in the sessions this server
-    /// holds, and what it asks of the bucket (`None` also for a leave,
-    /// which the loops handle themselves).
-    fn hold(&mut self, op: Op) -> Option<Write> {
-        match op {
-            Op::Attached(session) => {
-                let client = session.client;
-                self.held.insert(
-                    client,
-                    Held {
-                        session,
-                        revision: None,
-                    },
-                );
-                Some(Write::Put(client))
-            }
-            Op::Detached(client, session) => {
-                if self.held.get(&client)?.session.session != session {
-                    return None;
-                }
-                let revision = self.held.remove(&client)?.revision?;
-                Some(Write::Delete(client, revision))
-            }
-            Op::Leave(_) => None,
         }
     }
 
@@ -316,6 +283,7 @@ impl Link {
                 Self::delete_entry(presence, client, revision).await;
             }
         }
+        let _ = self.nats.flush().await;
         tracing::info!("left the cluster");
     }
 
@@ -345,13 +313,14 @@ impl Link {
         {
             let session = held.session.session;
             self.held.remove(&client);
+            self.unsubscribe(&client);
             tracing::info!(
                 client = %client,
                 session,
                 server_fingerprint = %value.server,
                 "client attached to another server since: dropping its session here"
             );
-            (self.displaced)(client, session);
+            self.handler.displaced(client, session);
         }
         self.inner.view().entry_seen(client, value, entry.revision);
     }

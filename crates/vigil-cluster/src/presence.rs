@@ -198,6 +198,22 @@ impl View {
         Some(Remote::new(*client, p, agent))
     }
 
+    /// Whether `server` holds a fresh lease.
+    pub(crate) fn is_live(&self, server: &Fingerprint, lease_time: Duration, now: Instant) -> bool {
+        self.leases
+            .get(server)
+            .is_some_and(|l| now.saturating_duration_since(l.seen) <= lease_time)
+    }
+
+    /// The servers that hold a fresh lease.
+    pub(crate) fn live(&self, lease_time: Duration, now: Instant) -> Vec<Fingerprint> {
+        self.leases
+            .iter()
+            .filter(|(_, l)| now.saturating_duration_since(l.seen) <= lease_time)
+            .map(|(s, _)| *s)
+            .collect()
+    }
+
     /// How many servers hold a fresh lease (this one included, once its
     /// lease was seen).
     pub(crate) fn live_servers(&self, lease_time: Duration, now: Instant) -> usize {

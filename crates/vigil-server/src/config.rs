@@ -123,6 +123,12 @@ pub struct ServerConfig {
     pub refusal_summary_interval: Duration,
     /// The cluster to join over NATS (default: none, a server alone).
     pub cluster: Option<ClusterSettings>,
+    /// What checks a `SHUTDOWN_NOW` another server of the cluster sends to
+    /// everyone (or to a subtree holding this server) before this server
+    /// stops for it: the emergency authorities of the REST API's relay
+    /// (default: none; the command still reaches this server's clients,
+    /// which check it themselves, and the server stays up).
+    pub emergency_relay: Option<crate::Relay>,
     /// Set only through [`ServerConfig::dangerous`].
     pub(crate) unaudited: bool,
 }
@@ -203,6 +209,7 @@ impl ServerConfig {
             ack_timeout: DEFAULT_ACK_TIMEOUT,
             refusal_summary_interval: DEFAULT_REFUSAL_SUMMARY_INTERVAL,
             cluster: None,
+            emergency_relay: None,
             unaudited: false,
         }
     }

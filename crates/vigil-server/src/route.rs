@@ -11,8 +11,27 @@
 
 use vigil_auth::Fingerprint;
 
-use crate::server::SessionHandle;
 use crate::{ServerHandle, Target};
+
+/// A client as resolution sees it: a session of this server, or a client
+/// another server of the cluster holds (as presence says).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Candidate<'a> {
+    pub(crate) fingerprint: &'a Fingerprint,
+    /// The agent id it said in `sys:hello`.
+    pub(crate) agent_id: Option<&'a str>,
+    /// The tree path it said it stands in.
+    pub(crate) tree_path: Option<&'a [String]>,
+}
+
+impl Candidate<'_> {
+    /// Whether it said it stands in the subtree at `path`; a client that
+    /// said nothing (or an empty path) is in none.
+    pub(crate) fn within(&self, path: &[String]) -> bool {
+        self.tree_path
+            .is_some_and(|p| !p.is_empty() && p.starts_with(path))
+    }
+}
 
 /// Where a command goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,9 +71,9 @@ impl Unresolved {
 }
 
 /// Resolves a command's targets among the connected clients and this
-/// server. In a cluster, an agent this server does not hold is looked up
-/// in the cluster's presence: attached nowhere is a 404, a cluster that
-/// cannot be asked a 503.
+/// server. In a cluster, the clients of the other servers count too (as
+/// the cluster's presence has them); an agent found nowhere is a 404, or
+/// a 503 while the cluster cannot be asked.
 pub(crate) fn resolve(
     server: &ServerHandle,
     agent: Option<&str>,
@@ -73,8 +92,9 @@ pub(crate) fn resolve(
             Some(vigil_cluster::Location::Unknown) => Unresolved::Unavailable(format!(
                 "no agent {id:?} is connected to this server, and the cluster cannot be asked where it is (NATS unreachable): try again, or send through another server"
             )),
+            // Found since the search: it attached meanwhile; ask again.
             Some(vigil_cluster::Location::Remote(r)) => Unresolved::Unavailable(format!(
-                "agent {id:?} is attached to server {:?} ({}): send through that server",
+                "agent {id:?} has just attached to server {:?} ({}): try again",
                 r.server_agent_id, r.presence.server
             )),
         }
@@ -87,12 +107,12 @@ struct Own<'a> {
     tree_path: &'a [String],
 }
 
-/// [`resolve`] for a server named `own`, whose sessions `matching`
-/// searches: it gives the fingerprints of the connected clients a predicate
-/// picks, once each.
+/// [`resolve`] for a server named `own`, whose clients `matching`
+/// searches: it gives the fingerprints of the clients a predicate picks,
+/// once each.
 fn resolve_among(
     own: &Own<'_>,
-    matching: impl Fn(&dyn Fn(&SessionHandle) -> bool) -> Vec<Fingerprint>,
+    matching: impl Fn(&dyn Fn(&Candidate<'_>) -> bool) -> Vec<Fingerprint>,
     agent: Option<&str>,
     tree: Option<&[String]>,
 ) -> Result<Resolved, String> {
@@ -115,7 +135,7 @@ fn resolve_among(
         }
         Some(id) => {
             let found = matching(&|h| {
-                (h.info.fingerprint.hex_eq(id) || h.agent_id() == Some(id))
+                (h.fingerprint.hex_eq(id) || h.agent_id == Some(id))
                     && tree.is_none_or(|t| h.within(t))
             });
             if found.is_empty() {
@@ -165,6 +185,7 @@ mod tests {
     use super::*;
     use crate::SessionInfo;
     use crate::outbound::Outbound;
+    use crate::server::SessionHandle;
 
     fn fp(n: u8) -> Fingerprint {
         Fingerprint::from_bytes([n; 32])
@@ -230,10 +251,10 @@ mod tests {
             tree_path: &own_path,
         };
         let tree = tree.map(path);
-        let matching = |wanted: &dyn Fn(&SessionHandle) -> bool| {
+        let matching = |wanted: &dyn Fn(&Candidate<'_>) -> bool| {
             let mut found: Vec<Fingerprint> = list
                 .iter()
-                .filter(|h| wanted(h))
+                .filter(|h| wanted(&h.candidate()))
                 .map(|h| h.info.fingerprint)
                 .collect();
             found.sort_unstable();

@@ -28,7 +28,7 @@ pub(crate) fn ack_status(status: AckStatus) -> &'static str {
 
 mod tracker;
 
-pub(crate) use tracker::{ACK_AUDIT_DELAY, AckGroup, Awaited, Tracker};
+pub(crate) use tracker::{ACK_AUDIT_DELAY, AckGroup, Awaited, Forward, Tracker, to_wire};
 
 /// Which clients a command goes to.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,6 +13,11 @@ use vigil_proto::{Ack, AckCode, AckStatus};
 
 use super::{ClientOutcome, DeliveryReport, Outcome};
 
+mod remote;
+
+use remote::RemotePart;
+pub(crate) use remote::{Forward, to_wire};
+
 /// How a slot stands, in 16 bytes: a fan-out to thousands keeps one per
 /// client, mostly plain `done` acks, which need no allocation.
 #[derive(Debug, Clone)]
@@ -140,6 +145,9 @@ struct TrackState {
     open: usize,
     /// Acks not yet written to the audit log.
     unaudited: Vec<AckEntry>,
+    /// The clients on other servers of the cluster, for a delivery that
+    /// went to some.
+    remote: Option<Box<RemotePart>>,
 }
 
 /// One delivery's bookkeeping, shared by the sessions it was queued to,
@@ -151,6 +159,9 @@ pub(crate) struct Tracker {
     state: Mutex<TrackState>,
     /// Notified when the last open slot closes.
     pub(super) settled: Notify,
+    /// For a command another server issued: where each outcome is
+    /// reported.
+    forward: Option<Forward>,
 }
 
 /// A session's claim on its slot of a delivery: what it keeps until the
@@ -210,8 +221,24 @@ impl Tracker {
                 slots,
                 open,
                 unaudited: Vec::new(),
+                remote: None,
             }),
             settled: Notify::new(),
+            forward: None,
+        }
+    }
+
+    /// As [`Tracker::new`], for a command another server issued: each
+    /// outcome, as it settles, is reported to it.
+    pub(crate) fn forwarded(
+        command_id: String,
+        reference: String,
+        slots: Vec<(Fingerprint, u64, Option<Outcome>)>,
+        forward: Forward,
+    ) -> Tracker {
+        Tracker {
+            forward: Some(forward),
+            ..Tracker::new(command_id, reference, slots)
         }
     }
 
@@ -254,13 +281,25 @@ impl Tracker {
             return AckEffects::default();
         }
         let mut state = self.lock();
-        let Some(slot) = Self::slot_mut(&mut state, slot, session) else {
+        let Some(index) = Self::slot_mut(&mut state, slot, session).map(|_| slot as usize) else {
+            return AckEffects::default();
+        };
+        self.ack_slot(&mut state, index, ack)
+    }
+
+    /// Settles slot `index` with an answer, if it is pending.
+    fn ack_slot(&self, state: &mut TrackState, index: usize, ack: Ack) -> AckEffects {
+        let Some(slot) = state.slots.get_mut(index) else {
             return AckEffects::default();
         };
         if !matches!(slot.state, SlotState::Pending) {
             return AckEffects::default();
         }
         let client = slot.client;
+        let session = slot.session;
+        if let Some(forward) = &self.forward {
+            forward.settled(client, session, &Outcome::Acked(ack.clone()));
+        }
         let entry = AckEntry {
             client,
             status: ack.status,
@@ -276,7 +315,7 @@ impl Tracker {
         } else {
             SlotState::Acked(Box::new(ack))
         };
-        self.close_slot(&mut state);
+        self.close_slot(state);
         let first = state.unaudited.is_empty();
         state.unaudited.push(entry);
         let mut effects = AckEffects {
@@ -284,7 +323,7 @@ impl Tracker {
             ..AckEffects::default()
         };
         if state.open == 0 || state.unaudited.len() >= ACKS_PER_RECORD {
-            effects.audit_now = self.audit_record(&mut state);
+            effects.audit_now = self.audit_record(state);
         } else {
             effects.audit_later = first;
         }
@@ -296,14 +335,29 @@ impl Tracker {
     /// this was the last open slot.
     pub(crate) fn settle(&self, slot: u32, session: u64, outcome: Outcome) -> Option<AckGroup> {
         let mut state = self.lock();
-        let slot = Self::slot_mut(&mut state, slot, session)?;
+        Self::slot_mut(&mut state, slot, session)?;
+        self.settle_slot(&mut state, slot as usize, outcome)
+    }
+
+    /// Settles slot `index`, if pending, with an outcome other than an
+    /// answer.
+    fn settle_slot(
+        &self,
+        state: &mut TrackState,
+        index: usize,
+        outcome: Outcome,
+    ) -> Option<AckGroup> {
+        let slot = state.slots.get_mut(index)?;
         if !matches!(slot.state, SlotState::Pending) {
             return None;
         }
+        if let Some(forward) = &self.forward {
+            forward.settled(slot.client, slot.session, &outcome);
+        }
         slot.state = SlotState::settled(outcome);
-        self.close_slot(&mut state);
+        self.close_slot(state);
         if state.open == 0 {
-            self.audit_record(&mut state)
+            self.audit_record(state)
         } else {
             None
         }

@@ -200,7 +200,9 @@ pub(super) fn build(s: Settings) -> Result<Deployment, DeploymentError> {
         http.max_waiting_per_source = at_least_one("http_max_waiting_per_source", n)?;
     }
     if let Some(path) = s.authorities {
-        http.relay = Some(load_relay(&path, &data_dir.join("relay-replay.log"))?);
+        let relay = load_relay(&path, &data_dir.join("relay-replay.log"))?;
+        config.emergency_relay = Some(relay.clone());
+        http.relay = Some(relay);
     }
 
     Ok(Deployment {

@@ -93,6 +93,7 @@ impl Server {
                 liveness: super::liveness::Liveness::default(),
                 latencies: super::Latencies::default(),
                 cluster: std::sync::OnceLock::new(),
+                routed: Default::default(),
             }),
         })
         .and_then(|server| {

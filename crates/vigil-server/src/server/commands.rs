@@ -7,14 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
-use bytes::Bytes;
 use serde_json::{Map, Value};
 use vigil_auth::Fingerprint;
 use vigil_command::{Authorities, Refusal, ReplayGuard, SignedCommand, Verifier};
-use vigil_proto::ServerMessage;
 
 use super::ServerHandle;
-use super::session;
+use super::fanout::Reach;
 use crate::ServerError;
 use crate::delivery::{Delivery, Target, command_id_of};
 use crate::outbound::Lane;
@@ -100,7 +98,7 @@ fn target_json(target: &Target) -> Value {
 
 /// The lane a command goes in: an emergency shutdown never waits behind
 /// other commands, nor for the session's window.
-fn lane_of(command_type: Option<&str>) -> Lane {
+pub(super) fn lane_of(command_type: Option<&str>) -> Lane {
     if command_type == Some(vigil_command::EMERGENCY_TYPE) {
         Lane::Control
     } else {
@@ -145,13 +143,14 @@ impl ServerHandle {
         )
         .await?;
         let lane = lane_of(command.get("command_type").and_then(Value::as_str));
-        Ok(self.deliver_payload(command_id, target, lane, |reference| {
-            session::encode(&ServerMessage::Command(command.clone()), reference)
-        }))
+        let raw =
+            serde_json::to_vec(command).map_err(|e| ServerError::BadCommand(e.to_string()))?;
+        Ok(self.deliver_payload(command_id, &raw, target, lane, Reach::Cluster))
     }
 
     /// Sends `raw` (one line of JSON, a signed command as it was received)
-    /// byte for byte. The caller has audited it; `raw` must hold no line
+    /// byte for byte, to this server's clients and, in a cluster, the
+    /// other servers'. The caller has audited it; `raw` must hold no line
     /// break (it would end the frame early).
     pub(crate) fn deliver_raw(
         &self,
@@ -161,15 +160,7 @@ impl ServerHandle {
         lane: Lane,
     ) -> Delivery {
         debug_assert!(!raw.contains(&b'\n'));
-        self.deliver_payload(command_id.to_owned(), target, lane, |reference| {
-            let mut out = Vec::with_capacity(raw.len() + reference.len() + 10);
-            out.extend_from_slice(b"cmd:exec:");
-            out.extend_from_slice(reference.as_bytes());
-            out.push(b' ');
-            out.extend_from_slice(raw);
-            out.push(b'\n');
-            Bytes::from(out)
-        })
+        self.deliver_payload(command_id.to_owned(), raw, target, lane, Reach::Cluster)
     }
 
     /// Signs a `RUN` command with the server's authority key, records it

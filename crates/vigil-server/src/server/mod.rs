@@ -73,6 +73,8 @@ pub(crate) struct Shared {
     pub(crate) latencies: Latencies,
     /// The cluster link, for a server started with one.
     cluster: std::sync::OnceLock<vigil_cluster::Cluster>,
+    /// Deliveries with clients on other servers, awaiting their reports.
+    pub(crate) routed: cluster::Routed,
 }
 
 impl Shared {

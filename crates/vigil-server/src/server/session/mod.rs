@@ -104,9 +104,17 @@ impl SessionHandle {
     /// Whether the client said it stands in the subtree at `path` (its
     /// tree path starts with it). A client that said nothing is in none.
     pub(crate) fn within(&self, path: &[String]) -> bool {
-        self.place
-            .get()
-            .is_some_and(|p| !p.tree_path.is_empty() && p.tree_path.starts_with(path))
+        self.candidate().within(path)
+    }
+
+    /// The session as target resolution sees it.
+    pub(crate) fn candidate(&self) -> crate::route::Candidate<'_> {
+        let place = self.place.get();
+        crate::route::Candidate {
+            fingerprint: &self.info.fingerprint,
+            agent_id: place.and_then(|p| p.agent_id.as_deref()),
+            tree_path: place.map(|p| p.tree_path.as_slice()),
+        }
     }
 
     /// The info, with the place filled in.
