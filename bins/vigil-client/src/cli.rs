@@ -55,7 +55,10 @@ pub(crate) struct Cli {
     #[arg(long, env = "VIGIL_CONFIG", value_name = "FILE", global = true)]
     pub(crate) config: Option<PathBuf>,
     /// Server address: HOST:PORT of its main port, or wss://HOST:PORT/vigil
-    /// for its WebSocket transport [default: 127.0.0.1:8443].
+    /// for its WebSocket transport [default: 127.0.0.1:8443]. Several,
+    /// comma-separated, for the servers of a cluster: the client connects
+    /// to the first and, when a connection is lost, tries another (each
+    /// with the fingerprint at the same place in --server-fingerprint).
     #[arg(
         long,
         env = "VIGIL_SERVER",
@@ -74,7 +77,9 @@ pub(crate) struct Cli {
     /// Client private key, PEM [default: client.key].
     #[arg(long, env = "VIGIL_KEY", value_name = "FILE", global = true)]
     pub(crate) key: Option<PathBuf>,
-    /// SHA-256 fingerprint (hex) the server's key must have. Required.
+    /// SHA-256 fingerprint (hex) the server's key must have. Required. With
+    /// several servers, one per server, comma-separated, in the same order
+    /// (the config file's [[servers]] also takes several pins per server).
     #[arg(
         long,
         env = "VIGIL_SERVER_FINGERPRINT",
@@ -88,7 +93,9 @@ pub(crate) struct Cli {
     #[arg(long, env = "VIGIL_AUTHORITIES", value_name = "FILE", global = true)]
     pub(crate) authorities: Option<PathBuf>,
     /// The server's authority public key (base64), which signs heartbeats.
-    /// Required with --authorities.
+    /// Required with --authorities. In a cluster, every server's key,
+    /// comma-separated: a heartbeat signed by any of them feeds the
+    /// failsafe.
     #[arg(
         long,
         env = "VIGIL_HEARTBEAT_KEY",

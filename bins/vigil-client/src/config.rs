@@ -25,6 +25,11 @@ struct FileConfig {
     authorities: Option<PathBuf>,
     module_keys: Option<PathBuf>,
     heartbeat_key: Option<String>,
+    /// Every server's heartbeat key, in a cluster (beside `heartbeat_key`).
+    heartbeat_keys: Option<Vec<String>>,
+    /// The servers of a cluster, each with its pins (instead of `server`
+    /// and `server_fingerprint`).
+    servers: Option<Vec<ServerEntry>>,
     agent_id: Option<String>,
     tree_path: Option<Vec<String>>,
     state_dir: Option<PathBuf>,
@@ -40,6 +45,112 @@ struct FileConfig {
     /// Run in order when the failsafe fires.
     #[serde(default)]
     break_commands: Vec<BreakCommand>,
+}
+
+/// One `[[servers]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerEntry {
+    /// `HOST:PORT` or `wss://HOST:PORT/vigil`.
+    address: String,
+    /// The fingerprints its key may have (a key being rotated: both).
+    fingerprints: Vec<String>,
+}
+
+/// A comma-separated list, each item trimmed, none empty.
+fn list(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn pin(text: &str) -> anyhow::Result<Fingerprint> {
+    text.parse()
+        .with_context(|| format!("bad server fingerprint {text:?} (64 hex digits)"))
+}
+
+/// The servers to connect to, each with its pins: from the flags (lists
+/// paired by position), else `[[servers]]`, else `server` and
+/// `server_fingerprint`.
+fn servers(cli: &Cli, file: &FileConfig) -> anyhow::Result<Vec<vigil_client::ServerEndpoint>> {
+    let flags = (cli.server.as_deref(), cli.server_fingerprint.as_deref());
+    if let (None, None) = flags
+        && let Some(entries) = &file.servers
+    {
+        anyhow::ensure!(
+            file.server.is_none() && file.server_fingerprint.is_none(),
+            "the config file has both [[servers]] and server/server_fingerprint: give one"
+        );
+        anyhow::ensure!(!entries.is_empty(), "[[servers]] is empty");
+        return entries
+            .iter()
+            .map(|e| {
+                anyhow::ensure!(
+                    !e.fingerprints.is_empty(),
+                    "server {:?} in [[servers]] has no fingerprints",
+                    e.address
+                );
+                Ok(vigil_client::ServerEndpoint {
+                    address: e.address.clone(),
+                    pins: e
+                        .fingerprints
+                        .iter()
+                        .map(|f| pin(f))
+                        .collect::<Result<_, _>>()?,
+                })
+            })
+            .collect();
+    }
+    let addresses = list(
+        &flags
+            .0
+            .map(str::to_owned)
+            .or(file.server.clone())
+            .unwrap_or_else(|| "127.0.0.1:8443".into()),
+    );
+    let pins = list(
+        &flags
+            .1
+            .map(str::to_owned)
+            .or(file.server_fingerprint.clone())
+            .context(
+                "no server fingerprint: give --server-fingerprint, VIGIL_SERVER_FINGERPRINT \
+         or server_fingerprint in the config file",
+            )?,
+    );
+    anyhow::ensure!(!addresses.is_empty(), "no server address");
+    anyhow::ensure!(
+        addresses.len() == pins.len(),
+        "{} server addresses but {} fingerprints: give one fingerprint per server, in the same order",
+        addresses.len(),
+        pins.len()
+    );
+    addresses
+        .into_iter()
+        .zip(pins)
+        .map(|(address, p)| {
+            Ok(vigil_client::ServerEndpoint {
+                address,
+                pins: vec![pin(&p)?],
+            })
+        })
+        .collect()
+}
+
+/// Checks a server address; whether it is a WebSocket URL.
+fn check_address(server: &str) -> anyhow::Result<Option<vigil_ws::WsUrl>> {
+    if vigil_ws::WsUrl::is_websocket(server) {
+        return Ok(Some(server.parse::<vigil_ws::WsUrl>()?));
+    }
+    anyhow::ensure!(
+        server
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()),
+        "server address {server:?} is neither HOST:PORT nor wss://HOST:PORT/vigil"
+    );
+    Ok(None)
 }
 
 fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
@@ -58,22 +169,16 @@ pub(crate) fn resolve(cli: &Cli) -> anyhow::Result<ClientConfig> {
         None => (FileConfig::default(), PathBuf::new()),
     };
     let from_file = |p: Option<PathBuf>| p.map(|p| base.join(p));
-    let server = cli
-        .server
-        .clone()
-        .or(file.server)
-        .unwrap_or_else(|| "127.0.0.1:8443".into());
-    let websocket = if vigil_ws::WsUrl::is_websocket(&server) {
-        Some(server.parse::<vigil_ws::WsUrl>()?)
-    } else {
-        anyhow::ensure!(
-            server
-                .rsplit_once(':')
-                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()),
-            "server address {server:?} is neither HOST:PORT nor wss://HOST:PORT/vigil"
-        );
-        None
-    };
+    let mut endpoints = servers(cli, &file)?;
+    let mut websocket = None;
+    for e in &endpoints {
+        let ws = check_address(&e.address)?;
+        if e.address == endpoints[0].address {
+            websocket = ws;
+        }
+    }
+    let first = endpoints.remove(0);
+    let server = first.address.clone();
     let proxy = match cli.proxy.clone().or(file.proxy) {
         Some(p) if p.trim().eq_ignore_ascii_case("none") => None,
         Some(p) => {
@@ -106,18 +211,22 @@ pub(crate) fn resolve(cli: &Cli) -> anyhow::Result<ClientConfig> {
         .clone()
         .or(from_file(file.key))
         .unwrap_or_else(|| "client.key".into());
-    let pin = cli
-        .server_fingerprint
-        .clone()
-        .or(file.server_fingerprint)
-        .context(
-            "no server fingerprint: give --server-fingerprint, VIGIL_SERVER_FINGERPRINT \
-             or server_fingerprint in the config file",
-        )?;
-    let pin: Fingerprint = pin.parse().context("bad server fingerprint")?;
     let identity = Identity::load(&cert, &key).context("cannot load the client identity")?;
+    let (pin, more_pins) = first
+        .pins
+        .split_first()
+        .map(|(p, rest)| (*p, rest.to_vec()))
+        .context("the first server has no fingerprint")?;
     let mut config = ClientConfig::new(server, identity, pin);
+    config.server_pins = more_pins;
+    config.failover = endpoints;
     config.proxy = proxy;
+    if !config.failover.is_empty() {
+        tracing::info!(
+            servers = config.failover.len() + 1,
+            "failover: when the connection to a server is lost, another is tried"
+        );
+    }
     if let Some(s) = cli.ping_interval.or(file.ping_interval) {
         config.ping_interval = seconds("ping_interval", s)?;
     }
@@ -168,12 +277,27 @@ pub(crate) fn resolve(cli: &Cli) -> anyhow::Result<ClientConfig> {
         vigil_auth::check_permissions(&path, "authorities file")?;
         let authorities = Authorities::load(&path)
             .with_context(|| format!("cannot load the authorities file {}", path.display()))?;
-        let heartbeat_key = cli.heartbeat_key.clone().or(file.heartbeat_key).context(
+        let mut keys = match &cli.heartbeat_key {
+            Some(flag) => list(flag),
+            None => {
+                let mut keys: Vec<String> = file.heartbeat_key.iter().cloned().collect();
+                keys.extend(file.heartbeat_keys.iter().flatten().cloned());
+                keys
+            }
+        }
+        .into_iter()
+        .map(|k| {
+            vigil_command::decode_public_key(k.trim()).with_context(|| {
+                format!("bad heartbeat key {k:?} (expected base64 of a 32-byte Ed25519 public key)")
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+        anyhow::ensure!(
+            !keys.is_empty(),
             "--authorities needs the server's heartbeat key: give --heartbeat-key, \
-             VIGIL_HEARTBEAT_KEY or heartbeat_key in the config file",
-        )?;
-        let heartbeat_key = vigil_command::decode_public_key(heartbeat_key.trim())
-            .context("bad heartbeat key (expected base64 of a 32-byte Ed25519 public key)")?;
+             VIGIL_HEARTBEAT_KEY or heartbeat_key in the config file"
+        );
+        let heartbeat_key = keys.remove(0);
         let agent_id = cli
             .agent_id
             .clone()
@@ -196,6 +320,11 @@ pub(crate) fn resolve(cli: &Cli) -> anyhow::Result<ClientConfig> {
         let handler = ProgramHandler::new(file.commands);
         let mut settings = CommandSettings::new(verifier, heartbeat_key, Arc::new(handler))
             .context("cannot take commands with this server key")?;
+        anyhow::ensure!(
+            keys.iter().all(|k| !k.is_weak()),
+            "a heartbeat key is weak (anyone could sign the heartbeats that keep the failsafe quiet)"
+        );
+        settings.other_heartbeat_keys = keys;
         if let Some(s) = cli.failsafe_timeout.or(file.failsafe_timeout) {
             settings.failsafe_timeout = seconds("failsafe_timeout", s)?;
         }
@@ -234,4 +363,65 @@ fn seconds(name: &str, value: f64) -> anyhow::Result<std::time::Duration> {
         .ok()
         .filter(|d| !d.is_zero())
         .with_context(|| format!("{name} must be a positive number of seconds, got {value}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("vigil-client").chain(args.iter().copied()))
+            .expect("flags")
+    }
+
+    const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+    #[test]
+    fn servers_and_fingerprints_pair_by_position() {
+        let c = cli(&[
+            "--server",
+            "10.0.0.1:8443, 10.0.0.2:8443",
+            "--server-fingerprint",
+            &format!("{A},{B}"),
+        ]);
+        let got = servers(&c, &FileConfig::default()).expect("servers");
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[1].address, "10.0.0.2:8443");
+        assert_eq!(got[1].pins, vec![B.parse::<Fingerprint>().expect("hex")]);
+        let c = cli(&[
+            "--server",
+            "10.0.0.1:8443,10.0.0.2:8443",
+            "--server-fingerprint",
+            A,
+        ]);
+        let err = servers(&c, &FileConfig::default()).expect_err("one pin for two");
+        assert!(
+            err.to_string()
+                .contains("2 server addresses but 1 fingerprints"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_servers_table_gives_each_server_its_pins_and_excludes_the_single_form() {
+        let file: FileConfig = toml::from_str(&format!(
+            "[[servers]]\naddress = \"a:1\"\nfingerprints = [\"{A}\", \"{B}\"]\n\n[[servers]]\naddress = \"b:2\"\nfingerprints = [\"{B}\"]\n"
+        ))
+        .expect("toml");
+        let got = servers(&cli(&[]), &file).expect("servers");
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].pins.len(), 2, "a key being rotated");
+        let both: FileConfig = toml::from_str(&format!(
+            "server_fingerprint = \"{A}\"\n[[servers]]\naddress = \"a:1\"\nfingerprints = [\"{A}\"]\n"
+        ))
+        .expect("toml");
+        let err = servers(&cli(&[]), &both).expect_err("both forms");
+        assert!(err.to_string().contains("give one"), "{err}");
+        let empty: FileConfig =
+            toml::from_str("[[servers]]\naddress = \"a:1\"\nfingerprints = []\n").expect("toml");
+        assert!(servers(&cli(&[]), &empty).is_err());
+    }
 }

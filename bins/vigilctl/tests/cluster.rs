@@ -224,6 +224,40 @@ impl Fleet {
         common::start_client(&self.dirs[i], &[])
     }
 
+    /// Writes `failover.toml` beside client `i`'s config: every server of
+    /// the fleet, its own first, each with its pin, and every server's
+    /// heartbeat key.
+    fn failover_config(&self, i: usize) -> PathBuf {
+        let n = self.servers.len();
+        let order: Vec<usize> = (0..n).map(|k| (i + k) % n).collect();
+        let keys: Vec<String> = order
+            .iter()
+            .map(|&k| fingerprint_in(&self.dirs[k].join("client.toml"), "heartbeat_key"))
+            .collect();
+        let text = std::fs::read_to_string(self.dirs[i].join("client.toml")).expect("read");
+        let kept: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                !l.starts_with("server = ")
+                    && !l.starts_with("server_fingerprint = ")
+                    && !l.starts_with("heartbeat_key = ")
+            })
+            .collect();
+        let mut out = format!("heartbeat_keys = {}\n", json!(keys));
+        out.push_str(&kept.join("\n"));
+        out.push('\n');
+        for &k in &order {
+            out.push_str(&format!(
+                "\n[[servers]]\naddress = \"{}\"\nfingerprints = [\"{}\"]\n",
+                self.servers[k].addr,
+                self.server_fingerprint(k)
+            ));
+        }
+        let path = self.dirs[i].join("failover.toml");
+        std::fs::write(&path, out).expect("write");
+        path
+    }
+
     /// `/send?wait=SECS` on server `i`; its results by client.
     fn send_wait(&self, i: usize, body: &Value, secs: u32) -> Vec<(String, String)> {
         let (status, answer) = self.api(i, "POST", &format!("/send?wait={secs}"), Some(body));
@@ -533,4 +567,62 @@ fn an_emergency_shutdown_for_everyone_stops_every_client_and_every_server() {
             LABELS[i]
         );
     }
+}
+
+#[test]
+fn a_client_whose_server_is_killed_fails_over_to_another_and_no_failsafe_fires() {
+    let fleet = Fleet::start(3);
+    let fps: Vec<String> = (0..3).map(|i| fleet.client_fingerprint(i)).collect();
+    // Every client knows every server; each starts on its own.
+    let clients: Vec<Proc> = (0..3)
+        .map(|i| {
+            let config = fleet.failover_config(i);
+            let client = Proc::spawn(
+                Command::new(bin("vigil-client"))
+                    .arg("--config")
+                    .arg(&config),
+                ["c1", "c2", "c3"][i],
+            );
+            client.wait_for("server modules synced", 1, START);
+            client
+        })
+        .collect();
+    for i in 0..3 {
+        until_listed(&fleet, i, "every client", |list| {
+            fps.iter().all(|f| entry(list, f).is_some())
+        });
+    }
+    // s1 dies: its client attaches to s2 or s3 within the failsafe
+    // timeout (15 s, the default), and its failsafe never fires.
+    let killed = Instant::now();
+    fleet.servers[0]
+        .proc
+        .signal(vigil_test_support::process::Signal::KILL);
+    let s2 = fleet.server_fingerprint(1);
+    let s3 = fleet.server_fingerprint(2);
+    until_listed(&fleet, 1, "the client of s1 attached elsewhere", |list| {
+        entry(list, &fps[0]).is_some_and(|e| {
+            e["server_fingerprint"] == s2.as_str() || e["server_fingerprint"] == s3.as_str()
+        })
+    });
+    let moved = killed.elapsed();
+    eprintln!("the client of the killed server was attached to another after {moved:?}");
+    // It is commanded through its new server, from any server.
+    let rows = fleet.send_wait(1, &json!({"command": "echo", "client_id": fps[0]}), 10);
+    assert_eq!(rows, all_with(&fps[..1], "done"));
+    // Past the failsafe timeout since the kill: nothing fired anywhere.
+    std::thread::sleep(Duration::from_secs(16).saturating_sub(killed.elapsed()));
+    for (i, client) in clients.iter().enumerate() {
+        assert!(
+            !client.logged("FAILSAFE FIRED"),
+            "the client of {} fired its failsafe",
+            LABELS[i]
+        );
+        assert_eq!(
+            client.count("server modules synced"),
+            if i == 0 { 2 } else { 1 }
+        );
+    }
+    let rows = fleet.send_wait(2, &json!({"command": "echo"}), 10);
+    assert_eq!(rows, all_with(&fps, "done"));
 }

@@ -30,6 +30,11 @@ pub struct CommandSettings {
     pub verifier: Verifier,
     /// The server's Ed25519 key that signs heartbeats.
     pub heartbeat_key: VerifyingKey,
+    /// The keys of the other servers of its cluster, which sign the
+    /// heartbeats of the servers this client fails over to: a beat signed
+    /// by any of them feeds the failsafe as one signed by `heartbeat_key`
+    /// does (each key's epoch and sequence are checked on their own).
+    pub other_heartbeat_keys: Vec<VerifyingKey>,
     /// Silence (no verified heartbeat or command) after which the failsafe
     /// fires.
     pub failsafe_timeout: Duration,
@@ -69,12 +74,13 @@ impl Default for HeartbeatFreshness {
     }
 }
 
-/// The client's heartbeat check, by freshness mode; kept across
-/// connections so that sequence and epoch only move forward.
+/// The client's heartbeat check, by freshness mode, with one verifier per
+/// server key; kept across connections so that each key's sequence and
+/// epoch only move forward.
 #[derive(Debug, Clone)]
 pub(crate) enum BeatCheck {
-    Clock(HeartbeatVerifier),
-    Nonce(NonceVerifier),
+    Clock(Vec<HeartbeatVerifier>),
+    Nonce(Vec<NonceVerifier>),
 }
 
 impl CommandSettings {
@@ -99,6 +105,7 @@ impl CommandSettings {
         Ok(CommandSettings {
             verifier,
             heartbeat_key,
+            other_heartbeat_keys: Vec::new(),
             failsafe_timeout: vigil_failsafe::DEFAULT_TIMEOUT,
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
             handler,
@@ -107,20 +114,31 @@ impl CommandSettings {
         })
     }
 
-    /// A heartbeat verifier for the server key, or why there is none
-    /// (the key was replaced by a weak one after [`CommandSettings::new`]).
-    pub(crate) fn heartbeat_verifier(&self) -> Result<HeartbeatVerifier, ClientError> {
-        HeartbeatVerifier::new(self.heartbeat_key).map_err(|_| ClientError::WeakHeartbeatKey)
+    /// Every key whose heartbeats count: the server's, then its cluster's.
+    fn heartbeat_keys(&self) -> impl Iterator<Item = VerifyingKey> + '_ {
+        std::iter::once(self.heartbeat_key).chain(self.other_heartbeat_keys.iter().copied())
+    }
+
+    /// A heartbeat verifier for each key, or why there is none (a key was
+    /// replaced by a weak one after [`CommandSettings::new`]).
+    fn heartbeat_verifiers(&self) -> Result<Vec<HeartbeatVerifier>, ClientError> {
+        self.heartbeat_keys()
+            .map(|k| HeartbeatVerifier::new(k).map_err(|_| ClientError::WeakHeartbeatKey))
+            .collect()
     }
 
     /// The heartbeat check for [`CommandSettings::heartbeat_freshness`].
     pub(crate) fn beat_check(&self) -> Result<BeatCheck, ClientError> {
         Ok(match self.heartbeat_freshness {
-            HeartbeatFreshness::Clock => BeatCheck::Clock(self.heartbeat_verifier()?),
+            HeartbeatFreshness::Clock => BeatCheck::Clock(self.heartbeat_verifiers()?),
             HeartbeatFreshness::Nonce { max_age } => BeatCheck::Nonce(
-                NonceVerifier::new(self.heartbeat_key)
-                    .map_err(|_| ClientError::WeakHeartbeatKey)?
-                    .with_max_age(max_age),
+                self.heartbeat_keys()
+                    .map(|k| {
+                        NonceVerifier::new(k)
+                            .map(|v| v.with_max_age(max_age))
+                            .map_err(|_| ClientError::WeakHeartbeatKey)
+                    })
+                    .collect::<Result<_, _>>()?,
             ),
         })
     }
@@ -129,7 +147,7 @@ impl CommandSettings {
     /// these settings, if anything: fields are public and may have been
     /// changed after [`CommandSettings::new`].
     pub(crate) fn check(&self) -> Result<(), ClientError> {
-        self.heartbeat_verifier()?;
+        self.heartbeat_verifiers()?;
         if !self.verifier.has_replay_guard() {
             return Err(ClientError::NoReplayGuard);
         }
@@ -243,21 +261,38 @@ pub(crate) fn check_heartbeat(
     wall: SystemTime,
 ) -> Result<Option<i64>, String> {
     let refused = |e: HeartbeatRefusal| format!("{} ({})", e, e.code());
+    // The first key whose signature holds decides; a beat no key signed
+    // is refused as a bad signature.
+    let mut refusal = HeartbeatRefusal::InvalidSignature;
+    let mut keep = |e: HeartbeatRefusal| {
+        if matches!(refusal, HeartbeatRefusal::InvalidSignature) {
+            refusal = e;
+        }
+    };
     match check {
-        BeatCheck::Clock(verifier) => {
+        BeatCheck::Clock(verifiers) => {
             let beat: SignedHeartbeat = serde_json::from_value(Value::Object(body.clone()))
                 .map_err(|e| format!("malformed heartbeat: {e}"))?;
-            verifier.verify(&beat, wall).map_err(refused)?;
-            Ok(None)
+            for verifier in verifiers {
+                match verifier.verify(&beat, wall) {
+                    Ok(_) => return Ok(None),
+                    Err(e) => keep(e),
+                }
+            }
         }
-        BeatCheck::Nonce(verifier) => {
+        BeatCheck::Nonce(verifiers) => {
             if !body.contains_key("nonce") {
                 return Err(refused(HeartbeatRefusal::NoNonce));
             }
             let beat: NonceHeartbeat = serde_json::from_value(Value::Object(body.clone()))
                 .map_err(|e| format!("malformed heartbeat: {e}"))?;
-            let fresh = verifier.verify(&beat, now, wall).map_err(refused)?;
-            Ok(Some(fresh.skew_ms))
+            for verifier in verifiers {
+                match verifier.verify(&beat, now, wall) {
+                    Ok(fresh) => return Ok(Some(fresh.skew_ms)),
+                    Err(e) => keep(e),
+                }
+            }
         }
     }
+    Err(refused(refusal))
 }

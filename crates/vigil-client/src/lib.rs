@@ -108,6 +108,13 @@ pub struct ClientConfig {
     pub identity: Identity,
     /// The fingerprint the server's key must have.
     pub server_fingerprint: Fingerprint,
+    /// Other fingerprints the server's key may have (a key being rotated:
+    /// pin the new one beside the old, then drop the old).
+    pub server_pins: Vec<Fingerprint>,
+    /// The other servers of its cluster, each with its pins: when the
+    /// connection to one is lost, the client tries another (see
+    /// [`Client`]).
+    pub failover: Vec<ServerEndpoint>,
     /// Frame size limits.
     pub limits: Limits,
     /// Time to connect and to complete the handshake.
@@ -150,6 +157,8 @@ impl ClientConfig {
             proxy: None,
             identity,
             server_fingerprint,
+            server_pins: Vec::new(),
+            failover: Vec::new(),
             limits: Limits::default(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
@@ -161,4 +170,48 @@ impl ClientConfig {
             module_trust: None,
         }
     }
+
+    /// The pins of `server`: `server_fingerprint`, then `server_pins`.
+    pub fn pins(&self) -> Vec<Fingerprint> {
+        let mut pins = vec![self.server_fingerprint];
+        pins.extend(
+            self.server_pins
+                .iter()
+                .filter(|p| **p != self.server_fingerprint),
+        );
+        pins
+    }
+
+    /// Every server this client may connect to: `server`, then
+    /// `failover`.
+    pub fn endpoints(&self) -> Vec<ServerEndpoint> {
+        let mut all = vec![ServerEndpoint {
+            address: self.server.clone(),
+            pins: self.pins(),
+        }];
+        all.extend(self.failover.iter().cloned());
+        all
+    }
+
+    /// This configuration aimed at `endpoint` (its address and pins).
+    /// `None` for an endpoint without a pin.
+    pub fn for_endpoint(&self, endpoint: &ServerEndpoint) -> Option<ClientConfig> {
+        let (first, rest) = endpoint.pins.split_first()?;
+        let mut config = self.clone();
+        config.server = endpoint.address.clone();
+        config.server_fingerprint = *first;
+        config.server_pins = rest.to_vec();
+        config.failover = Vec::new();
+        Some(config)
+    }
+}
+
+/// A server a client may connect to: `HOST:PORT` or `wss://HOST:PORT/vigil`,
+/// and the fingerprints its key may have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerEndpoint {
+    /// Where it listens.
+    pub address: String,
+    /// The fingerprints its key may have (at least one).
+    pub pins: Vec<Fingerprint>,
 }

@@ -23,12 +23,13 @@ fn server_name(host: &str) -> ServerName<'static> {
         .unwrap_or_else(|_| ServerName::try_from("vigil").expect("static name is valid"))
 }
 
-/// Connects as `config` says; the stream and the address dialled (the
-/// proxy's, through one).
+/// Connects as `config` says; the stream, the address dialled (the
+/// proxy's, through one) and the fingerprint of the key the server
+/// proved it holds (one of the pins).
 pub(super) async fn dial(
     config: &ClientConfig,
     tls: Arc<rustls::ClientConfig>,
-) -> Result<(Box<dyn Transport>, SocketAddr), ClientError> {
+) -> Result<(Box<dyn Transport>, SocketAddr, vigil_auth::Fingerprint), ClientError> {
     let websocket = if vigil_ws::WsUrl::is_websocket(&config.server) {
         Some(
             config
@@ -86,6 +87,9 @@ pub(super) async fn dial(
     .await
     .map_err(|_| ClientError::Timeout("TLS handshake"))?
     .map_err(ClientError::from_io)?;
+    // The verifier admitted only a pinned key, so this is one of them.
+    let server = vigil_auth::peer_fingerprint(stream.get_ref().1.peer_certificates())
+        .unwrap_or(config.server_fingerprint);
     let stream: Box<dyn Transport> = match &websocket {
         None => Box::new(stream),
         Some(url) => {
@@ -101,5 +105,5 @@ pub(super) async fn dial(
         }
     };
 
-    Ok((stream, peer))
+    Ok((stream, peer, server))
 }

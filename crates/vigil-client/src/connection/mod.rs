@@ -142,8 +142,11 @@ impl Connection {
     /// Connects, completes the TLS handshake with the pinned server, and
     /// checks that the server admitted this client.
     pub async fn connect(config: &ClientConfig) -> Result<Connection, ClientError> {
-        let tls = vigil_auth::client_config(&config.identity, config.server_fingerprint)?;
-        let (stream, peer) = dial::dial(config, tls).await?;
+        let pins = config.pins();
+        let tls = vigil_auth::client_config_any(&config.identity, &pins).unwrap_or_else(|| {
+            vigil_auth::client_config(&config.identity, config.server_fingerprint)
+        })?;
+        let (stream, peer, server) = dial::dial(config, tls).await?;
 
         let (reader, writer) = tokio::io::split(stream);
         let (closed, _) = watch::channel(None);
@@ -187,7 +190,7 @@ impl Connection {
                 commands: cmd_rx,
                 events: ev_rx,
             }),
-            server: config.server_fingerprint,
+            server,
             peer,
             request_timeout: config.request_timeout,
             module_trust: config.module_trust.clone(),

@@ -25,7 +25,7 @@ impl Client {
     /// of the nonce's allowed age, at most every 5 s.
     pub(super) fn nonce_ticker(&self) -> Option<tokio::time::Interval> {
         let max_age = match self.state().heartbeats.as_ref()? {
-            BeatCheck::Nonce(v) => v.max_age(),
+            BeatCheck::Nonce(v) => v.first()?.max_age(),
             BeatCheck::Clock(_) => return None,
         };
         let every = (max_age / 3).clamp(Duration::from_millis(50), NONCE_EVERY_MAX);
@@ -39,7 +39,7 @@ impl Client {
     pub(super) fn send_nonce(&self, conn: &Connection) {
         let mut state = self.state();
         let skew_ms = state.skew_ms;
-        let Some(BeatCheck::Nonce(verifier)) = state.heartbeats.as_mut() else {
+        let Some(BeatCheck::Nonce(verifiers)) = state.heartbeats.as_mut() else {
             return;
         };
         let nonce = match NonceVerifier::random_nonce() {
@@ -49,7 +49,11 @@ impl Client {
                 return;
             }
         };
-        verifier.issue(nonce, monotonic());
+        // Whichever server covers it, its key's verifier knows the nonce.
+        let now = monotonic();
+        for verifier in verifiers.iter_mut() {
+            verifier.issue(nonce, now);
+        }
         state.nonces_sent += 1;
         let reference = format!("n{}", state.nonces_sent);
         drop(state);

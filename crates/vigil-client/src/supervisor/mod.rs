@@ -1,14 +1,12 @@
 //! Keeping a connection up: connect, sync, watch, reconnect with backoff.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use rand::Rng;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
-use vigil_auth::Fingerprint;
 use vigil_failsafe::FailsafeHandle;
 use vigil_proto::{Ack, AckStatus, ClientRequest, FailsafeReport, ModuleInfo, ServerMessage};
 
@@ -16,91 +14,6 @@ use crate::commands::{Accepted, BeatCheck, Refused, check_commands, check_heartb
 use crate::handler::run_break_commands;
 
 use crate::{ClientConfig, ClientError, Connection};
-
-/// What a [`Client`] reports while it runs.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub enum ClientEvent {
-    /// Connected and admitted by the server.
-    Connected {
-        /// The server's address.
-        peer: SocketAddr,
-        /// The server's fingerprint.
-        server: Fingerprint,
-    },
-    /// The server listed its modules.
-    Synced {
-        /// The modules.
-        modules: Vec<ModuleInfo>,
-    },
-    /// The server broadcast a message.
-    Broadcast(ServerMessage),
-    /// A module's bytes were fetched and matched their sum: it may run.
-    ModuleTrusted(ModuleInfo),
-    /// A module failed verification: it will not run.
-    ModuleRejected {
-        /// The module.
-        module: String,
-        /// Why.
-        reason: ClientError,
-    },
-    /// The server unloaded a module: it is forgotten.
-    ModuleForgotten {
-        /// The module.
-        module: String,
-    },
-    /// A command failed verification and was refused (nothing ran).
-    CommandRefused {
-        /// Its id, if it could be read.
-        command_id: Option<String>,
-        /// Machine-readable reason.
-        code: vigil_proto::AckCode,
-        /// The reason, for a person.
-        detail: String,
-    },
-    /// A verified command ran; this is the acknowledgement sent.
-    CommandRan(Ack),
-    /// The clock offset from the server, measured by a fresh nonce
-    /// heartbeat, changed by more than a second (or was measured first).
-    ClockSkew {
-        /// The server's clock minus this client's, in milliseconds.
-        skew_ms: i64,
-    },
-    /// A heartbeat failed verification (the failsafe was not fed).
-    HeartbeatRefused {
-        /// Why.
-        reason: String,
-    },
-    /// The failsafe fired; the break commands ran with these outcomes.
-    FailsafeFired {
-        /// How long no verified message had arrived.
-        silent_for: Duration,
-        /// Each break command's outcome.
-        outcomes: Vec<vigil_proto::BreakOutcome>,
-    },
-    /// Verified messages are back after the failsafe fired.
-    FailsafeRearmed {
-        /// How long the outage lasted.
-        outage: Duration,
-    },
-    /// An authorized `SHUTDOWN_NOW` arrived; [`Client::run`] returns.
-    ShutdownRequested {
-        /// The command's id.
-        command_id: String,
-    },
-    /// The connection failed or ended.
-    Disconnected {
-        /// Why.
-        reason: ClientError,
-    },
-    /// Waiting before the next attempt.
-    Retrying {
-        /// Attempt number, from 1.
-        attempt: u32,
-        /// How long until it.
-        delay: Duration,
-    },
-}
 
 #[derive(Debug, Default)]
 struct State {
@@ -276,8 +189,18 @@ impl Client {
         };
         let sessions = async {
             let mut attempt: u32 = 0;
+            // The servers it may connect to: `server`, then `failover`,
+            // each aimed at with its own pins.
+            let endpoints: Vec<ClientConfig> = self
+                .config
+                .endpoints()
+                .iter()
+                .filter_map(|e| self.config.for_endpoint(e))
+                .collect();
+            let mut at = 0;
             loop {
-                let end = self.session(&mut attempt, feed.as_ref()).await;
+                let config = endpoints.get(at).unwrap_or(&self.config);
+                let end = self.session(&mut attempt, feed.as_ref(), config).await;
                 let outcome = match end {
                     SessionEnd::Shutdown(command_id) => return RunOutcome::Shutdown { command_id },
                     SessionEnd::Lost(e) => e,
@@ -294,9 +217,13 @@ impl Client {
                     _ => tracing::warn!(error = %outcome, "connection lost"),
                 }
                 self.emit(ClientEvent::Disconnected { reason: outcome });
+                // Another server of the cluster next, picked at random so
+                // that the clients of a server that died spread over the
+                // others.
+                at = next_endpoint(at, endpoints.len(), &mut rand::rng());
                 let delay = self.config.backoff.delay(attempt, &mut rand::rng());
                 attempt = attempt.saturating_add(1);
-                tracing::info!(attempt, ?delay, "reconnecting after a delay");
+                tracing::info!(attempt, ?delay, server = %endpoints.get(at).map_or(self.config.server.as_str(), |c| c.server.as_str()), "reconnecting after a delay");
                 self.emit(ClientEvent::Retrying { attempt, delay });
                 tokio::time::sleep(delay).await;
             }
@@ -317,10 +244,15 @@ impl Client {
         outcome
     }
 
-    /// One connection, from connect to its end. Resets `attempt` once the
-    /// server has answered a sync.
-    async fn session(&self, attempt: &mut u32, feed: Option<&FailsafeHandle>) -> SessionEnd {
-        let mut conn = match Connection::connect(&self.config).await {
+    /// One connection to the server `config` names, from connect to its
+    /// end. Resets `attempt` once the server has answered a sync.
+    async fn session(
+        &self,
+        attempt: &mut u32,
+        feed: Option<&FailsafeHandle>,
+        config: &ClientConfig,
+    ) -> SessionEnd {
+        let mut conn = match Connection::connect(config).await {
             Ok(conn) => conn,
             Err(e) => return SessionEnd::Lost(e),
         };
@@ -492,6 +424,15 @@ pub enum RunOutcome {
     NotStarted(ClientError),
 }
 
+/// The endpoint after `at` among `n`: another one at random (the same
+/// with one or none).
+fn next_endpoint(at: usize, n: usize, rng: &mut impl Rng) -> usize {
+    if n < 2 {
+        return 0;
+    }
+    (at + rng.random_range(1..n)) % n
+}
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -508,11 +449,34 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 mod backoff;
 mod beats;
+mod events;
 mod failsafe;
 mod liveness;
 mod worker;
 
 pub use backoff::Backoff;
 use beats::tick;
+pub use events::ClientEvent;
 pub use liveness::Stuck;
 use worker::{CloseOnDrop, Worker, check, disabled};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn the_next_server_is_another_and_every_other_is_reached() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        assert_eq!(next_endpoint(0, 1, &mut rng), 0);
+        assert_eq!(next_endpoint(0, 0, &mut rng), 0);
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..100 {
+            let next = next_endpoint(1, 3, &mut rng);
+            assert_ne!(next, 1);
+            assert!(next < 3);
+            seen.insert(next);
+        }
+        assert_eq!(seen.len(), 2, "both others are picked");
+    }
+}
